@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+# Both create the virtualenv .venv if it is missing and install everything once; re-running them
+# on a set-up machine reinstalls nothing (the stamp file tracks the inputs).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.isr-installed
+PKGS   := src/isr_direct_dynamics src/isr_sim_bridge src/isr_training src/isr_px4_eval
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint bench clean-venv colcon
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt $(wildcard src/*/setup.py)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# torch first: a CPU build (from the local wheel where there is one), so that no other
+	# requirement pulls several GB of CUDA packages.
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation $(foreach p,$(PKGS),-e $(p))
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/isr demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src launch scripts
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/isr bench dynamics --model direct --drones 65536 --json
+	$(VENV)/bin/isr bench dynamics --model quadrotor --drones 4096 --json
+
+# Build the ament_python packages with colcon (no ROS needed; isr_msgs needs rosidl, see README).
+colcon: $(STAMP)
+	$(PY) -m pip install -q colcon-common-extensions
+	. $(VENV)/bin/activate && colcon build --packages-skip isr_msgs && colcon test --packages-skip isr_msgs && colcon test-result --verbose
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,421 @@
+"""Direct dynamics (fast mode): the original plan's simplified flight model, batched, dt-free.
+
+The normalized action is scaled to a commanded velocity ``c`` (world ENU) and yaw rate. Each axis
+responds to its command through a first-order lag; horizontal and vertical axes can add a second,
+slow pole in parallel (the part of PX4's response that creeps in through its velocity
+integrator, see PX4_NOTES.md and issue 6)::
+
+    v      = v_fast + v_slow
+    v_fast -> (1 - f) c   with time constant tau        (fast pole)
+    v_slow ->      f  c   with time constant tau_slow   (slow pole; f = slow_fraction, 0 = off)
+
+With ``f = 0`` this is exactly the plan's first-order response. Every step is integrated in closed
+form for a command held constant over the step (``v(t+dt) = c + (v - c) exp(-dt / tau)`` and the
+exact integral of it for the position), so trajectories do not depend on the control period dt
+(up to how the command itself is sampled). The plan's per-step damping ``0.95`` is accepted and
+converted: ``v_{k+1} = d v_k + (1 - d) c`` at reference period ``T`` equals a time constant
+``tau = -T / ln(d)``.
+
+Options (chosen once at construction, never branched on inside ``step``): transport delay of ``k``
+control steps per drone, process noise on velocity and position (domain randomization), attitude
+tilt derived from the acceleration (so that a mounted camera tilts as a real multicopter does).
+The ground is the terrain plane (``terrain_height_fn``): a drone never goes below it; touching it
+clamps the position, zeroes the downward velocity and sets ``ground_contact``.
+
+Parameters live per drone in :class:`DirectParams` (tensors ``(W, D)``), so randomization can give
+every drone its own (:meth:`DirectDynamics.set_params`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .base import InitialState, VehicleModel, VelocityLimits, flat_ground
+from .config import check
+
+GRAVITY_M_S2 = 9.80665
+
+
+@dataclass
+class DirectDynamicsConfig:
+    """Configuration of the direct (fast-mode) dynamics. Defaults from PX4_NOTES.md estimates."""
+
+    limits: VelocityLimits = field(default_factory=VelocityLimits)
+    """Action scaling (max velocity 10 m/s, vertical 5 m/s, yaw rate 90 deg/s)."""
+    tau_horizontal_s: float = 0.65
+    """Time constant of the fast horizontal pole, seconds."""
+    tau_vertical_s: float = 0.3
+    """Time constant of the fast vertical pole, seconds."""
+    tau_yaw_s: float = 0.2
+    """Time constant of the yaw-rate response, seconds."""
+    slow_fraction_horizontal: float = 0.0
+    """Share of the horizontal command reached through the slow pole (0 = plain first order)."""
+    tau_slow_horizontal_s: float = 3.0
+    """Time constant of the slow horizontal pole, seconds."""
+    slow_fraction_vertical: float = 0.0
+    """Share of the vertical command reached through the slow pole (0 = plain first order)."""
+    tau_slow_vertical_s: float = 3.0
+    """Time constant of the slow vertical pole, seconds."""
+    damping_per_step: float | None = None
+    """The original plan's per-step velocity damping (e.g. 0.95). When set it replaces
+    ``tau_horizontal_s``, ``tau_vertical_s`` and ``tau_yaw_s`` by ``-damping_reference_dt_s /
+    ln(damping_per_step)``."""
+    damping_reference_dt_s: float = 1.0 / 60.0
+    """Step period at which ``damping_per_step`` was defined (the plan ran at 60 frames/s)."""
+    delay_steps: int = 0
+    """Transport delay of the command, in control steps (0 = none)."""
+    vel_noise_m_s_per_sqrt_s: float = 0.0
+    """Velocity process noise: random-walk density; the std added per step is this x sqrt(dt)."""
+    pos_noise_m_per_sqrt_s: float = 0.0
+    """Position process noise density; the std added per step is this x sqrt(dt)."""
+    tilt_from_acceleration: bool = True
+    """Derive roll/pitch from the acceleration (a multicopter's thrust direction); off = level."""
+    max_tilt_deg: float = 45.0
+    """Limit of the derived tilt (PX4 ``MPC_TILTMAX_AIR``)."""
+
+    def validate(self) -> None:
+        """Check ranges; raises :class:`ConfigError` naming the field."""
+        self.limits.validate("limits")
+        for name in (
+            "tau_horizontal_s",
+            "tau_vertical_s",
+            "tau_yaw_s",
+            "tau_slow_horizontal_s",
+            "tau_slow_vertical_s",
+            "damping_reference_dt_s",
+        ):
+            v = getattr(self, name)
+            check(math.isfinite(v) and v > 0, name, f"must be a positive time, got {v}")
+        for name in ("slow_fraction_horizontal", "slow_fraction_vertical"):
+            v = getattr(self, name)
+            check(0.0 <= v < 1.0, name, f"must be in [0, 1), got {v}")
+        if self.damping_per_step is not None:
+            d = self.damping_per_step
+            check(0.0 < d < 1.0, "damping_per_step", f"must be in (0, 1), got {d}")
+        check(self.delay_steps >= 0, "delay_steps", f"must be >= 0, got {self.delay_steps}")
+        for name in ("vel_noise_m_s_per_sqrt_s", "pos_noise_m_per_sqrt_s"):
+            v = getattr(self, name)
+            check(math.isfinite(v) and v >= 0, name, f"must be >= 0, got {v}")
+        check(
+            0 < self.max_tilt_deg < 90,
+            "max_tilt_deg",
+            f"must be in (0, 90), got {self.max_tilt_deg}",
+        )
+
+    def resolved(self) -> DirectDynamicsConfig:
+        """Copy with ``damping_per_step`` converted into time constants."""
+        if self.damping_per_step is None:
+            return self
+        tau = -self.damping_reference_dt_s / math.log(self.damping_per_step)
+        return replace(
+            self, tau_horizontal_s=tau, tau_vertical_s=tau, tau_yaw_s=tau, damping_per_step=None
+        )
+
+
+@dataclass
+class DirectParams:
+    """Per-drone parameters, each ``(W, D)`` (float32 unless noted)."""
+
+    tau_horizontal_s: Tensor
+    tau_vertical_s: Tensor
+    tau_yaw_s: Tensor
+    slow_fraction_horizontal: Tensor
+    tau_slow_horizontal_s: Tensor
+    slow_fraction_vertical: Tensor
+    tau_slow_vertical_s: Tensor
+    delay_steps: Tensor  # (W, D) int64
+    vel_noise_m_s_per_sqrt_s: Tensor
+    pos_noise_m_per_sqrt_s: Tensor
+
+    @classmethod
+    def from_config(
+        cls, cfg: DirectDynamicsConfig, shape: tuple[int, int], device: torch.device
+    ) -> DirectParams:
+        """Every drone gets the config's value."""
+        cfg = cfg.resolved()
+        kwargs = {}
+        for f in fields(cls):
+            dtype = torch.long if f.name == "delay_steps" else torch.float32
+            kwargs[f.name] = torch.full(shape, getattr(cfg, f.name), dtype=dtype, device=device)
+        return cls(**kwargs)
+
+    def validate(self) -> None:
+        """Check every drone's values; raises :class:`ConfigError` naming the field."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "delay_steps" or f.name.startswith(
+                ("slow_fraction", "vel_noise", "pos_noise")
+            ):
+                ok = bool((v >= 0).all())
+            else:
+                ok = bool((v > 0).all() & torch.isfinite(v).all())
+            check(ok, f"params.{f.name}", "has out-of-range values")
+        for name in ("slow_fraction_horizontal", "slow_fraction_vertical"):
+            check(bool((getattr(self, name) < 1).all()), f"params.{name}", "must be < 1")
+
+
+class DirectCoeffs(NamedTuple):
+    """Per-drone step coefficients precomputed from :class:`DirectParams` and dt."""
+
+    a_fast: Tensor  # (W, D, 3) exp(-dt / tau) of the fast poles (x, y, z)
+    k_fast: Tensor  # (W, D, 3) tau (1 - a): position integral of the fast error
+    frac_slow: Tensor  # (W, D, 3) share of the command through the slow pole
+    a_slow: Tensor  # (W, D, 3)
+    k_slow: Tensor  # (W, D, 3)
+    a_yaw: Tensor  # (W, D)
+    k_yaw: Tensor  # (W, D)
+
+
+def direct_step(
+    action: Tensor,
+    ground_m: Tensor,
+    vel_fast: Tensor,
+    vel_slow: Tensor,
+    yaw_rate: Tensor,
+    pos: Tensor,
+    vel_old: Tensor,
+    yaw: Tensor,
+    c: DirectCoeffs,
+    *,
+    dt: float,
+    max_velocity: float,
+    max_vertical_velocity: float,
+    max_yaw_rate: float,
+    clip_norm: bool,
+    has_slow: bool,
+    tilt: bool,
+    tan_max_tilt: float,
+) -> tuple[Tensor, ...]:
+    """One control step of the direct dynamics for all drones (pure; returns new tensors).
+
+    Args:
+        action: sanitized normalized action ``(W, D, 4)`` in ``[-1, 1]``.
+        ground_m: terrain height under each drone ``(W, D)``.
+        vel_fast, vel_slow: pole states ``(W, D, 3)``; yaw_rate ``(W, D)`` rad/s.
+        pos: position ENU ``(W, D, 3)``; vel_old: velocity before the step ``(W, D, 3)``;
+            yaw ``(W, D)`` rad.
+        c: step coefficients. Keyword arguments: static options fixed at construction.
+
+    Returns:
+        ``(pos, vel, quat_wxyz, yaw, yaw_rate, contact, vel_fast, vel_slow)``.
+    """
+    cmd = action[..., :3] * action.new_tensor([max_velocity, max_velocity, max_vertical_velocity])
+    if clip_norm:
+        speed2 = cmd[..., 0] * cmd[..., 0] + cmd[..., 1] * cmd[..., 1]
+        factor = torch.clamp(max_velocity * torch.rsqrt(speed2 + 1e-12), max=1.0)
+        cmd = cmd * torch.stack((factor, factor, torch.ones_like(factor)), -1)
+    cmd_yaw_rate = action[..., 3] * max_yaw_rate
+
+    if has_slow:
+        c_slow = cmd * c.frac_slow
+        c_fast = cmd - c_slow
+        e_slow = vel_slow - c_slow
+        e_fast = vel_fast - c_fast
+        pos = pos + cmd * dt + e_fast * c.k_fast + e_slow * c.k_slow
+        vel_slow = c_slow + e_slow * c.a_slow
+    else:
+        e_fast = vel_fast - cmd
+        pos = pos + cmd * dt + e_fast * c.k_fast
+        c_fast = cmd
+    vel_fast = c_fast + e_fast * c.a_fast
+
+    e_yaw = yaw_rate - cmd_yaw_rate
+    yaw = (
+        torch.remainder(yaw + cmd_yaw_rate * dt + e_yaw * c.k_yaw + math.pi, 2 * math.pi) - math.pi
+    )
+    yaw_rate = cmd_yaw_rate + e_yaw * c.a_yaw
+
+    # Ground: clamp, no downward velocity, contact flag.
+    z = pos[..., 2]
+    contact = z <= ground_m
+    pos = torch.cat((pos[..., :2], torch.maximum(z, ground_m).unsqueeze(-1)), -1)
+    vz_fast = torch.where(contact, vel_fast[..., 2].clamp(min=0.0), vel_fast[..., 2])
+    vel_fast = torch.cat((vel_fast[..., :2], vz_fast.unsqueeze(-1)), -1)
+    if has_slow:
+        vz_slow = torch.where(contact, vel_slow[..., 2].clamp(min=0.0), vel_slow[..., 2])
+        vel_slow = torch.cat((vel_slow[..., :2], vz_slow.unsqueeze(-1)), -1)
+        vel = vel_fast + vel_slow
+    else:
+        vel = vel_fast
+
+    half = 0.5 * yaw
+    cos_h, sin_h = torch.cos(half), torch.sin(half)
+    if tilt:
+        # Body z along the thrust direction n = accel + g (tilt-limited). The attitude is
+        # q_tilt (x) q_yaw, q_tilt the shortest rotation taking world z onto n:
+        # q_tilt = (1 + n_z, -n_y, n_x, 0) / sqrt(2 (1 + n_z)) for a unit n.
+        accel = (vel - vel_old) * (1.0 / dt)
+        nz = torch.clamp(accel[..., 2] + GRAVITY_M_S2, min=0.1 * GRAVITY_M_S2)
+        nx, ny = accel[..., 0], accel[..., 1]
+        scale = torch.clamp(tan_max_tilt * nz * torch.rsqrt(nx * nx + ny * ny + 1e-12), max=1.0)
+        nx, ny = nx * scale, ny * scale
+        inv = torch.rsqrt(nx * nx + ny * ny + nz * nz)
+        nx, ny, nz = nx * inv, ny * inv, nz * inv
+        w = torch.sqrt(0.5 * (1.0 + nz))
+        k = 0.5 / w  # = 1 / sqrt(2 (1 + n_z))
+        qx, qy = -ny * k, nx * k
+        quat = torch.stack(
+            (w * cos_h, qx * cos_h + qy * sin_h, qy * cos_h - qx * sin_h, w * sin_h), -1
+        )
+    else:
+        zero = torch.zeros_like(half)
+        quat = torch.stack((cos_h, zero, zero, sin_h), -1)
+    return pos, vel, quat, yaw, yaw_rate, contact, vel_fast, vel_slow
+
+
+class DirectDynamics(VehicleModel):
+    """Batched direct dynamics over ``(num_worlds, drones_per_world)`` drones (fast mode).
+
+    Args:
+        num_worlds: number of worlds ``W``.
+        drones_per_world: drones per world ``D``.
+        control_dt_s: control period (one :meth:`step`), seconds.
+        device: torch device of every tensor.
+        seed: seed of the model's generator (process noise).
+        config: :class:`DirectDynamicsConfig` (defaults when None).
+        terrain_height_fn: ``pos (W, D, 3) -> ground height (W, D)``; flat z = 0 by default.
+        compile_step: run the step kernel through ``torch.compile`` (fused loops; worth it for
+            large batches, costs a one-off compilation of tens of seconds).
+    """
+
+    name = "direct"
+
+    def __init__(
+        self,
+        num_worlds: int,
+        drones_per_world: int,
+        control_dt_s: float,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        config: DirectDynamicsConfig | None = None,
+        terrain_height_fn: Callable[[Tensor], Tensor] = flat_ground,
+        compile_step: bool = False,
+    ) -> None:
+        super().__init__(num_worlds, drones_per_world, control_dt_s, device, seed)
+        self._compile = compile_step
+        self.config = (config or DirectDynamicsConfig()).resolved()
+        self.config.validate()
+        self.terrain_height_fn = terrain_height_fn
+        shape = self.shape
+        dev = self.device
+        # Filter states: the fast and slow velocity components (v = fast + slow) and yaw rate.
+        self._vel_fast = torch.zeros(*shape, 3, device=dev)  # (W, D, 3)
+        self._vel_slow = torch.zeros(*shape, 3, device=dev)  # (W, D, 3)
+        self._yaw_rate = torch.zeros(shape, device=dev)  # (W, D)
+        self._z_axis = torch.tensor([False, False, True], device=dev)  # selects vz
+        self._tan_max_tilt = math.tan(math.radians(self.config.max_tilt_deg))
+        self._max_delay = 0
+        self.set_params(DirectParams.from_config(self.config, shape, dev))
+
+    # ------------------------------------------------------------------ parameters
+    def set_params(self, params: DirectParams) -> None:
+        """Install per-drone parameters (validated) and precompute the step coefficients."""
+        params.validate()
+        self.params = params
+        dt = self.control_dt_s
+        p = params
+        tau_fast = torch.stack((p.tau_horizontal_s, p.tau_horizontal_s, p.tau_vertical_s), -1)
+        tau_slow = torch.stack(
+            (p.tau_slow_horizontal_s, p.tau_slow_horizontal_s, p.tau_slow_vertical_s), -1
+        )
+        frac = torch.stack(
+            (p.slow_fraction_horizontal, p.slow_fraction_horizontal, p.slow_fraction_vertical), -1
+        )
+        # v(t+dt) = c + (v - c) a,  integral over dt = c dt + (v - c) k,  a = exp(-dt/tau),
+        # k = tau (1 - a). The same for the yaw rate.
+        a_fast, a_slow, a_yaw = (
+            torch.exp(-dt / tau_fast),
+            torch.exp(-dt / tau_slow),
+            torch.exp(-dt / p.tau_yaw_s),
+        )
+        self._coeffs = DirectCoeffs(
+            a_fast=a_fast,
+            k_fast=tau_fast * (1.0 - a_fast),
+            frac_slow=frac,
+            a_slow=a_slow,
+            k_slow=tau_slow * (1.0 - a_slow),
+            a_yaw=a_yaw,
+            k_yaw=p.tau_yaw_s * (1.0 - a_yaw),
+        )
+        lim = self.config.limits
+        step_fn = functools.partial(
+            direct_step,
+            dt=dt,
+            max_velocity=lim.max_velocity_m_s,
+            max_vertical_velocity=lim.max_vertical_velocity_m_s,
+            max_yaw_rate=math.radians(lim.max_yaw_rate_deg_s),
+            clip_norm=lim.clip_horizontal_norm,
+            has_slow=bool((frac > 0).any()),
+            tilt=self.config.tilt_from_acceleration,
+            tan_max_tilt=self._tan_max_tilt,
+        )
+        self._step_fn = torch.compile(step_fn, dynamic=False) if self._compile else step_fn
+        self._vel_noise_std = (p.vel_noise_m_s_per_sqrt_s * math.sqrt(dt)).unsqueeze(-1)
+        self._pos_noise_std = (p.pos_noise_m_per_sqrt_s * math.sqrt(dt)).unsqueeze(-1)
+        self._has_noise = bool((self._vel_noise_std > 0).any() | (self._pos_noise_std > 0).any())
+        max_delay = int(p.delay_steps.max())
+        if max_delay != self._max_delay or not hasattr(self, "_cmd_buffer"):
+            # Ring buffer of the last max_delay+1 sanitized actions (W, D, K+1, 4).
+            self._max_delay = max_delay
+            self._cmd_buffer = torch.zeros(*self.shape, max_delay + 1, 4, device=self.device)
+            self._buffer_pos = 0
+        self._delay = p.delay_steps
+
+    # ------------------------------------------------------------------ interface
+    def _reset_masked(self, mask: Tensor, initial: InitialState) -> None:
+        new = initial.to_state()
+        self.state.masked_assign(mask, new)
+        m3 = mask.unsqueeze(-1)
+        frac = self._coeffs.frac_slow
+        self._vel_fast.copy_(torch.where(m3, new.vel_enu_m_s * (1 - frac), self._vel_fast))
+        self._vel_slow.copy_(torch.where(m3, new.vel_enu_m_s * frac, self._vel_slow))
+        self._yaw_rate.masked_fill_(mask, 0.0)
+        self.state.body_rates_flu_rad_s.masked_fill_(m3, 0.0)
+        if self._max_delay > 0:
+            self._cmd_buffer.masked_fill_(mask[..., None, None], 0.0)
+
+    def _delayed(self, action: Tensor) -> Tensor:
+        """Push ``action`` into the ring buffer and read each drone's delayed command."""
+        size = self._max_delay + 1
+        self._buffer_pos = (self._buffer_pos + 1) % size
+        self._cmd_buffer[:, :, self._buffer_pos] = action
+        idx = torch.remainder(self._buffer_pos - self._delay, size)  # (W, D)
+        return torch.gather(
+            self._cmd_buffer, 2, idx[..., None, None].expand(*self.shape, 1, 4)
+        ).squeeze(2)
+
+    def _step_clean(self, action: Tensor) -> None:
+        if self._max_delay > 0:
+            action = self._delayed(action)
+        st = self.state
+        out = self._step_fn(
+            action,
+            self.terrain_height_fn(st.pos_enu_m),
+            self._vel_fast,
+            self._vel_slow,
+            self._yaw_rate,
+            st.pos_enu_m,
+            st.vel_enu_m_s,
+            st.yaw_rad,
+            self._coeffs,
+        )
+        pos, vel, quat, yaw, yaw_rate, contact, self._vel_fast, self._vel_slow = out
+        if self._has_noise:
+            g = self.generator
+            noise_v = torch.randn(vel.shape, generator=g, device=self.device) * self._vel_noise_std
+            noise_p = torch.randn(pos.shape, generator=g, device=self.device) * self._pos_noise_std
+            self._vel_fast = self._vel_fast + noise_v
+            vel = vel + noise_v
+            pos = pos + noise_p
+            pos[..., 2] = torch.maximum(pos[..., 2], self.terrain_height_fn(pos))
+        self._yaw_rate = yaw_rate
+        st.pos_enu_m, st.vel_enu_m_s, st.quat_wxyz, st.yaw_rad = pos, vel, quat, yaw
+        st.ground_contact = contact
+        st.body_rates_flu_rad_s[..., 2] = yaw_rate

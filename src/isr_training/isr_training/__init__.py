@@ -1,0 +1,1 @@
+"""ISR task, vectorized environments, learners and the staged training pipeline."""
