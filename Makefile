@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/isr demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src launch scripts
+	$(VENV)/bin/ruff check src $(wildcard launch scripts)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
