@@ -69,7 +69,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 )
             return tuple(
                 _coerce(v, a, f"{path}[{i}]")
-                for i, (v, a) in enumerate(zip(args, value, strict=True))
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
             )
         item = args[0] if args else Any
         out = [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]

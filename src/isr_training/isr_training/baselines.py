@@ -1,0 +1,210 @@
+"""Baseline policies: uniform random, and a scripted expert (lawnmower, then approach).
+
+The expert is privileged (it reads the world geometry and the detections of the environment): it
+flies a lawnmower pattern over the geofenced area at a good altitude, heading along its track so
+that the down-forward camera sweeps the ground, skips waypoints inside no-fly zones, and when it
+sees a target that is detected but not yet found (its box still too small), it approaches it.
+It is used for baselines, for imitation-learning demonstrations and as a sanity check of the task.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from isr_direct_dynamics.math3d import wrap_angle
+
+from .env import ISREnv
+
+
+class RandomPolicy:
+    """Uniform random actions in ``[-1, 1]`` (seeded)."""
+
+    def __init__(self, num_envs: int, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __call__(self, obs: object) -> Tensor:
+        """Random actions ``(N, 4)``."""
+        return torch.rand(self.num_envs, 4, generator=self.gen, device=self.device) * 2 - 1
+
+
+class ScriptedExpert:
+    """Lawnmower coverage at ``altitude_m``, then approach detected targets (batched, privileged).
+
+    Args:
+        env: the environment it flies (its world, state and detections are read every step).
+        altitude_m: cruise altitude.
+        spacing_m: distance between lawnmower strips; None = from the camera footprint.
+        speed_m_s: cruise speed.
+        action_noise: std of Gaussian noise added to the normalized action (demonstrations).
+        seed: seed of the noise.
+    """
+
+    def __init__(
+        self,
+        env: ISREnv,
+        altitude_m: float = 30.0,
+        spacing_m: float | None = None,
+        speed_m_s: float = 8.0,
+        action_noise: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.env = env
+        self.altitude_m = altitude_m
+        self.speed_m_s = speed_m_s
+        self.action_noise = action_noise
+        self.gen = torch.Generator(device=env.device).manual_seed(seed)
+        if spacing_m is None:
+            p = env.perception
+            # Ground width of the view at the centre ray, times an overlap factor.
+            slant = altitude_m / math.sin(math.radians(max(p.pitch_down_deg, 10.0)))
+            spacing_m = 0.8 * 2.0 * slant * math.tan(math.radians(p.hfov_deg) / 2)
+        self.spacing_m = spacing_m
+        self.waypoints, self.wp_valid = self._lawnmower()
+        self.wp_index = torch.zeros(env._shape, dtype=torch.long, device=env.device)
+        self._started = torch.zeros(env._shape, dtype=torch.bool, device=env.device)
+
+    def _lawnmower(self) -> tuple[Tensor, Tensor]:
+        """Waypoints ``(W, P, 2)`` of a boustrophedon over the geofence (minus a margin)."""
+        w = self.env.world
+        margin = self.env.task.safety.geofence_margin_m + 6.0
+        lo = w.geofence_min_m[:, :2] + margin
+        hi = w.geofence_max_m[:, :2] - margin
+        width = float((hi[:, 1] - lo[:, 1]).max())
+        strips = max(2, int(math.ceil(width / self.spacing_m)) + 1)
+        frac = torch.linspace(0, 1, strips, device=w.device)
+        ys = lo[:, 1:2] + (hi[:, 1:2] - lo[:, 1:2]) * frac  # (W, S)
+        left, right = lo[:, 0:1].expand_as(ys), hi[:, 0:1].expand_as(ys)
+        even = torch.arange(strips, device=w.device) % 2 == 0
+        x0 = torch.where(even, left, right)
+        x1 = torch.where(even, right, left)
+        wps = torch.stack((torch.stack((x0, ys), -1), torch.stack((x1, ys), -1)), 2)  # (W,S,2,2)
+        wps = wps.reshape(w.num_worlds, -1, 2)
+        # Waypoints inside a no-fly zone (plus margin) are skipped.
+        m = self.env.task.safety.nfz_margin_m + 3.0
+        p = wps[:, :, None]
+        inside = ((p >= w.nfz_min_m[:, None] - m) & (p <= w.nfz_max_m[:, None] + m)).all(-1)
+        inside &= w.nfz_valid[:, None]
+        return wps, ~inside.any(-1)
+
+    def reset_mask(self, mask: Tensor) -> None:
+        """Forget the progress of drones whose episode restarted (``(W, D)`` bool)."""
+        self._started &= ~mask
+
+    def _start_index(self, pos: Tensor) -> Tensor:
+        d = ((pos[..., None, :2] - self.waypoints[:, None]) ** 2).sum(-1)  # (W, D, P)
+        d = torch.where(self.wp_valid[:, None], d, float("inf"))
+        return d.argmin(-1)
+
+    def __call__(self, obs: object = None) -> Tensor:
+        """Expert actions ``(N, 4)`` for the current state of the environment."""
+        env = self.env
+        st = env.vehicle.state
+        pos = st.pos_enu_m
+        new = ~self._started | (env.step_count == 0)
+        self.wp_index = torch.where(new, self._start_index(pos), self.wp_index)
+        self._started |= True
+        p_count = self.waypoints.shape[1]
+        wp = torch.gather(
+            self.waypoints[:, None].expand(-1, env.drones_per_world, -1, -1),
+            2,
+            self.wp_index[..., None, None].expand(*self.wp_index.shape, 1, 2),
+        ).squeeze(2)
+        reached = ((wp - pos[..., :2]) ** 2).sum(-1) < 16.0
+        nxt = (self.wp_index + 1) % p_count
+        for _ in range(3):  # skip up to 3 invalid waypoints in a row
+            ok = torch.gather(self.wp_valid[:, None].expand(-1, env.drones_per_world, -1), 2,
+                              nxt.unsqueeze(-1)).squeeze(-1)  # fmt: skip
+            nxt = torch.where(ok, nxt, (nxt + 1) % p_count)
+        self.wp_index = torch.where(reached, nxt, self.wp_index)
+        goal = wp
+
+        # Approach a detected-but-not-found target (its ground position is known to the expert).
+        vis = env.det_visible & ~env.found
+        if bool(vis.any()):
+            b = env.det_boxes
+            area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+            score = torch.where(vis, area, -1.0)
+            best = score.argmax(-1)  # (W, D)
+            tpos = torch.gather(
+                env.world.target_pos_enu_m[:, None, :, :2].expand(-1, env.drones_per_world, -1, -1),
+                2,
+                best[..., None, None].expand(*best.shape, 1, 2),
+            ).squeeze(2)
+            has = vis.any(-1, keepdim=True)
+            goal = torch.where(has, tpos, goal)
+
+        delta = goal - pos[..., :2]
+        dist = torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp(min=1e-6)
+        speed = torch.clamp(0.8 * dist, max=self.speed_m_s)
+        v_xy = delta / dist * speed
+        v_z = torch.clamp(1.0 * (self.altitude_m - pos[..., 2:3]), -3.0, 3.0)
+        heading = torch.atan2(delta[..., 1], delta[..., 0])
+        yaw_rate = torch.clamp(2.0 * wrap_angle(heading - st.yaw_rad), -math.pi / 2, math.pi / 2)
+        lim = env.limits
+        action = torch.cat(
+            (
+                v_xy / lim.max_velocity_m_s,
+                v_z / lim.max_vertical_velocity_m_s,
+                (yaw_rate / math.radians(lim.max_yaw_rate_deg_s)).unsqueeze(-1),
+            ),
+            -1,
+        )
+        if self.action_noise > 0:
+            action = action + self.action_noise * torch.randn(
+                action.shape, generator=self.gen, device=action.device
+            )
+        return action.clamp(-1.0, 1.0).reshape(env.num_envs, 4)
+
+
+def run_policy(
+    env: ISREnv, policy, episodes_per_drone: int = 1, max_steps: int | None = None
+) -> dict[str, float]:
+    """Run ``policy`` until every drone finished ``episodes_per_drone`` episodes; mean metrics.
+
+    The environment should be built with ``stagger=False`` so that episodes are complete.
+    """
+    obs = env.reset()
+    if isinstance(policy, ScriptedExpert):
+        policy.reset_mask(torch.ones(env._shape, dtype=torch.bool, device=env.device))
+    done_count = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
+    sums: dict[str, Tensor] = {}
+    limit = max_steps or env.max_episode_steps * episodes_per_drone + 1
+    for _ in range(limit):
+        obs, _, _, _, info = env.step(policy(obs))
+        done = info["done"] & (done_count < episodes_per_drone)
+        if bool(done.any()):
+            for k, v in info["episode"].items():
+                vals = torch.nan_to_num(v, nan=0.0) if k == "time_to_first_detection_s" else v
+                sums[k] = sums.get(k, torch.zeros((), device=env.device)) + (vals * done).sum()
+            if "time_to_first_detection_s" in info["episode"]:
+                has = ~torch.isnan(info["episode"]["time_to_first_detection_s"]) & done
+                sums["_ttfd_count"] = (
+                    sums.get("_ttfd_count", torch.zeros((), device=env.device)) + has.sum()
+                )
+            sums["_terminated"] = (
+                sums.get("_terminated", torch.zeros((), device=env.device))
+                + (info["episode"]["collisions"].gt(0) & done).sum()
+            )
+            if isinstance(policy, ScriptedExpert):
+                policy.reset_mask(info["done"].view(env._shape))
+        done_count += info["done"].long()
+        if bool((done_count >= episodes_per_drone).all()):
+            break
+    n = float(
+        min(int(done_count.clamp(max=episodes_per_drone).sum()), env.num_envs * episodes_per_drone)
+    )
+    if n == 0:
+        raise RuntimeError("no episode finished; raise max_steps")
+    out = {k: float(v) / n for k, v in sums.items() if not k.startswith("_")}
+    ttfd_n = float(sums.get("_ttfd_count", 0))
+    out["time_to_first_detection_s"] = (
+        float(sums.get("time_to_first_detection_s", 0.0)) / ttfd_n if ttfd_n else float("nan")
+    )
+    out["crash_rate"] = float(sums.get("_terminated", 0.0)) / n
+    out["episodes"] = n
+    return out

@@ -1,0 +1,507 @@
+"""The batched ISR environment: W worlds x D drones, every drone an independent agent.
+
+Contract (torch, all tensors on ``env.device``; ``N = num_worlds * drones_per_world``, world-major,
+so drone ``i`` lives in world ``i // D``):
+
+- ``reset(seed=None) -> obs``: resets every drone; episode step counters are staggered
+  (uniform in ``[0, max_episode_steps)``) unless ``stagger=False``, so that time-outs spread out.
+- ``step(action (N, 4)) -> (obs, reward (N,), terminated (N,) bool, truncated (N,) bool, info)``.
+  Drones that are done are reset automatically before the call returns: ``obs`` holds their first
+  observation of the next episode and ``info["final_obs"]`` their last one (rows of done drones;
+  other rows are the current observation). ``terminated`` (crash, geofence breach if configured)
+  and ``truncated`` (time limit) are never merged.
+- ``obs`` is a float tensor ``(N, obs_dim)``, or with the camera a dict ``{"state": (N, obs_dim),
+  "image": (N, H, W, 3) uint8}``. The image is the last rendered frame (fresh on perception steps;
+  ``info["rendered"]`` says whether this step rendered).
+- ``info`` keys: ``final_obs``; ``reward_terms`` (dict of ``(N,)`` per-step values, unweighted);
+  ``interventions`` (dict of ``(N,)`` bool); ``rendered`` (bool); ``episode`` (dict of ``(N,)``
+  tensors valid where ``done``: return, length, per-term sums ``r/<term>``, targets_found,
+  coverage, collisions, geofence_breaches, safety_interventions, time_to_first_detection_s);
+  ``done`` (N,) bool; ``nonfinite_actions`` (running count).
+
+Choices made at construction (never branched on per step): vehicle model (direct/quadrotor),
+perception (ground truth; YOLO plugs in through the same :class:`Perception` interface), camera on
+or off, perception interval (``render_interval``).
+
+Bad input: an action of the wrong shape raises ``ValueError`` naming both shapes; NaN/inf entries
+make that drone's command a zero command and are counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from isr_direct_dynamics import InitialState, make_vehicle_model
+from isr_direct_dynamics.config import check
+from isr_sim_bridge.world import WorldSpec, advance_targets, generate_worlds
+from isr_sim_bridge.world_batch import TARGET_CLASSES, WorldBatch
+
+from .task.config import TASK_VERSION, TaskConfig
+from .task.coverage import (
+    camera_corner_rays_body,
+    cell_centres,
+    cells_in_footprint,
+    footprint_corners,
+    pool_coverage,
+)
+from .task.rewards import (
+    REWARD_TERMS,
+    action_smoothness_term,
+    altitude_band_term,
+    collision_term,
+    coverage_term,
+    geofence_term,
+    new_target_term,
+    time_term,
+    weighted_sum,
+)
+from .task.safety import INTERVENTION_KINDS, build_keep_out, safety_filter
+
+DET_FEATURES = 6 + len(TARGET_CLASSES)
+"""Features per top-K detection: valid flag, class one-hot, box centre (x, y) and size (w, h) in
+normalized image coordinates, already-found flag (see :func:`detection_features`)."""
+
+
+class PerceptionOutput(NamedTuple):
+    """What a perception backend returns for all drones on a perception step."""
+
+    boxes_xyxy_px: Tensor  # (W, D, T, 4) float: box of target t in drone d's image
+    visible: Tensor  # (W, D, T) bool: target t detected by drone d (visible, big enough)
+    image: Tensor | None  # (W, D, H, W, 3) uint8 when the camera renders, else None
+
+
+class Perception(Protocol):
+    """A perception backend (ground truth, or a detector) chosen at construction."""
+
+    image_size: tuple[int, int]
+    """(width, height) of the camera image in pixels."""
+    hfov_deg: float
+    vfov_deg: float
+    pitch_down_deg: float
+
+    def __call__(self, world: WorldBatch, pos_enu_m: Tensor, quat_wxyz: Tensor) -> PerceptionOutput:
+        """Detections (and the image) of every drone."""
+
+
+@dataclass
+class EnvConfig:
+    """Configuration of :class:`ISREnv` (what is built at construction)."""
+
+    num_worlds: int = 16
+    """Number of worlds W."""
+    drones_per_world: int = 1
+    """Drones per world D (1 to 32); they share the world, each is its own agent."""
+    vehicle: Literal["direct", "quadrotor"] = "direct"
+    """Vehicle model: fast-mode direct dynamics or the full-fidelity quadrotor."""
+    dynamics: dict[str, Any] = field(default_factory=dict)
+    """Config of the vehicle model (keys of DirectDynamicsConfig / QuadrotorConfig)."""
+    perception: Literal["gt", "yolo"] = "gt"
+    """Detections from ground truth or from the YOLO detector."""
+    camera: bool = False
+    """Render camera images into the observation."""
+    camera_resolution: str = "80x80"
+    """Camera resolution: a preset (training, evaluation, full) or WxH."""
+    world: WorldSpec = field(default_factory=WorldSpec)
+    """Procedural world spec."""
+    world_seeds: list[int] | None = None
+    """Seeds of the W worlds; None = seed, seed+1, ..."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The task (reward, safety, observation, episode)."""
+    seed: int = 0
+    """Seed of every random stream (spawns, dynamics noise, stagger)."""
+    stagger: bool = True
+    """Stagger initial episode lengths at reset."""
+
+    def validate(self) -> None:
+        """Check ranges; raises ConfigError naming the field."""
+        check(self.num_worlds >= 1, "num_worlds", f"must be >= 1, got {self.num_worlds}")
+        check(
+            1 <= self.drones_per_world <= 32,
+            "drones_per_world",
+            f"must be in 1..32, got {self.drones_per_world}",
+        )
+        if self.world_seeds is not None:
+            check(
+                len(self.world_seeds) == self.num_worlds,
+                "world_seeds",
+                f"needs {self.num_worlds} seeds, got {len(self.world_seeds)}",
+            )
+        self.task.validate()
+
+
+def detection_features(
+    boxes: Tensor,
+    visible: Tensor,
+    found: Tensor,
+    target_class: Tensor,
+    k: int,
+    size: tuple[int, int],
+) -> Tensor:
+    """Top-``k`` detections as features ``(W, D, k * DET_FEATURES)``.
+
+    Unfound targets rank first, then larger boxes. Per detection: valid flag, class one-hot, box
+    centre (x, y) and size (w, h) in image-normalized coordinates ([-1, 1] for the centre, [0, 2]
+    for the size), already-found flag. Empty slots are all zero.
+    """
+    w_px, h_px = size
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (W, D, T)
+    score = torch.where(visible, area + torch.where(found, 0.0, 1e7), -1.0)
+    t = score.shape[-1]
+    k_eff = min(k, t)
+    top, idx = torch.topk(score, k_eff, dim=-1)  # (W, D, k)
+    valid = top >= 0
+    b = torch.gather(boxes, 2, idx.unsqueeze(-1).expand(*idx.shape, 4))
+    cls = torch.gather(target_class.unsqueeze(1).expand_as(score), 2, idx)
+    onehot = torch.nn.functional.one_hot(cls, len(TARGET_CLASSES)).float()
+    scale = boxes.new_tensor([w_px, h_px])
+    centre = (b[..., :2] + b[..., 2:]) / scale - 1.0
+    extent = (b[..., 2:] - b[..., :2]) / scale * 2.0
+    fnd = torch.gather(found, 2, idx).float()
+    feats = torch.cat((valid.float().unsqueeze(-1), onehot, centre, extent, fnd.unsqueeze(-1)), -1)
+    feats = feats * valid.unsqueeze(-1)
+    if k_eff < k:
+        pad = feats.new_zeros(*feats.shape[:2], k - k_eff, feats.shape[-1])
+        feats = torch.cat((feats, pad), 2)
+    return feats.reshape(*feats.shape[:2], -1)
+
+
+class ISREnv:
+    """Batched ISR search environment (see the module docstring for the contract)."""
+
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        device: torch.device | str = "cpu",
+        perception: Perception | None = None,
+        world: WorldBatch | None = None,
+    ) -> None:
+        cfg = config or EnvConfig()
+        cfg.validate()
+        self.cfg = cfg
+        self.task = cfg.task
+        self.device = torch.device(device)
+        self.num_worlds = cfg.num_worlds
+        self.drones_per_world = cfg.drones_per_world
+        self.num_envs = cfg.num_worlds * cfg.drones_per_world
+        self.max_episode_steps = self.task.max_episode_steps
+        self.task_version = TASK_VERSION
+        shape = (self.num_worlds, self.drones_per_world)
+        self._shape = shape
+
+        seeds = cfg.world_seeds or [cfg.seed + i for i in range(cfg.num_worlds)]
+        self.world_seeds = list(seeds)
+        self.world = world if world is not None else generate_worlds(cfg.world, seeds, self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.vehicle = make_vehicle_model(
+            cfg.vehicle,
+            cfg.num_worlds,
+            cfg.drones_per_world,
+            self.task.control_dt_s,
+            self.device,
+            seed=cfg.seed + 1,
+            config=cfg.dynamics or None,
+        )
+        self.limits = self.vehicle.config.limits
+        if perception is None:
+            from .perception import make_perception
+
+            perception = make_perception(cfg, self.world, self.device)
+        self.perception = perception
+        self.keep_out = build_keep_out(self.world, self.task.safety)
+        oc = self.task.observation
+        w = self.world
+        self._cells = oc.coverage_cells
+        self._centres = cell_centres(
+            w.x_min_m, w.y_min_m, w.size_x_m, w.size_y_m, oc.coverage_cells, self.device
+        )
+        self._rays_body = camera_corner_rays_body(
+            perception.hfov_deg, perception.vfov_deg, perception.pitch_down_deg
+        ).to(self.device)
+        self._max_range_m = 3.0 * self.task.altitude_band_m[1]
+        self._area_centre = torch.tensor(
+            [w.x_min_m + w.size_x_m / 2, w.y_min_m + w.size_y_m / 2], device=self.device
+        )
+        self._area_half = torch.tensor([w.size_x_m / 2, w.size_y_m / 2], device=self.device)
+        self._alt_scale = float(w.geofence_max_m[:, 2].max())
+        self.num_targets = w.target_valid.sum(-1).clamp(min=1).float()  # (W,)
+        self.obs_dim = (
+            3
+            + 3
+            + 2
+            + 1
+            + 1
+            + 6
+            + 2
+            + oc.obs_coverage_cells**2
+            + oc.top_k_detections * DET_FEATURES
+        )
+        self.image_shape = (perception.image_size[1], perception.image_size[0], 3)
+        self.action_dim = 4
+
+        t = w.target_valid.shape[1]
+        z = torch.zeros
+        self.step_count = z(shape, dtype=torch.long, device=self.device)
+        self.global_step = 0
+        self.found = z(*shape, t, dtype=torch.bool, device=self.device)
+        self.seen = z(*shape, oc.coverage_cells**2, dtype=torch.bool, device=self.device)
+        self.prev_action = z(*shape, 4, device=self.device)
+        self.det_boxes = z(*shape, t, 4, device=self.device)
+        self.det_visible = z(*shape, t, dtype=torch.bool, device=self.device)
+        self.image = (
+            z(self.num_worlds, self.drones_per_world, *self.image_shape, dtype=torch.uint8,
+              device=self.device)
+            if cfg.camera else None
+        )  # fmt: skip
+        self.ep_return = z(shape, device=self.device)
+        self.ep_terms = {name: z(shape, device=self.device) for name in REWARD_TERMS}
+        self.ep_collisions = z(shape, device=self.device)
+        self.ep_breaches = z(shape, device=self.device)
+        self.ep_interventions = z(shape, device=self.device)
+        self.ep_first_detection = torch.full(shape, float("nan"), device=self.device)
+        self.nonfinite_action_count = z((), dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ helpers
+    def _flat(self, x: Tensor) -> Tensor:
+        return x.reshape(self.num_envs, *x.shape[2:])
+
+    def _spawn(self, mask: Tensor) -> None:
+        """Reset the vehicle state of masked drones to random spawn poses."""
+        w = self.world
+        shape = self._shape
+        u = torch.rand(*shape, 4, generator=self.gen, device=self.device)
+        lo, hi = w.spawn_min_m[:, None], w.spawn_max_m[:, None]
+        xy = lo + (hi - lo) * u[..., :2]
+        a0, a1 = self.task.spawn_altitude_m
+        z = a0 + (a1 - a0) * u[..., 2]
+        yaw = (u[..., 3] * 2 - 1) * math.pi
+        self.vehicle.reset(
+            mask, InitialState(pos_enu_m=torch.cat((xy, z.unsqueeze(-1)), -1), yaw_rad=yaw)
+        )
+
+    def _reset_drones(self, mask: Tensor) -> None:
+        """Masked reset of everything that belongs to a drone's episode."""
+        self._spawn(mask)
+        m = mask
+        self.step_count.masked_fill_(m, 0)
+        self.found.masked_fill_(m.unsqueeze(-1), False)
+        self.seen.masked_fill_(m.unsqueeze(-1), False)
+        self.prev_action.masked_fill_(m.unsqueeze(-1), 0.0)
+        self.det_visible.masked_fill_(m.unsqueeze(-1), False)
+        self.ep_return.masked_fill_(m, 0.0)
+        for v in self.ep_terms.values():
+            v.masked_fill_(m, 0.0)
+        self.ep_collisions.masked_fill_(m, 0.0)
+        self.ep_breaches.masked_fill_(m, 0.0)
+        self.ep_interventions.masked_fill_(m, 0.0)
+        self.ep_first_detection.masked_fill_(m, float("nan"))
+
+    def _perceive(self) -> None:
+        """Run perception for every drone; update detections, found targets and coverage."""
+        st = self.vehicle.state
+        out = self.perception(self.world, st.pos_enu_m, st.quat_wxyz)
+        self.det_boxes = out.boxes_xyxy_px
+        self.det_visible = out.visible & self.world.target_valid[:, None]
+        if out.image is not None and self.image is not None:
+            self.image = out.image
+        corners = footprint_corners(st.pos_enu_m, st.quat_wxyz, self._rays_body, self._max_range_m)
+        return cells_in_footprint(corners, st.pos_enu_m, self._centres, self._max_range_m)
+
+    def _observe(self) -> Tensor | dict[str, Tensor]:
+        st = self.vehicle.state
+        w = self.world
+        pos = st.pos_enu_m
+        rel = (pos[..., :2] - self._area_centre) / self._area_half
+        alt = pos[..., 2:3] / self._alt_scale
+        vel = st.vel_enu_m_s / self.limits.max_velocity_m_s
+        yaw = st.yaw_rad.unsqueeze(-1)
+        time_left = 1.0 - self.step_count.unsqueeze(-1).float() / self.max_episode_steps
+        gmin, gmax = w.geofence_min_m[:, None], w.geofence_max_m[:, None]
+        fence = torch.cat((pos - gmin, gmax - pos), -1) / self._area_half.max()  # (W, D, 6)
+        nfz = self._nearest_nfz(pos)
+        cover = pool_coverage(self.seen, self._cells, self.task.observation.obs_coverage_cells)
+        dets = detection_features(
+            self.det_boxes, self.det_visible, self.found, w.target_class,
+            self.task.observation.top_k_detections, self.perception.image_size,
+        )  # fmt: skip
+        state = torch.cat(
+            (
+                rel,
+                alt,
+                vel,
+                torch.sin(yaw),
+                torch.cos(yaw),
+                alt,
+                time_left,
+                fence,
+                nfz,
+                cover,
+                dets,
+            ),
+            -1,
+        )
+        state = self._flat(state)
+        if self.image is None:
+            return state
+        return {"state": state, "image": self._flat(self.image)}
+
+    def _nearest_nfz(self, pos: Tensor) -> Tensor:
+        """Vector to the nearest point of the nearest no-fly zone, normalized, ``(W, D, 2)``."""
+        w = self.world
+        if w.nfz_valid.shape[1] == 0:
+            return pos.new_zeros(*pos.shape[:2], 2)
+        p = pos[..., None, :2]
+        q = torch.maximum(torch.minimum(p, w.nfz_max_m[:, None]), w.nfz_min_m[:, None])
+        delta = q - p
+        d = torch.linalg.vector_norm(delta, dim=-1)
+        d = torch.where(w.nfz_valid[:, None], d, float("inf"))
+        idx = d.argmin(-1, keepdim=True)
+        best = torch.gather(delta, 2, idx.unsqueeze(-1).expand(*idx.shape, 2)).squeeze(2)
+        any_valid = w.nfz_valid.any(-1)[:, None, None]
+        return torch.where(any_valid, best / self._area_half.max(), 0.0)
+
+    def _collisions(self, pos: Tensor) -> Tensor:
+        """Crash flags ``(W, D)``: ground, building/obstacle boxes, other drones of the world."""
+        r = self.task.drone_radius_m
+        w = self.world
+        ground = (pos[..., 2] <= r) | self.vehicle.state.ground_contact
+        p = pos[..., None, :]  # (W, D, 1, 3)
+        lo, hi = w.box_min_m[:, None] - r, w.box_max_m[:, None] + r
+        in_box = ((p >= lo) & (p <= hi)).all(-1) & w.box_valid[:, None]
+        hit_box = in_box.any(-1)
+        if self.drones_per_world > 1:
+            d2 = ((pos[:, :, None] - pos[:, None]) ** 2).sum(-1)  # (W, D, D)
+            eye = torch.eye(self.drones_per_world, dtype=torch.bool, device=self.device)
+            hit_drone = ((d2 < (2 * r) ** 2) & ~eye).any(-1)
+        else:
+            hit_drone = torch.zeros_like(hit_box)
+        return ground | hit_box | hit_drone
+
+    def _breach(self, pos: Tensor) -> Tensor:
+        w = self.world
+        gmin, gmax = w.geofence_min_m[:, None], w.geofence_max_m[:, None]
+        outside = (pos[..., :2] < gmin[..., :2]) | (pos[..., :2] > gmax[..., :2])
+        return outside.any(-1) | (pos[..., 2] > gmax[..., 2])
+
+    # ------------------------------------------------------------------ contract
+    def reset(self, seed: int | None = None) -> Tensor | dict[str, Tensor]:
+        """Reset every drone (staggered episode counters unless disabled); return observations."""
+        if seed is not None:
+            self.gen.manual_seed(seed)
+        everyone = torch.ones(self._shape, dtype=torch.bool, device=self.device)
+        self._reset_drones(everyone)
+        if self.cfg.stagger:
+            self.step_count = torch.randint(
+                0, self.max_episode_steps, self._shape, generator=self.gen, device=self.device
+            )
+        self.global_step = 0
+        self.seen |= self._perceive()
+        return self._observe()
+
+    def step(self, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Advance every drone one control step (see the module docstring)."""
+        if tuple(action.shape) != (self.num_envs, 4):
+            raise ValueError(
+                f"action has shape {tuple(action.shape)}, expected ({self.num_envs}, 4)"
+            )
+        action = action.to(self.device, torch.float32).view(*self._shape, 4)
+        bad = ~torch.isfinite(action).all(-1)
+        self.nonfinite_action_count += bad.sum()
+        action = torch.where(bad.unsqueeze(-1), 0.0, action).clamp(-1.0, 1.0)
+
+        w = self.world
+        st = self.vehicle.state
+        if self.task.safety.enabled:
+            action, interventions = safety_filter(
+                action, st.pos_enu_m, w.geofence_min_m, w.geofence_max_m, self.keep_out,
+                self.task.safety, self.limits, self.task.min_altitude_m,
+            )  # fmt: skip
+        else:
+            interventions = {k: torch.zeros_like(bad) for k in INTERVENTION_KINDS}
+        st = self.vehicle.step(action)
+        advance_targets(w, self.task.control_dt_s)
+        self.step_count += 1
+        self.global_step += 1
+
+        rendered = self.global_step % self.task.perception_interval == 0
+        if rendered:
+            seen_now = self._perceive()
+            seen_new = seen_now & ~self.seen
+            self.seen |= seen_now
+            b = self.det_boxes
+            big = ((b[..., 2] - b[..., 0]) >= self.task.found_min_box_px) & (
+                (b[..., 3] - b[..., 1]) >= self.task.found_min_box_px
+            )
+            found_new = self.det_visible & big & ~self.found
+            self.found |= found_new
+        else:
+            seen_new = torch.zeros_like(self.seen)
+            found_new = torch.zeros_like(self.found)
+
+        pos = st.pos_enu_m
+        crashed = self._collisions(pos)
+        breached = self._breach(pos)
+        terms = {
+            "new_target": new_target_term(found_new),
+            "coverage": coverage_term(seen_new),
+            "time": time_term(crashed),
+            "collision": collision_term(crashed),
+            "geofence": geofence_term(breached),
+            "altitude_band": altitude_band_term(pos[..., 2], self.task.altitude_band_m),
+            "action_smoothness": action_smoothness_term(action, self.prev_action),
+        }
+        reward = weighted_sum(terms, self.task.reward)
+        self.prev_action = action
+
+        any_intervention = torch.zeros_like(bad)
+        for v in interventions.values():
+            any_intervention |= v
+        self.ep_return += reward
+        for name, v in terms.items():
+            self.ep_terms[name] += v
+        self.ep_collisions += crashed.float()
+        self.ep_breaches += breached.float()
+        self.ep_interventions += any_intervention.float()
+        first = found_new.any(-1) & torch.isnan(self.ep_first_detection)
+        t_now = self.step_count.float() * self.task.control_dt_s
+        self.ep_first_detection = torch.where(first, t_now, self.ep_first_detection)
+
+        terminated = crashed | (
+            breached if self.task.terminate_on_geofence else torch.zeros_like(crashed)
+        )
+        truncated = (self.step_count >= self.max_episode_steps) & ~terminated
+        done = terminated | truncated
+
+        episode = {
+            "return": self.ep_return.clone(),
+            "length": self.step_count.float(),
+            "targets_found": self.found.float().sum(-1) / self.num_targets[:, None],
+            "coverage": self.seen.float().mean(-1),
+            "collisions": self.ep_collisions.clone(),
+            "geofence_breaches": self.ep_breaches.clone(),
+            "safety_interventions": self.ep_interventions.clone(),
+            "time_to_first_detection_s": self.ep_first_detection.clone(),
+            **{f"r/{k}": v.clone() for k, v in self.ep_terms.items()},
+        }
+        obs = self._observe()
+        final_obs = obs
+        if bool(done.any()):
+            final_obs = (
+                {k: v.clone() for k, v in obs.items()} if isinstance(obs, dict) else obs.clone()
+            )
+            self._reset_drones(done)
+            obs = self._observe()
+        info = {
+            "final_obs": final_obs,
+            "done": self._flat(done),
+            "episode": {k: self._flat(v) for k, v in episode.items()},
+            "reward_terms": {k: self._flat(v) for k, v in terms.items()},
+            "interventions": {k: self._flat(v) for k, v in interventions.items()},
+            "rendered": rendered,
+            "nonfinite_actions": self.nonfinite_action_count,
+        }
+        return obs, self._flat(reward), self._flat(terminated), self._flat(truncated), info

@@ -1,0 +1,85 @@
+"""Coverage: which cells of the area each drone's camera has already seen.
+
+The area is split into ``G x G`` cells (row index = y, column index = x, as the ground texture).
+At every perception step the camera's ground footprint is the quadrilateral where the four
+corner rays of the image meet the ground (a ray above the horizon is cut at ``max_range_m``); a cell
+is seen when its centre lies inside the footprint and within ``max_range_m`` of the drone.
+Occlusion by buildings is ignored for coverage (it is not for detections).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from isr_direct_dynamics.math3d import quat_rotate
+
+
+def camera_corner_rays_body(hfov_deg: float, vfov_deg: float, pitch_down_deg: float) -> Tensor:
+    """Unit directions ``(4, 3)`` in body FLU of the image corners, in order around the image.
+
+    The camera looks along body x, pitched down by ``pitch_down_deg``.
+    """
+    th, tv = math.tan(math.radians(hfov_deg) / 2), math.tan(math.radians(vfov_deg) / 2)
+    # FLU: forward x, left y, up z; image corners (left/right = +-y, up/down = +-z).
+    corners = torch.tensor(
+        [[1.0, th, tv], [1.0, -th, tv], [1.0, -th, -tv], [1.0, th, -tv]], dtype=torch.float32
+    )
+    p = math.radians(pitch_down_deg)
+    rot = torch.tensor(
+        [[math.cos(p), 0.0, math.sin(p)], [0.0, 1.0, 0.0], [-math.sin(p), 0.0, math.cos(p)]]
+    )
+    rays = corners @ rot.T
+    return rays / torch.linalg.vector_norm(rays, dim=-1, keepdim=True)
+
+
+def footprint_corners(
+    pos_enu_m: Tensor, quat_wxyz: Tensor, rays_body: Tensor, max_range_m: float
+) -> Tensor:
+    """Ground points ``(W, D, 4, 2)`` of the corner rays (cut at ``max_range_m`` horizontally)."""
+    rays = quat_rotate(quat_wxyz.unsqueeze(-2), rays_body.to(pos_enu_m.device))  # (W, D, 4, 3)
+    h = pos_enu_m[..., 2:3].clamp(min=0.0)  # (W, D, 1) height above the ground plane
+    down = (-rays[..., 2]).clamp(min=1e-6)  # (W, D, 4)
+    horiz = rays[..., :2]
+    hnorm = torch.linalg.vector_norm(horiz, dim=-1).clamp(min=1e-6)
+    t_ground = h / down  # distance along the ray to the ground
+    reach = torch.minimum(t_ground * hnorm, torch.full_like(hnorm, max_range_m))
+    return pos_enu_m[..., None, :2] + horiz / hnorm.unsqueeze(-1) * reach.unsqueeze(-1)
+
+
+def cell_centres(
+    x_min_m: float, y_min_m: float, size_x_m: float, size_y_m: float, cells: int, device
+) -> Tensor:
+    """Centres ``(G*G, 2)`` of the coverage cells, row-major (row = y)."""
+    xs = x_min_m + (torch.arange(cells, device=device) + 0.5) * (size_x_m / cells)
+    ys = y_min_m + (torch.arange(cells, device=device) + 0.5) * (size_y_m / cells)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx.reshape(-1), gy.reshape(-1)), -1)
+
+
+def cells_in_footprint(
+    corners: Tensor, pos_enu_m: Tensor, centres: Tensor, max_range_m: float
+) -> Tensor:
+    """Bool ``(W, D, G*G)``: cell centres inside the (convex) footprint quad and in range."""
+    c = corners.unsqueeze(-2)  # (W, D, 4, 1, 2)
+    edge = torch.roll(corners, -1, dims=-2).unsqueeze(-2) - c  # (W, D, 4, 1, 2)
+    rel = centres - c  # (W, D, 4, G*G, 2)
+    cross = edge[..., 0] * rel[..., 1] - edge[..., 1] * rel[..., 0]  # (W, D, 4, G*G)
+    # Orientation of the quad (its sign depends on the camera's roll/yaw): make it positive.
+    prev = corners.roll(1, dims=-2)
+    area = (prev[..., 0] * corners[..., 1] - corners[..., 0] * prev[..., 1]).sum(-1)
+    sign = torch.where(area >= 0, 1.0, -1.0)[..., None, None]
+    inside = ((cross * sign) >= 0).all(dim=-2)
+    d2 = ((centres - pos_enu_m[..., None, :2]) ** 2).sum(-1)
+    return inside & (d2 <= max_range_m * max_range_m)
+
+
+def pool_coverage(seen: Tensor, cells: int, out_cells: int) -> Tensor:
+    """Pool a ``(W, D, G*G)`` coverage map to ``(W, D, g*g)``: the fraction seen per block."""
+    w, d, _ = seen.shape
+    k = cells // out_cells
+    grid = seen.view(w * d, 1, cells, cells).float()
+    pooled = torch.nn.functional.avg_pool2d(grid, k)
+    return pooled.view(w, d, out_cells * out_cells)

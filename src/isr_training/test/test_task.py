@@ -1,0 +1,207 @@
+"""Unit tests of the task's pure functions: safety filter, coverage, rewards, detection features."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from isr_direct_dynamics import DirectDynamics, InitialState, VelocityLimits
+from isr_direct_dynamics.config import ConfigError, from_dict
+from isr_direct_dynamics.math3d import quat_from_euler
+from isr_training.env import DET_FEATURES, detection_features
+from isr_training.task.config import SafetyConfig, TaskConfig
+from isr_training.task.coverage import (
+    camera_corner_rays_body,
+    cell_centres,
+    cells_in_footprint,
+    footprint_corners,
+    pool_coverage,
+)
+from isr_training.task.rewards import (
+    REWARD_TERMS,
+    action_smoothness_term,
+    altitude_band_term,
+    coverage_term,
+    new_target_term,
+    weighted_sum,
+)
+from isr_training.task.safety import KeepOutRects, safety_filter
+
+pytestmark = pytest.mark.unit
+LIMITS = VelocityLimits()
+
+
+def no_rects(w: int, device) -> KeepOutRects:
+    z = torch.zeros(w, 0, 2, device=device)
+    return KeepOutRects(z, z, torch.zeros(w, 0, device=device),
+                        torch.zeros(w, 0, dtype=torch.bool, device=device),
+                        torch.zeros(w, 0, dtype=torch.bool, device=device))  # fmt: skip
+
+
+def one_rect(lo, hi, top, nfz, device) -> KeepOutRects:
+    return KeepOutRects(
+        torch.tensor([[lo]], device=device, dtype=torch.float32),
+        torch.tensor([[hi]], device=device, dtype=torch.float32),
+        torch.tensor([[top]], device=device, dtype=torch.float32),
+        torch.tensor([[nfz]], device=device),
+        torch.tensor([[True]], device=device),
+    )
+
+
+def fence(device):
+    return (torch.tensor([[-50.0, -50.0, 0.0]], device=device),
+            torch.tensor([[50.0, 50.0, 60.0]], device=device))  # fmt: skip
+
+
+def test_safety_filter_leaves_free_flight_alone(device):
+    gmin, gmax = fence(device)
+    action = torch.tensor([[[0.5, -0.3, 0.1, 0.2]]], device=device)
+    pos = torch.tensor([[[0.0, 0.0, 30.0]]], device=device)
+    out, hits = safety_filter(
+        action, pos, gmin, gmax, no_rects(1, device), SafetyConfig(), LIMITS, 5.0
+    )
+    torch.testing.assert_close(out, action)
+    assert not any(bool(v.any()) for v in hits.values())
+
+
+def test_safety_filter_brakes_at_the_wall_and_pushes_back(device):
+    gmin, gmax = fence(device)
+    cfg = SafetyConfig(horizon_s=2.0, geofence_margin_m=4.0)
+    pos = torch.tensor([[[40.0, 0.0, 30.0], [49.0, 0.0, 30.0]]], device=device)
+    action = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]], device=device)
+    out, hits = safety_filter(action, pos, gmin, gmax, no_rects(1, device), cfg, LIMITS, 5.0)
+    # 6 m of clearance to the margin at 2 s horizon: 3 m/s allowed = 0.3 normalized.
+    assert out[0, 0, 0].item() == pytest.approx(0.3, abs=1e-5)
+    assert out[0, 1, 0].item() < 0  # inside the margin: commanded back in
+    assert hits["geofence"].all()
+
+
+def test_safety_filter_altitude_floor(device):
+    gmin, gmax = fence(device)
+    pos = torch.tensor([[[0.0, 0.0, 6.0]]], device=device)
+    action = torch.tensor([[[0.0, 0.0, -1.0, 0.0]]], device=device)
+    out, hits = safety_filter(
+        action, pos, gmin, gmax, no_rects(1, device), SafetyConfig(), LIMITS, 5.0
+    )
+    assert out[0, 0, 2].item() > 0  # below floor + margin (7 m): climb
+    assert hits["altitude"].all()
+
+
+def test_safety_filter_no_fly_zone_and_obstacle_height(device):
+    gmin, gmax = fence(device)
+    cfg = SafetyConfig(horizon_s=2.0)
+    # Rectangle x in [10, 20] (margins already in it), drone approaching from the west at 8 m/s.
+    pos = torch.tensor([[[6.0, 0.0, 30.0]]], device=device)
+    action = torch.tensor([[[0.8, 0.0, 0.0, 0.0]]], device=device)
+    nfz = one_rect([10.0, -5.0], [20.0, 5.0], float("inf"), True, device)
+    out, hits = safety_filter(action, pos, gmin, gmax, nfz, cfg, LIMITS, 5.0)
+    assert out[0, 0, 0].item() == pytest.approx(0.2, abs=1e-5)  # 4 m / 2 s = 2 m/s
+    assert hits["no_fly_zone"].all() and not hits["obstacle"].any()
+    # A building only 20 m tall does not constrain a drone flying at 30 m.
+    bld = one_rect([10.0, -5.0], [20.0, 5.0], 20.0, False, device)
+    out, hits = safety_filter(action, pos, gmin, gmax, bld, cfg, LIMITS, 5.0)
+    torch.testing.assert_close(out, action)
+    # Inside the rectangle: pushed out through the nearest edge (west).
+    pos_in = torch.tensor([[[11.0, 0.0, 30.0]]], device=device)
+    out, hits = safety_filter(action, pos_in, gmin, gmax, nfz, cfg, LIMITS, 5.0)
+    assert out[0, 0, 0].item() < 0 and hits["no_fly_zone"].all()
+
+
+def test_safety_filter_never_lets_a_drone_leave_the_geofence(device):
+    """Random actions for 60 s with the direct dynamics: no drone crosses the fence."""
+    n = 64
+    gmin, gmax = fence(device)
+    model = DirectDynamics(1, n, 0.1, device, seed=0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    start = (torch.rand(1, n, 3, generator=gen, device=device) * 2 - 1) * 40
+    start[..., 2] = 30.0
+    model.reset(initial=InitialState(pos_enu_m=start))
+    cfg = SafetyConfig()
+    worst = -1e9
+    for step in range(600):
+        if step % 20 == 0:  # persistent random commands, many of them straight at a wall
+            action = torch.sign(torch.rand(1, n, 4, generator=gen, device=device) * 2 - 1)
+        safe, _ = safety_filter(
+            action, model.state.pos_enu_m, gmin, gmax, no_rects(1, device), cfg, LIMITS, 5.0
+        )
+        pos = model.step(safe).pos_enu_m
+        worst = max(
+            worst, float((pos[..., :2].abs() - 50.0).max()), float(pos[..., 2].max() - 60.0)
+        )
+    assert worst < 0.0, f"a drone got {worst:.2f} m past the geofence"
+
+
+def test_corner_rays_point_forward_and_down():
+    rays = camera_corner_rays_body(90.0, 90.0, 45.0)
+    assert rays.shape == (4, 3)
+    centre = rays.mean(0)
+    assert centre[0] > 0 and centre[2] < 0  # forward and down
+    torch.testing.assert_close(torch.linalg.vector_norm(rays, dim=-1), torch.ones(4))
+
+
+def test_coverage_footprint_straight_down(device):
+    rays = camera_corner_rays_body(90.0, 90.0, 90.0)  # nadir camera, 90 deg FOV
+    pos = torch.tensor([[[0.0, 0.0, 10.0]]], device=device)
+    quat = quat_from_euler(*(torch.zeros(1, 1, device=device),) * 3)
+    corners = footprint_corners(pos, quat, rays, 100.0)
+    # At 10 m a 90 deg nadir view covers x, y in [-10, 10].
+    torch.testing.assert_close(corners.abs(), torch.full_like(corners, 10.0), atol=1e-4, rtol=0)
+    centres = cell_centres(-50, -50, 100, 100, 10, device)
+    inside = cells_in_footprint(corners, pos, centres, 100.0)
+    # Cells of 10 m: the four centred at +-5 m are inside.
+    assert int(inside.sum()) == 4
+    # Yawed by 45 deg: the view is a diamond, still containing the 4 central cells.
+    quat = quat_from_euler(torch.zeros(1, 1, device=device), torch.zeros(1, 1, device=device),
+                           torch.full((1, 1), math.pi / 4, device=device))  # fmt: skip
+    inside = cells_in_footprint(footprint_corners(pos, quat, rays, 100.0), pos, centres, 100.0)
+    assert int(inside.sum()) == 4
+    pooled = pool_coverage(inside, 10, 5)
+    assert pooled.shape == (1, 1, 25) and pooled.sum().item() == pytest.approx(1.0)
+
+
+def test_reward_terms():
+    found_new = torch.tensor([[[True, False, True]]])
+    assert new_target_term(found_new).item() == 2.0
+    assert coverage_term(torch.tensor([[[True, True, False, True]]])).item() == 3.0
+    alt = torch.tensor([[5.0, 30.0, 55.0, 200.0]])
+    torch.testing.assert_close(
+        altitude_band_term(alt, (20.0, 50.0)), torch.tensor([[10.0, 0.0, 5.0, 10.0]])
+    )
+    a, b = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 0.0, 0.0, 1.0]]])
+    assert action_smoothness_term(a, b).item() == 2.0
+    terms = {name: torch.ones(1, 1) for name in REWARD_TERMS}
+    w = TaskConfig().reward
+    expected = sum(getattr(w, name) for name in REWARD_TERMS)
+    assert weighted_sum(terms, w).item() == pytest.approx(expected)
+
+
+def test_detection_features_rank_unfound_first():
+    boxes = torch.tensor([[[[0, 0, 40, 40], [10, 10, 20, 20], [0, 0, 5, 5]]]], dtype=torch.float32)
+    visible = torch.tensor([[[True, True, False]]])
+    found = torch.tensor([[[True, False, False]]])
+    cls = torch.tensor([[2, 1, 0]])
+    f = detection_features(boxes, visible, found, cls, 3, (80, 80)).view(3, DET_FEATURES)
+    assert f[0, 0] == 1 and f[0, 2] == 1  # first: the unfound person (class 1)
+    assert f[0, -1] == 0
+    assert f[1, 0] == 1 and f[1, 3] == 1 and f[1, -1] == 1  # then the found structure
+    assert f[2].abs().sum() == 0  # invisible target: empty slot
+    cx = (10 + 20) / 80 - 1
+    assert f[0, 1 + 3].item() == pytest.approx(cx)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"control_dt_s": 0.0}, "control_dt_s"),
+        ({"reward": {"collision": 5.0}}, "reward.collision"),
+        ({"safety": {"horizon_s": -1.0}}, "safety.horizon_s"),
+        ({"observation": {"obs_coverage_cells": 5}}, "observation.obs_coverage_cells"),
+        ({"rewards": {}}, "rewards"),
+        ({"spawn_altitude_m": [40.0, 10.0]}, "spawn_altitude_m"),
+    ],
+)
+def test_task_config_errors_name_the_field(data, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        from_dict(TaskConfig, data)
