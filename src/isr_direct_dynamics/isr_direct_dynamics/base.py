@@ -37,11 +37,11 @@ class VelocityLimits:
     """Limit the commanded horizontal speed to ``max_velocity_m_s`` also on diagonals (as PX4's
     ``MPC_XY_VEL_MAX`` limits the norm); ``False`` scales each axis independently."""
 
-    def validate(self, prefix: str = "limits") -> None:
-        """Check ranges; raises :class:`ConfigError` naming the field."""
+    def validate(self, prefix: str = "") -> None:
+        """Check ranges; raises :class:`ConfigError` naming the field (after ``prefix``)."""
         for name in ("max_velocity_m_s", "max_vertical_velocity_m_s", "max_yaw_rate_deg_s"):
             v = getattr(self, name)
-            check(math.isfinite(v) and v > 0, f"{prefix}.{name}", f"must be > 0, got {v}")
+            check(math.isfinite(v) and v > 0, f"{prefix}{name}", f"must be > 0, got {v}")
 
 
 def scale_action(action: Tensor, limits: VelocityLimits) -> tuple[Tensor, Tensor]:
@@ -51,7 +51,7 @@ def scale_action(action: Tensor, limits: VelocityLimits) -> tuple[Tensor, Tensor
     )
     vel = action[..., :3] * scale
     if limits.clip_horizontal_norm:
-        speed = torch.linalg.vector_norm(vel[..., :2], dim=-1, keepdim=True)
+        speed = torch.hypot(vel[..., 0:1], vel[..., 1:2])
         factor = torch.clamp(limits.max_velocity_m_s / torch.clamp(speed, min=1e-9), max=1.0)
         vel = torch.cat((vel[..., :2] * factor, vel[..., 2:]), dim=-1)
     yaw_rate = action[..., 3] * math.radians(limits.max_yaw_rate_deg_s)

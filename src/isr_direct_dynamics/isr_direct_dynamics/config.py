@@ -21,13 +21,42 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
+    """An invalid configuration value; the message names the field (``.field``, dotted path)."""
+
+    def __init__(self, message: str, field: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
 
 
 def check(condition: bool, field: str, message: str) -> None:
     """Raise :class:`ConfigError` naming ``field`` unless ``condition`` holds."""
     if not condition:
-        raise ConfigError(f"invalid config field '{field}': {message}")
+        raise ConfigError(f"invalid config field '{field}': {message}", field, message)
+
+
+def validate_tree(obj: Any, prefix: str = "") -> None:
+    """Validate a config and every nested config dataclass, naming errors by full dotted path.
+
+    Each config's ``validate()`` checks its own fields and names them relative to itself; this
+    walks the tree and prefixes the path of the nested config (``task.reward.time``).
+    """
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as exc:
+            if not prefix or exc.field is None:
+                raise
+            raise ConfigError(
+                f"invalid config field '{prefix}{exc.field}': {exc.reason}",
+                prefix + exc.field,
+                exc.reason,
+            ) from None
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_tree(value, f"{prefix}{f.name}.")
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -101,8 +130,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, _prefix: str = "") -> T
     """Build the dataclass ``cls`` from a plain mapping, strictly.
 
     Unknown keys and values of the wrong type raise :class:`ConfigError` naming the field; missing
-    keys keep their defaults. Nested dataclass fields take nested mappings. ``validate()`` is
-    called on the result when the class defines it.
+    keys keep their defaults. Nested dataclass fields take nested mappings. The result is checked
+    with :func:`validate_tree` (every nested ``validate()``, errors named by full path).
     """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
@@ -114,9 +143,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, _prefix: str = "") -> T
         )
     kwargs = {k: _coerce(v, hints[k], _prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
+    if not _prefix:
+        validate_tree(obj)
     return obj
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .base import InitialState, VehicleModel, VelocityLimits, flat_ground
-from .config import check
+from .config import check, validate_tree
 
 GRAVITY_M_S2 = 9.80665
 
@@ -82,7 +82,7 @@ class DirectDynamicsConfig:
 
     def validate(self) -> None:
         """Check ranges; raises :class:`ConfigError` naming the field."""
-        self.limits.validate("limits")
+        self.limits.validate("limits.")
         for name in (
             "tau_horizontal_s",
             "tau_vertical_s",
@@ -301,7 +301,7 @@ class DirectDynamics(VehicleModel):
         super().__init__(num_worlds, drones_per_world, control_dt_s, device, seed)
         self._compile = compile_step
         self.config = (config or DirectDynamicsConfig()).resolved()
-        self.config.validate()
+        validate_tree(self.config)
         self.terrain_height_fn = terrain_height_fn
         shape = self.shape
         dev = self.device
