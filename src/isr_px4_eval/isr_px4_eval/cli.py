@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "isr_direct_dynamics.cli",
     "isr_sim_bridge.world_cli",
     "isr_training.cli",
+    "isr_px4_eval.tuning_cli",
     "isr_px4_eval.demo",
 )
 """Modules whose ``register(sub, bench_sub)`` adds subcommands, in help order."""
