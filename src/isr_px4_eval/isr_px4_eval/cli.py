@@ -20,6 +20,8 @@ from isr_direct_dynamics.config import ConfigError
 COMMAND_MODULES: tuple[str, ...] = (
     "isr_direct_dynamics.cli",
     "isr_sim_bridge.world_cli",
+    "isr_sim_bridge.camera_cli",
+    "isr_sim_bridge.yolo_cli",
     "isr_training.cli",
     "isr_px4_eval.tuning_cli",
     "isr_px4_eval.demo",

@@ -47,14 +47,19 @@ class ScriptedExpert:
     def __init__(
         self,
         env: ISREnv,
-        altitude_m: float = 30.0,
+        altitude_m: float = 25.0,
         spacing_m: float | None = None,
-        speed_m_s: float = 8.0,
+        speed_m_s: float = 9.0,
+        approach_altitude_m: float = 14.0,
         action_noise: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.env = env
-        self.altitude_m = altitude_m
+        # Drones of one world fly at different altitudes and start at different strips, so that
+        # they neither collide nor cover the same ground.
+        d = torch.arange(env.drones_per_world, device=env.device, dtype=torch.float32)
+        self.altitude_m = (altitude_m + 3.0 * (d - d.mean())).clamp(min=approach_altitude_m + 2)
+        self.approach_altitude_m = approach_altitude_m
         self.speed_m_s = speed_m_s
         self.action_noise = action_noise
         self.gen = torch.Generator(device=env.device).manual_seed(seed)
@@ -65,8 +70,13 @@ class ScriptedExpert:
             spacing_m = 0.8 * 2.0 * slant * math.tan(math.radians(p.hfov_deg) / 2)
         self.spacing_m = spacing_m
         self.waypoints, self.wp_valid = self._lawnmower()
-        self.wp_index = torch.zeros(env._shape, dtype=torch.long, device=env.device)
-        self._started = torch.zeros(env._shape, dtype=torch.bool, device=env.device)
+        z = torch.zeros
+        self.wp_index = z(env._shape, dtype=torch.long, device=env.device)
+        self.wp_dir = torch.ones(env._shape, dtype=torch.long, device=env.device)
+        self._started = z(env._shape, dtype=torch.bool, device=env.device)
+        self._best_dist = torch.full(env._shape, float("inf"), device=env.device)
+        self._stall_steps = z(env._shape, dtype=torch.long, device=env.device)
+        self._stall_limit = max(1, round(3.0 / env.task.control_dt_s))
 
     def _lawnmower(self) -> tuple[Tensor, Tensor]:
         """Waypoints ``(W, P, 2)`` of a boustrophedon over the geofence (minus a margin)."""
@@ -95,10 +105,24 @@ class ScriptedExpert:
         """Forget the progress of drones whose episode restarted (``(W, D)`` bool)."""
         self._started &= ~mask
 
-    def _start_index(self, pos: Tensor) -> Tensor:
-        d = ((pos[..., None, :2] - self.waypoints[:, None]) ** 2).sum(-1)  # (W, D, P)
-        d = torch.where(self.wp_valid[:, None], d, float("inf"))
-        return d.argmin(-1)
+    def _start(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Start index and direction of every drone.
+
+        Drone d of D sweeps the d-th part of the pattern, from the end of that part nearer to it
+        towards the other end.
+        """
+        p_count = self.waypoints.shape[1]
+        dist = ((pos[..., None, :2] - self.waypoints[:, None]) ** 2).sum(-1)  # (W, D, P)
+        n = self.env.drones_per_world
+        ar = torch.arange(p_count, device=pos.device)
+        part = ar * n // p_count  # (P,) part of each waypoint
+        first = torch.stack([ar[part == d].min() for d in range(n)]).to(pos.device)  # (D,)
+        last = torch.stack([ar[part == d].max() for d in range(n)]).to(pos.device)
+        d_first = torch.gather(dist, 2, first.expand(*dist.shape[:2]).unsqueeze(-1)).squeeze(-1)
+        d_last = torch.gather(dist, 2, last.expand(*dist.shape[:2]).unsqueeze(-1)).squeeze(-1)
+        forward = d_first <= d_last
+        index = torch.where(forward, first, last)
+        return index, torch.where(forward, 1, -1)
 
     def __call__(self, obs: object = None) -> Tensor:
         """Expert actions ``(N, 4)`` for the current state of the environment."""
@@ -106,21 +130,32 @@ class ScriptedExpert:
         st = env.vehicle.state
         pos = st.pos_enu_m
         new = ~self._started | (env.step_count == 0)
-        self.wp_index = torch.where(new, self._start_index(pos), self.wp_index)
-        self._started |= True
+        if bool(new.any()):
+            index, direction = self._start(pos)
+            self.wp_index = torch.where(new, index, self.wp_index)
+            self.wp_dir = torch.where(new, direction, self.wp_dir)
+            self._best_dist = torch.where(new, float("inf"), self._best_dist)
+            self._started |= True
         p_count = self.waypoints.shape[1]
         wp = torch.gather(
             self.waypoints[:, None].expand(-1, env.drones_per_world, -1, -1),
             2,
             self.wp_index[..., None, None].expand(*self.wp_index.shape, 1, 2),
         ).squeeze(2)
-        reached = ((wp - pos[..., :2]) ** 2).sum(-1) < 16.0
-        nxt = (self.wp_index + 1) % p_count
+        dist_wp = torch.linalg.vector_norm(wp - pos[..., :2], dim=-1)
+        # No progress for 3 s (e.g. the safety filter holds it at a no-fly zone): skip the waypoint.
+        progress = dist_wp < self._best_dist - 1.0
+        self._stall_steps = torch.where(progress, 0, self._stall_steps + 1)
+        self._best_dist = torch.where(progress, dist_wp, self._best_dist)
+        reached = (dist_wp < 4.0) | (self._stall_steps >= self._stall_limit)
+        nxt = (self.wp_index + self.wp_dir) % p_count
         for _ in range(3):  # skip up to 3 invalid waypoints in a row
             ok = torch.gather(self.wp_valid[:, None].expand(-1, env.drones_per_world, -1), 2,
                               nxt.unsqueeze(-1)).squeeze(-1)  # fmt: skip
-            nxt = torch.where(ok, nxt, (nxt + 1) % p_count)
+            nxt = torch.where(ok, nxt, (nxt + self.wp_dir) % p_count)
         self.wp_index = torch.where(reached, nxt, self.wp_index)
+        self._best_dist = torch.where(reached, float("inf"), self._best_dist)
+        self._stall_steps = torch.where(reached, 0, self._stall_steps)
         goal = wp
 
         # Approach a detected-but-not-found target (its ground position is known to the expert).
@@ -137,12 +172,17 @@ class ScriptedExpert:
             ).squeeze(2)
             has = vis.any(-1, keepdim=True)
             goal = torch.where(has, tpos, goal)
+            approaching = has.squeeze(-1)
+        else:
+            approaching = torch.zeros_like(reached)
 
         delta = goal - pos[..., :2]
         dist = torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp(min=1e-6)
         speed = torch.clamp(0.8 * dist, max=self.speed_m_s)
         v_xy = delta / dist * speed
-        v_z = torch.clamp(1.0 * (self.altitude_m - pos[..., 2:3]), -3.0, 3.0)
+        # Cruise altitude, lower when approaching a target that is still too small to be found.
+        alt = torch.where(approaching, self.approach_altitude_m, self.altitude_m)
+        v_z = torch.clamp(1.0 * (alt - pos[..., 2]), -3.0, 3.0).unsqueeze(-1)
         heading = torch.atan2(delta[..., 1], delta[..., 0])
         yaw_rate = torch.clamp(2.0 * wrap_angle(heading - st.yaw_rad), -math.pi / 2, math.pi / 2)
         lim = env.limits

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from isr_direct_dynamics import InitialState, make_vehicle_model
-from isr_direct_dynamics.config import check
+from isr_direct_dynamics.config import check, validate_tree
 from isr_sim_bridge.world import WorldSpec, advance_targets, generate_worlds
 from isr_sim_bridge.world_batch import TARGET_CLASSES, WorldBatch
 
@@ -61,6 +61,9 @@ from .task.rewards import (
     weighted_sum,
 )
 from .task.safety import INTERVENTION_KINDS, build_keep_out, safety_filter
+
+COVERAGE_RANGE_M = 80.0
+"""Ground farther than this from the drone does not count as covered."""
 
 DET_FEATURES = 6 + len(TARGET_CLASSES)
 """Features per top-K detection: valid flag, class one-hot, box centre (x, y) and size (w, h) in
@@ -105,7 +108,15 @@ class EnvConfig:
     camera: bool = False
     """Render camera images into the observation."""
     camera_resolution: str = "80x80"
-    """Camera resolution: a preset (training, evaluation, full) or WxH."""
+    """Camera resolution (also of ground-truth detections): a preset (training, evaluation, full)
+    or WxH."""
+    camera_fov_deg: float = 70.0
+    """Horizontal field of view of the camera."""
+    camera_pitch_deg: float = 60.0
+    """Camera mount pitch below the body's forward axis (90 = straight down)."""
+    detection_min_box_px: float = 1.5
+    """A target is detected when its box is at least this many pixels wide and high (and it is
+    in view and not occluded). Finding it needs ``task.found_min_box_px``."""
     world: WorldSpec = field(default_factory=WorldSpec)
     """Procedural world spec."""
     world_seeds: list[int] | None = None
@@ -131,7 +142,6 @@ class EnvConfig:
                 "world_seeds",
                 f"needs {self.num_worlds} seeds, got {len(self.world_seeds)}",
             )
-        self.task.validate()
 
 
 def detection_features(
@@ -173,6 +183,9 @@ def detection_features(
 class ISREnv:
     """Batched ISR search environment (see the module docstring for the contract)."""
 
+    render_mode: str | None = None
+    """No on-screen rendering (camera images are part of the observation when enabled)."""
+
     def __init__(
         self,
         config: EnvConfig | None = None,
@@ -181,7 +194,7 @@ class ISREnv:
         world: WorldBatch | None = None,
     ) -> None:
         cfg = config or EnvConfig()
-        cfg.validate()
+        validate_tree(cfg)
         self.cfg = cfg
         self.task = cfg.task
         self.device = torch.device(device)
@@ -197,6 +210,12 @@ class ISREnv:
         self.world_seeds = list(seeds)
         self.world = world if world is not None else generate_worlds(cfg.world, seeds, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        w0 = self.world  # moving targets start where the generator put them at every reset()
+        self._targets_at_start = (
+            w0.target_pos_enu_m.clone(),
+            w0.target_yaw_rad.clone(),
+            w0.target_path_s_m.clone(),
+        )
         self.vehicle = make_vehicle_model(
             cfg.vehicle,
             cfg.num_worlds,
@@ -222,7 +241,8 @@ class ISREnv:
         self._rays_body = camera_corner_rays_body(
             perception.hfov_deg, perception.vfov_deg, perception.pitch_down_deg
         ).to(self.device)
-        self._max_range_m = 3.0 * self.task.altitude_band_m[1]
+        self._max_range_m = COVERAGE_RANGE_M
+        self._found_range2 = torch.tensor(self.task.found_range_m, device=self.device) ** 2
         self._area_centre = torch.tensor(
             [w.x_min_m + w.size_x_m / 2, w.y_min_m + w.size_y_m / 2], device=self.device
         )
@@ -389,9 +409,18 @@ class ISREnv:
 
     # ------------------------------------------------------------------ contract
     def reset(self, seed: int | None = None) -> Tensor | dict[str, Tensor]:
-        """Reset every drone (staggered episode counters unless disabled); return observations."""
+        """Reset every drone and the worlds' moving targets; return observations.
+
+        Episode counters are staggered unless ``stagger=False``. With ``seed``, the spawn and
+        dynamics-noise streams restart from it, so the same seed gives the same rollout.
+        """
         if seed is not None:
             self.gen.manual_seed(seed)
+            self.vehicle.generator.manual_seed(seed + 1)
+        pos, yaw, path_s = self._targets_at_start
+        self.world.target_pos_enu_m.copy_(pos)
+        self.world.target_yaw_rad.copy_(yaw)
+        self.world.target_path_s_m.copy_(path_s)
         everyone = torch.ones(self._shape, dtype=torch.bool, device=self.device)
         self._reset_drones(everyone)
         if self.cfg.stagger:
@@ -432,11 +461,9 @@ class ISREnv:
             seen_now = self._perceive()
             seen_new = seen_now & ~self.seen
             self.seen |= seen_now
-            b = self.det_boxes
-            big = ((b[..., 2] - b[..., 0]) >= self.task.found_min_box_px) & (
-                (b[..., 3] - b[..., 1]) >= self.task.found_min_box_px
-            )
-            found_new = self.det_visible & big & ~self.found
+            dist2 = ((w.target_pos_enu_m[:, None] - st.pos_enu_m[:, :, None]) ** 2).sum(-1)
+            close = dist2 <= self._found_range2[w.target_class][:, None]  # (W, D, T)
+            found_new = self.det_visible & close & ~self.found
             self.found |= found_new
         else:
             seen_new = torch.zeros_like(self.seen)

@@ -34,9 +34,9 @@ class RewardWeights:
     def validate(self) -> None:
         """Check the signs of the costs."""
         for name in ("time", "collision", "geofence", "altitude_band", "action_smoothness"):
-            check(getattr(self, name) <= 0, f"reward.{name}", "is a cost and must be <= 0")
+            check(getattr(self, name) <= 0, name, "is a cost and must be <= 0")
         for name in ("new_target", "coverage"):
-            check(getattr(self, name) >= 0, f"reward.{name}", "is a gain and must be >= 0")
+            check(getattr(self, name) >= 0, name, "is a gain and must be >= 0")
 
 
 @dataclass
@@ -59,10 +59,10 @@ class SafetyConfig:
 
     def validate(self) -> None:
         """Check ranges."""
-        check(self.horizon_s > 0, "safety.horizon_s", f"must be > 0, got {self.horizon_s}")
+        check(self.horizon_s > 0, "horizon_s", f"must be > 0, got {self.horizon_s}")
         for name in ("geofence_margin_m", "altitude_margin_m", "nfz_margin_m", "obstacle_margin_m"):
             v = getattr(self, name)
-            check(math.isfinite(v) and v >= 0, f"safety.{name}", f"must be >= 0, got {v}")
+            check(math.isfinite(v) and v >= 0, name, f"must be >= 0, got {v}")
 
 
 @dataclass
@@ -80,13 +80,13 @@ class ObservationConfig:
 
     def validate(self) -> None:
         """Check ranges."""
-        check(self.coverage_cells >= 2, "observation.coverage_cells", "must be >= 2")
+        check(self.coverage_cells >= 2, "coverage_cells", "must be >= 2")
         check(
             self.obs_coverage_cells >= 1 and self.coverage_cells % self.obs_coverage_cells == 0,
-            "observation.obs_coverage_cells",
+            "obs_coverage_cells",
             f"must divide coverage_cells ({self.coverage_cells}), got {self.obs_coverage_cells}",
         )
-        check(self.top_k_detections >= 0, "observation.top_k_detections", "must be >= 0")
+        check(self.top_k_detections >= 0, "top_k_detections", "must be >= 0")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class TaskConfig:
 
     control_dt_s: float = 0.1
     """Control period (one environment step), seconds."""
-    episode_length_s: float = 90.0
+    episode_length_s: float = 120.0
     """Time limit of an episode (truncation), seconds."""
     perception_interval: int = 2
     """Detections and coverage are updated every Nth control step (and the camera renders then:
@@ -111,8 +111,10 @@ class TaskConfig:
     """Collision radius of a drone (drone-drone and drone-obstacle contacts)."""
     terminate_on_geofence: bool = True
     """A geofence breach ends the episode (``terminated``); otherwise only the cost applies."""
-    found_min_box_px: float = 3.0
-    """A detection counts as finding its target when its box is at least this wide and high."""
+    found_range_m: tuple[float, ...] = (50.0, 25.0, 60.0)
+    """A detected target counts as found (identified) when the drone is within this distance of it,
+    per class (vehicle, person, structure): a recognition range, independent of the camera's
+    resolution. Farther detections still appear in the observation, as leads to approach."""
     reward: RewardWeights = field(default_factory=RewardWeights)
     """Weights of the reward terms."""
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -140,7 +142,8 @@ class TaskConfig:
         check(0 <= lo < hi, "altitude_band_m", f"must be 0 <= min < max, got {lo}, {hi}")
         check(self.min_altitude_m >= 0, "min_altitude_m", "must be >= 0")
         check(self.drone_radius_m > 0, "drone_radius_m", "must be > 0")
-        check(self.found_min_box_px >= 0, "found_min_box_px", "must be >= 0")
-        self.reward.validate()
-        self.safety.validate()
-        self.observation.validate()
+        check(
+            len(self.found_range_m) == 3 and all(r > 0 for r in self.found_range_m),
+            "found_range_m",
+            f"needs 3 positive ranges (vehicle, person, structure), got {self.found_range_m}",
+        )

@@ -1,0 +1,346 @@
+"""Batched ground-truth detections: every target projected into every drone's camera.
+
+For each (world, drone, target) triple, all at once and without Python loops over them:
+
+- **Box**: the bounds of the target's oriented 3D box projected into the image, exact also when
+  the box crosses the near plane (its 8 corners in front plus the points where its 12 edges
+  cross the near plane, as :func:`~isr_sim_bridge.camera.project_clipped`), clipped to the image.
+  Coordinates are ``xyxy`` in pixel-edge coordinates (``x in [0, width]``, column ``u`` spans
+  ``[u, u + 1)``; see :mod:`isr_sim_bridge.camera`).
+- **Visible fraction**: the fraction of ``samples_per_axis**3`` sample points, a regular grid
+  inside the target box spanning ``sample_inset`` of its half extents, that are (a) beyond the
+  near plane and within the far clip, (b) inside the image, and (c) not occluded: the segment
+  from the optical centre to the point crosses no building/obstacle box (a batched exact slab
+  test against every box of the world). Other targets do not occlude. This plays the role of
+  ``1 - occlusionRatio`` of Isaac Sim's ``bounding_box_2d_tight`` annotator.
+- **Visible**: valid target, visible fraction ``>= min_visible_fraction`` and a clipped box at
+  least ``min_box_size_px`` wide and high.
+
+Outputs are padded tensors ``(W, D, T, ...)`` over the world's target slots (padding slots are
+never visible); :func:`top_k` selects the largest visible boxes per drone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from isr_direct_dynamics.config import check
+from isr_sim_bridge.camera import (
+    CORNER_SIGNS,
+    CameraConfig,
+    CameraPose,
+    camera_intrinsics,
+    maybe_compile,
+    parse_resolution,
+    project_clipped_soa,
+)
+from isr_sim_bridge.world_batch import WorldBatch
+
+COMPILE_AUTO_MIN_PAIRS: int = 2048
+"""``DetectionConfig.compile=None`` compiles from this many (camera, target slot) pairs on."""
+
+
+@dataclass
+class DetectionConfig:
+    """Configuration of the ground-truth detector."""
+
+    min_box_size_px: float = 2.0
+    """Smallest width and height (pixels, after clipping to the image) of a visible detection."""
+    min_visible_fraction: float = 0.25
+    """Smallest visible fraction (in frame and unoccluded samples) of a visible detection."""
+    samples_per_axis: int = 2
+    """Occlusion samples per box axis: ``n**3`` points per target (1 = the centre only)."""
+    sample_inset: float = 0.8
+    """The sample grid spans ``+-sample_inset`` of the half extents (0 < inset <= 1)."""
+    compile: bool | None = None
+    """Compile the kernel with ``torch.compile`` (faster for many drones; slow first call).
+    ``None`` = automatic: compile when ``W * D * T`` (cameras times target slots) is at least
+    :data:`COMPILE_AUTO_MIN_PAIRS`."""
+
+    def validate(self) -> None:
+        """Check ranges; raises :class:`ConfigError` naming the field."""
+        check(self.min_box_size_px >= 0.0, "min_box_size_px", "must be >= 0")
+        check(
+            0.0 <= self.min_visible_fraction <= 1.0,
+            "min_visible_fraction",
+            f"must be in [0, 1], got {self.min_visible_fraction}",
+        )
+        check(1 <= self.samples_per_axis <= 8, "samples_per_axis", "must be in [1, 8]")
+        check(0.0 < self.sample_inset <= 1.0, "sample_inset", "must be in (0, 1]")
+
+
+@dataclass
+class Detections:
+    """Ground-truth detections of every target slot in every camera, leading dims ``(W, D, T)``."""
+
+    boxes_xyxy: Tensor  # (W, D, T, 4) float32
+    """Box ``(x1, y1, x2, y2)`` in pixel-edge coordinates, clipped to the image; zeros when the
+    target is entirely behind the near plane."""
+    class_id: Tensor  # (W, D, T) int64
+    """Class id (index into ``TARGET_CLASSES``); -1 for padding slots."""
+    target_id: Tensor  # (W, D, T) int64
+    """Index of the target in its world's target list."""
+    visible: Tensor  # (W, D, T) bool
+    """The detection counts (see the module doc)."""
+    visible_fraction: Tensor  # (W, D, T) float32
+    """Fraction of the occlusion samples in view and unoccluded, in [0, 1]."""
+    depth_m: Tensor  # (W, D, T) float32
+    """Depth of the target centre along the optical axis, metres (negative = behind)."""
+
+    @property
+    def count(self) -> Tensor:
+        """Number of visible detections per drone ``(W, D)``."""
+        return self.visible.sum(-1)
+
+
+def top_k(det: Detections, k: int) -> Detections:
+    """The ``k`` visible detections with the largest box area per drone, largest first.
+
+    Slots beyond the number of visible detections are padding (``visible`` False). Returns
+    tensors ``(W, D, k, ...)``; ``k`` may exceed ``T`` (extra slots are padding).
+    """
+    t = det.visible.shape[-1]
+    kk = min(k, t)
+    wh = (det.boxes_xyxy[..., 2:] - det.boxes_xyxy[..., :2]).clamp(min=0)
+    score = torch.where(det.visible, wh[..., 0] * wh[..., 1], torch.full_like(wh[..., 0], -1.0))
+    idx = torch.topk(score, kk, dim=-1, sorted=True).indices  # (W, D, kk)
+
+    def take(x: Tensor) -> Tensor:
+        if x.dim() == idx.dim():
+            return torch.gather(x, -1, idx)
+        return torch.gather(x, -2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+
+    out = Detections(
+        boxes_xyxy=take(det.boxes_xyxy),
+        class_id=take(det.class_id),
+        target_id=take(det.target_id),
+        visible=take(det.visible),
+        visible_fraction=take(det.visible_fraction),
+        depth_m=take(det.depth_m),
+    )
+    if k > t:
+        pad = k - t
+
+        def padded(x: Tensor, value: float | bool) -> Tensor:
+            shape = (*x.shape[:2], pad, *x.shape[3:])
+            return torch.cat((x, torch.full(shape, value, dtype=x.dtype, device=x.device)), dim=2)
+
+        out = Detections(
+            boxes_xyxy=padded(out.boxes_xyxy, 0.0),
+            class_id=padded(out.class_id, -1),
+            target_id=padded(out.target_id, -1),
+            visible=padded(out.visible, False),
+            visible_fraction=padded(out.visible_fraction, 0.0),
+            depth_m=padded(out.depth_m, 0.0),
+        )
+    return out
+
+
+def sample_grid(samples_per_axis: int, inset: float) -> Tensor:
+    """``(n**3, 3)`` float32 sample offsets in units of the half extents (x fastest)."""
+    n = samples_per_axis
+    axis = torch.zeros(1) if n == 1 else torch.linspace(-inset, inset, n)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    return torch.stack((x.reshape(-1), y.reshape(-1), z.reshape(-1)), dim=-1)
+
+
+def detect_targets(
+    pose: CameraPose,
+    target_pos_enu_m: Tensor,
+    target_size_m: Tensor,
+    target_yaw_rad: Tensor,
+    target_class: Tensor,
+    target_valid: Tensor,
+    box_min_m: Tensor,
+    box_max_m: Tensor,
+    box_valid: Tensor,
+    camera: CameraConfig,
+    config: DetectionConfig,
+    samples: tuple[tuple[float, float, float], ...],
+) -> Detections:
+    """Pure batched ground-truth detection (see the module doc).
+
+    Shapes: ``pose`` ``(W, D, ...)``; targets ``(W, T, ...)``; occluding boxes ``(W, B, ...)``;
+    ``samples``: the sample offsets (in half extents) of :func:`sample_grid`, as Python floats.
+    Written as struct-of-arrays (one tensor per
+    coordinate) so that a compiled kernel vectorizes over targets and boxes.
+    """
+    width, height = parse_resolution(camera.resolution)
+    fx, fy, cx, cy = camera_intrinsics(camera)
+    near, far = camera.near_clip_m, camera.far_clip_m
+    org, rot = pose.pos_enu_m, pose.rot_world_from_cam  # (W, D, 3), (W, D, 3, 3)
+    w, d = org.shape[0], org.shape[1]
+    t = target_pos_enu_m.shape[1]
+    # camera axes (columns of rot) and origin, (W, D, 1) each
+    ax = [[rot[:, :, i, j].unsqueeze(-1) for i in range(3)] for j in range(3)]  # ax[j][i]
+    o = [org[:, :, i].unsqueeze(-1) for i in range(3)]
+    # target centre and box axes (world), (W, 1, T) each
+    half = 0.5 * target_size_m
+    cs, sn = torch.cos(target_yaw_rad).unsqueeze(1), torch.sin(target_yaw_rad).unsqueeze(1)
+    c = [target_pos_enu_m[:, :, i].unsqueeze(1) for i in range(3)]
+    h = [half[:, :, i].unsqueeze(1) for i in range(3)]
+    zero = torch.zeros_like(cs)
+    box_axes = ((cs, sn, zero), (-sn, cs, zero), (zero, zero, torch.ones_like(cs)))  # local x, y, z
+
+    def to_cam(p: list[Tensor]) -> list[Tensor]:
+        rel = [p[i] - o[i] for i in range(3)]
+        return [rel[0] * ax[j][0] + rel[1] * ax[j][1] + rel[2] * ax[j][2] for j in range(3)]
+
+    # box corners -> projected bounds (exact near-plane clipping), (W, D, T)
+    xs, ys, zs = [], [], []
+    for sg in CORNER_SIGNS:
+        p = [c[i] + sum(sg[k] * h[k] * box_axes[k][i] for k in range(3)) for i in range(3)]
+        pc = to_cam(p)
+        xs.append(pc[0])
+        ys.append(pc[1])
+        zs.append(pc[2])
+    u0, v0, u1, v1, in_front, _ = project_clipped_soa(xs, ys, zs, (fx, fy, cx, cy), near)
+    u0 = u0.clamp(0.0, float(width))
+    u1 = u1.clamp(0.0, float(width))
+    v0 = v0.clamp(0.0, float(height))
+    v1 = v1.clamp(0.0, float(height))
+    boxes = torch.stack((u0, v0, u1, v1), dim=-1)
+    boxes = torch.where(in_front.unsqueeze(-1), boxes, torch.zeros_like(boxes))
+
+    # occlusion samples: in view and unoccluded
+    # boxes along dim -2, targets along the last dim: (W, D, B, T) per sample
+    bmin = [(box_min_m[:, :, i].unsqueeze(1) - o[i]).unsqueeze(-1) for i in range(3)]
+    bmax = [(box_max_m[:, :, i].unsqueeze(1) - o[i]).unsqueeze(-1) for i in range(3)]
+    bvalid = box_valid.view(w, 1, -1, 1)
+    ok_count = torch.zeros_like(u0)
+    for smp in samples:  # a small fixed set of sample points (unrolled)
+        p = [c[i] + sum(smp[k] * h[k] * box_axes[k][i] for k in range(3)) for i in range(3)]
+        seg = [p[i] - o[i] for i in range(3)]  # camera -> point, world, (W, D, T)
+        pc = to_cam(p)
+        z = pc[2]
+        zs_ = torch.where(z > 0, z, 1.0)
+        u = fx * pc[0] / zs_ + (cx + 0.5)
+        v = fy * pc[1] / zs_ + (cy + 0.5)
+        in_view = (z >= near) & (z <= far) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+        inv = [(1.0 / seg[i]).unsqueeze(-2) for i in range(3)]  # (W, D, 1, T)
+        t_in = t_out = None
+        for i in range(3):
+            ta, tb = bmin[i] * inv[i], bmax[i] * inv[i]
+            lo, hi = torch.minimum(ta, tb), torch.maximum(ta, tb)
+            t_in = lo if t_in is None else torch.maximum(t_in, lo)
+            t_out = hi if t_out is None else torch.minimum(t_out, hi)
+        blocked = (t_in <= t_out) & (t_out > 0.0) & (t_in < 1.0) & bvalid  # (W, D, B, T)
+        occluded = blocked.any(-2)
+        ok_count = ok_count + (in_view & ~occluded).to(ok_count.dtype)
+    frac = ok_count * (1.0 / len(samples))
+    size_ok = ((u1 - u0) >= config.min_box_size_px) & ((v1 - v0) >= config.min_box_size_px)
+    valid = target_valid.unsqueeze(1).expand(w, d, t)
+    visible = valid & in_front & size_ok & (frac >= config.min_visible_fraction) & (frac > 0)
+    frac = torch.where(valid, frac, 0.0)
+    depth = to_cam(c)[2]
+    cls = torch.where(valid, target_class.unsqueeze(1).expand(w, d, t), -1)
+    tid = torch.arange(t, device=org.device).expand(w, d, t)
+    return Detections(
+        boxes_xyxy=boxes,
+        class_id=cls,
+        target_id=tid,
+        visible=visible,
+        visible_fraction=frac,
+        depth_m=depth,
+    )
+
+
+class GroundTruthDetector:
+    """Ground-truth detections of a :class:`WorldBatch` seen by a camera model.
+
+    Buildings/obstacles (occluders) and targets are read from ``world`` at every call, so targets
+    moved in place are detected where they are. Usable alone (``detect(pose)``) or as the
+    ``detector`` of a :class:`~isr_sim_bridge.camera.TiledCamera`.
+    """
+
+    def __init__(
+        self,
+        world: WorldBatch,
+        camera: CameraConfig,
+        config: DetectionConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.config = config if config is not None else DetectionConfig()
+        self.config.validate()
+        camera.validate()
+        self.camera = camera
+        self.device = torch.device(device) if device is not None else world.device
+        self.world = world if world.device == self.device else world.to(self.device)
+        grid = sample_grid(self.config.samples_per_axis, self.config.sample_inset)
+        self._samples = tuple(tuple(float(v) for v in row) for row in grid.tolist())
+        self._compiled_fn = (
+            maybe_compile(_detect_kernel, True) if self.config.compile is not False else None
+        )
+
+    def _kernel(self, pairs: int) -> Callable[..., tuple[Tensor, ...]]:
+        """The compiled kernel when configured (or automatic and ``pairs`` is large), else eager."""
+        if self.config.compile or (self.config.compile is None and pairs >= COMPILE_AUTO_MIN_PAIRS):
+            return self._compiled_fn
+        return _detect_kernel
+
+    def detect(self, pose: CameraPose) -> Detections:
+        """Detections ``(W, D, T, ...)`` for camera poses ``(W, D, ...)``."""
+        wb = self.world
+        pairs = int(
+            pose.pos_enu_m.shape[0] * pose.pos_enu_m.shape[1] * wb.target_pos_enu_m.shape[1]
+        )
+        out = self._kernel(pairs)(
+            self.camera,
+            self.config,
+            self._samples,
+            pose.pos_enu_m.to(self.device, torch.float32),
+            pose.rot_world_from_cam.to(self.device, torch.float32),
+            wb.target_pos_enu_m,
+            wb.target_size_m,
+            wb.target_yaw_rad,
+            wb.target_class,
+            wb.target_valid,
+            wb.box_min_m,
+            wb.box_max_m,
+            wb.box_valid,
+        )
+        return Detections(*out)
+
+
+def _detect_kernel(
+    camera: CameraConfig,
+    config: DetectionConfig,
+    samples: tuple[tuple[float, float, float], ...],
+    org: Tensor,
+    rot: Tensor,
+    tpos: Tensor,
+    tsize: Tensor,
+    tyaw: Tensor,
+    tcls: Tensor,
+    tvalid: Tensor,
+    bmin: Tensor,
+    bmax: Tensor,
+    bvalid: Tensor,
+) -> tuple[Tensor, ...]:
+    """:func:`detect_targets` on plain tensors (the compiled entry point)."""
+    det = detect_targets(
+        CameraPose(pos_enu_m=org, rot_world_from_cam=rot),
+        tpos,
+        tsize,
+        tyaw,
+        tcls,
+        tvalid,
+        bmin,
+        bmax,
+        bvalid,
+        camera,
+        config,
+        samples,
+    )
+    return (
+        det.boxes_xyxy,
+        det.class_id,
+        det.target_id,
+        det.visible,
+        det.visible_fraction,
+        det.depth_m,
+    )

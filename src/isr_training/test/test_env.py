@@ -1,0 +1,235 @@
+"""Tests of the batched ISR environment, its adapters and the baselines (tiny scale)."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from isr_direct_dynamics import InitialState
+from isr_direct_dynamics.config import ConfigError, from_dict
+from isr_training.adapters import ISRGymVectorEnv, ISRSB3VecEnv, register_envs
+from isr_training.baselines import RandomPolicy, ScriptedExpert, run_policy
+from isr_training.env import EnvConfig, ISREnv
+from isr_training.task.config import TaskConfig
+
+TIME_LEFT = 9  # index of the time-left feature in the state vector
+
+
+def small_cfg(**kw) -> EnvConfig:
+    cfg = EnvConfig(num_worlds=2, drones_per_world=2, stagger=False)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def env():
+    return ISREnv(small_cfg())
+
+
+def place(env: ISREnv, pos, yaw=None, mask=None) -> None:
+    pos = torch.as_tensor(pos, dtype=torch.float32).expand(*env._shape, 3).clone()
+    yaw = None if yaw is None else torch.full(env._shape, float(yaw))
+    env.vehicle.reset(mask, InitialState(pos_enu_m=pos, yaw_rad=yaw))
+
+
+@pytest.mark.unit
+def test_shapes_and_types(env):
+    obs = env.reset(seed=0)
+    assert obs.shape == (4, env.obs_dim) and obs.dtype == torch.float32
+    obs, rew, term, trunc, info = env.step(torch.zeros(4, 4))
+    assert obs.shape == (4, env.obs_dim)
+    assert rew.shape == (4,) and term.dtype == torch.bool and trunc.dtype == torch.bool
+    assert set(info["reward_terms"]) >= {"new_target", "coverage", "time", "collision"}
+    assert all(v.shape == (4,) for v in info["episode"].values())
+    assert torch.isfinite(obs).all()
+
+
+@pytest.mark.unit
+def test_bad_actions(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action has shape \(4, 3\), expected \(4, 4\)"):
+        env.step(torch.zeros(4, 3))
+    before = int(env.nonfinite_action_count)
+    act = torch.zeros(4, 4)
+    act[1, 2] = float("nan")
+    act[3, 0] = float("inf")
+    obs, *_ = env.step(act)
+    assert int(env.nonfinite_action_count) == before + 2
+    assert torch.isfinite(obs).all()
+
+
+@pytest.mark.unit
+def test_bad_config_names_the_field():
+    with pytest.raises(ConfigError, match="drones_per_world"):
+        from_dict(EnvConfig, {"drones_per_world": 40})
+    with pytest.raises(ConfigError, match="unknown config key 'num_drones'"):
+        from_dict(EnvConfig, {"num_drones": 4})
+    with pytest.raises(ConfigError, match=r"task\.reward\.time"):
+        from_dict(EnvConfig, {"task": {"reward": {"time": 1.0}}})
+
+
+@pytest.mark.unit
+def test_truncation_not_termination_and_terminal_obs():
+    env = ISREnv(small_cfg(task=TaskConfig(episode_length_s=1.0)))
+    obs = env.reset(seed=1)
+    for step in range(10):
+        obs, _, term, trunc, info = env.step(torch.zeros(4, 4))
+        if step < 9:
+            assert not trunc.any()
+    assert trunc.all() and not term.any()
+    final = info["final_obs"]
+    assert torch.allclose(
+        final[:, TIME_LEFT], torch.zeros(4)
+    )  # the last observation of the episode
+    assert torch.allclose(obs[:, TIME_LEFT], torch.ones(4))  # the first one of the next
+    assert (info["episode"]["length"] == 10).all()
+
+
+@pytest.mark.unit
+def test_crash_terminates_and_only_that_drone_resets():
+    cfg = small_cfg()
+    cfg.task.safety.enabled = False  # let the drone fly into the ground
+    runs = []
+    for crash in (False, True):
+        env = ISREnv(copy.deepcopy(cfg))
+        env.reset(seed=3)
+        act = torch.zeros(4, 4)
+        if crash:
+            place(env, [0.0, 0.0, 1.0], mask=torch.tensor([[True, False], [False, False]]))
+            act[0, 2] = -1.0
+        traj = []
+        for _ in range(5):
+            _, _, term, trunc, info = env.step(act)
+            traj.append(env.vehicle.state.pos_enu_m.clone())
+            if crash and term[0]:
+                assert not trunc[0] and not term[1:].any()
+                assert info["episode"]["collisions"][0] == 1
+                assert info["reward_terms"]["collision"][0] == 1
+                assert env.step_count[0, 0] == 0 and env.step_count[0, 1] > 0
+        runs.append(torch.stack(traj))
+    # Drones 1..3 flew exactly the same with or without drone 0's crash and reset.
+    assert torch.equal(runs[0][:, 0, 1], runs[1][:, 0, 1])
+    assert torch.equal(runs[0][:, 1], runs[1][:, 1])
+    assert not torch.equal(runs[0][:, 0, 0], runs[1][:, 0, 0])
+
+
+@pytest.mark.unit
+def test_new_target_reward_when_flying_over_a_target():
+    cfg = small_cfg(num_worlds=1, drones_per_world=1)
+    cfg.task.perception_interval = 1
+    env = ISREnv(cfg)
+    env.reset(seed=0)
+    w = env.world
+    t = int(torch.nonzero(w.target_valid[0] & (w.target_class[0] == 0))[0])
+    tp = w.target_pos_enu_m[0, t].clone()
+    # 20 m behind the target (the camera looks forward and down), 20 m up, facing it along +x.
+    place(env, [float(tp[0]) - 20.0, float(tp[1]), 20.0], yaw=0.0)
+    _, rew, _, _, info = env.step(torch.zeros(1, 4))
+    assert bool(env.found[0, 0, t])
+    assert info["reward_terms"]["new_target"][0] >= 1
+    assert rew[0] >= env.task.reward.new_target - 1.0
+    _, _, _, _, info = env.step(torch.zeros(1, 4))
+    assert not bool(env.found[0, 0, t] & False)
+    assert info["reward_terms"]["new_target"][0] == 0  # the same target is not rewarded twice
+
+
+@pytest.mark.unit
+def test_determinism():
+    def rollout():
+        env = ISREnv(small_cfg())
+        obs = [env.reset(seed=5)]
+        gen = torch.Generator().manual_seed(0)
+        rews = []
+        for _ in range(30):
+            o, r, *_ = env.step(torch.rand(4, 4, generator=gen) * 2 - 1)
+            obs.append(o)
+            rews.append(r)
+        return torch.stack(obs), torch.stack(rews)
+
+    (o1, r1), (o2, r2) = rollout(), rollout()
+    assert torch.equal(o1, o2) and torch.equal(r1, r2)
+
+
+@pytest.mark.unit
+def test_staggered_episode_starts():
+    env = ISREnv(EnvConfig(num_worlds=8, drones_per_world=2))
+    env.reset(seed=0)
+    assert len(set(env.step_count.flatten().tolist())) > 4
+
+
+@pytest.mark.unit
+def test_camera_observation_dict():
+    cfg = small_cfg(camera=True, camera_resolution="32x32")
+    env = ISREnv(cfg)
+    obs = env.reset(seed=0)
+    assert obs["image"].shape == (4, 32, 32, 3) and obs["image"].dtype == torch.uint8
+    assert obs["image"].float().std() > 0
+    rendered = []
+    for _ in range(4):
+        obs, *_, info = env.step(torch.zeros(4, 4))
+        rendered.append(info["rendered"])
+    assert rendered == [False, True, False, True]  # perception_interval = 2
+
+
+@pytest.mark.integration
+def test_gymnasium_env_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    register_envs()
+    env = gym.make("ISRSearch-v0").unwrapped
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+
+
+@pytest.mark.integration
+def test_sb3_env_checker():
+    from stable_baselines3.common.env_checker import check_env
+
+    register_envs()
+    check_env(gym.make("ISRSearch-v0").unwrapped, warn=True)
+
+
+@pytest.mark.integration
+def test_sb3_vec_env_infos():
+    venv = ISRSB3VecEnv(small_cfg(task=TaskConfig(episode_length_s=0.5)))
+    venv.seed(0)
+    obs = venv.reset()
+    assert obs.shape == (4, venv.env.obs_dim)
+    for _ in range(5):
+        obs, rew, done, infos = venv.step(np.zeros((4, 4), dtype=np.float32))
+    assert done.all()
+    for info in infos:
+        assert info["TimeLimit.truncated"] is True
+        assert info["terminal_observation"].shape == obs.shape[1:]
+        assert info["terminal_observation"][TIME_LEFT] == 0.0
+        assert info["episode"]["l"] == 5
+
+
+@pytest.mark.integration
+def test_gym_vector_env_same_step_autoreset():
+    venv = ISRGymVectorEnv(small_cfg(task=TaskConfig(episode_length_s=0.3)))
+    obs, _ = venv.reset(seed=0)
+    assert venv.observation_space.contains(obs.astype(np.float32))
+    for _ in range(3):
+        obs, rew, term, trunc, infos = venv.step(venv.action_space.sample())
+    assert trunc.all() and not term.any()
+    assert infos["_final_obs"].all() and infos["final_obs"][0].shape == (venv.env.obs_dim,)
+
+
+@pytest.mark.integration
+def test_expert_finds_clearly_more_targets_than_random():
+    results = {}
+    for name in ("random", "expert"):
+        env = ISREnv(EnvConfig(num_worlds=4, drones_per_world=1, stagger=False, seed=100))
+        policy = RandomPolicy(env.num_envs, seed=0) if name == "random" else ScriptedExpert(env)
+        results[name] = run_policy(env, policy)
+    assert results["expert"]["targets_found"] >= results["random"]["targets_found"] + 0.3
+    assert results["expert"]["targets_found"] >= 0.7
+    assert results["expert"]["crash_rate"] == 0.0
+    assert results["expert"]["geofence_breaches"] == 0.0
