@@ -17,9 +17,18 @@ Frames and conventions
 - Image-plane boxes (culling rects, detections) use *pixel-edge* coordinates: column ``u``
   spans ``x in [u, u + 1)``, so an OpenCV coordinate ``u`` is ``x = u + 0.5``.
 - Output layout: ``rgb`` is ``(W, D, H, W_px, 3)`` uint8 (row-major HWC per drone, like
-  ``sensor_msgs/Image`` ``rgb8`` and Isaac's ``get_rgb()``), ``depth`` is ``(W, D, H, W_px)``
-  float32 metres along the optical axis (REP-118 "z" depth), ``inf`` for sky or beyond the far
-  clip.
+  ``sensor_msgs/Image`` ``rgb8`` and Isaac's ``get_rgb()``); it is a zero-copy view of the
+  contiguous ``rgba`` ``(W, D, H, W_px, 4)`` (alpha 255), so its pixel stride is 4 bytes
+  (``.contiguous()`` packs it; ``permute(..., 3, 1, 2)`` for a CNN works on the view). ``depth``
+  is ``(W, D, H, W_px)`` float32 metres along the optical axis (REP-118 "z" depth), ``inf`` for
+  sky or beyond the far clip.
+
+Frame skipping (the original plan's ``render_interval``)
+-------------------------------------------------------
+:meth:`TiledCamera.step` counts control steps and renders on every ``render_interval``-th one;
+on the other steps it computes nothing and returns the last frame again with
+``rendered=False`` (the environment builds its state-only observation then, or reuses the
+stale image). :meth:`TiledCamera.render` always renders.
 
 What is drawn
 -------------
@@ -34,7 +43,8 @@ What is drawn
   face is the box colour times a fixed shade (:data:`FACE_SHADE`, a sun in the south-east), so
   roofs and walls differ. Boxes occlude each other and the ground exactly.
 - Sky: a vertical gradient from :attr:`CameraConfig.sky_horizon_rgb` to
-  :attr:`CameraConfig.sky_zenith_rgb` over the elevation of the ray.
+  :attr:`CameraConfig.sky_zenith_rgb` over the elevation of the ray (uniform, and ~5% cheaper,
+  when the two are equal).
 
 Algorithm (exact geometry, all batched)
 ---------------------------------------
@@ -708,8 +718,9 @@ def _shade_kernel(
     sc = ((127 - lvl) << 23).view(torch.float32) * (1.0 / sp.texture_res_m)  # 2**-lvl / res
     wl = ((sp.tex_hx - 1) >> lvl) + 1  # texels of the level (without the border)
     hl = ((sp.tex_hy - 1) >> lvl) + 1
-    ix = torch.floor((gx - sp.x_min_m) * sc).clamp(-1, 1 << 24).to(torch.int32) + 1  # + border
-    iy = torch.floor((gy - sp.y_min_m) * sc).clamp(-1, 1 << 24).to(torch.int32) + 1
+    # texel index + 1 (the border): truncation equals floor after clamping at 0
+    ix = ((gx - sp.x_min_m) * sc + 1.0).clamp(0, 1 << 24).to(torch.int32)
+    iy = ((gy - sp.y_min_m) * sc + 1.0).clamp(0, 1 << 24).to(torch.int32)
     ix = torch.minimum(ix, wl + 1)
     iy = torch.minimum(iy, hl + 1)
     # level block offset (closed form, see TiledCamera.__init__) and 4x4-block addressing
@@ -720,8 +731,11 @@ def _shade_kernel(
     world = drone_world.view(n, 1)
     blk = (world * by + (iy >> 2)) * bx + (ix >> 2)
     c_ground = tex[off + (blk << 4) + ((iy & 3) << 2) + (ix & 3)]
-    sin_elev = dz * ray_inv_norm  # rotations keep the norm of the camera-frame ray
-    c_sky = sky_color(sp.sky_horizon_rgb, sp.sky_zenith_rgb, sin_elev)
+    if sp.sky_horizon_rgb == sp.sky_zenith_rgb:  # uniform sky (decided at trace time)
+        c_sky = sky_color(sp.sky_horizon_rgb, sp.sky_zenith_rgb, torch.zeros_like(dz))
+    else:
+        sin_elev = dz * ray_inv_norm  # rotations keep the norm of the camera-frame ray
+        c_sky = sky_color(sp.sky_horizon_rgb, sp.sky_zenith_rgb, sin_elev)
     rgba = torch.where(ground, c_ground, torch.where(box_hit, cbuf | _ALPHA, c_sky))
     tiles = (n, sp.tiles_y, sp.tiles_x, TILE_HEIGHT_PX, TILE_WIDTH_PX)
     image = (n, sp.tiles_y * TILE_HEIGHT_PX, sp.tiles_x * TILE_WIDTH_PX)
@@ -839,7 +853,7 @@ class TiledCamera:
             self.num_worlds, device=dev, dtype=torch.int32
         ).repeat_interleave(self.drones_per_world)
         # box pass output, tile-major (N * T, th * tw): nearest box depth and its colour
-        self._zbuf = torch.empty((n * self.num_tiles, th * tw), dtype=torch.float32, device=dev)
+        self._zbuf = torch.full((n * self.num_tiles, th * tw), math.inf, device=dev)
         self._cbuf = torch.zeros((n * self.num_tiles, th * tw), dtype=torch.int32, device=dev)
 
         self._spec = _Spec(

@@ -8,7 +8,9 @@ class labels drawn on.
 ``isr bench camera --drones 256 --resolution 80x80 [--device cuda] [--json]`` times
 rendering plus ground-truth boxes of all drones per step and prints one JSON object.
 ``frames_per_s`` counts drone frames (one image of one drone) per second of wall-clock time, from
-the median step time (``frames_per_s_mean`` from the mean).
+the median step time (``frames_per_s_mean`` from the mean). ``frames_per_cpu_s`` divides by the
+process CPU time instead (all threads): a measure of the work per frame that other processes on
+the machine do not distort (with ``T`` free cores, ``frames_per_s <= T * frames_per_cpu_s``).
 """
 
 from __future__ import annotations
@@ -183,15 +185,15 @@ def bench_main(args: argparse.Namespace) -> int:
     _sync(device)
     t_warm = time.perf_counter() - t0
 
-    times = []
-    items = []
+    times, cpu_times, items = [], [], []
     k = 3
     t_start = time.perf_counter()
     while len(times) < args.min_steps or time.perf_counter() - t_start < args.duration_s:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(k)
         _sync(device)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         items.append(cam.last_work_items)
         k += 1
     # breakdown: the same step split into stages (separately timed, synchronised)
@@ -224,6 +226,8 @@ def bench_main(args: argparse.Namespace) -> int:
         "step_ms_median": med * 1e3,
         "step_ms_mean": mean * 1e3,
         "step_ms_min": min(times) * 1e3,
+        "cpu_ms_per_step_median": statistics.median(cpu_times) * 1e3,
+        "frames_per_cpu_s": n / statistics.median(cpu_times),
         "stage_ms_median": {name: statistics.median(v) * 1e3 for name, v in stage.items()},
         "box_work_items_mean": statistics.fmean(items) if items else 0.0,
         "warmup_s": t_warm,
@@ -236,3 +240,22 @@ def bench_main(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: ``python -m isr_sim_bridge.camera_cli render|bench camera ...``.
+
+    The same subcommands as ``isr render`` / ``isr bench camera`` once the module is listed in
+    ``isr_px4_eval.cli.COMMAND_MODULES``.
+    """
+    parser = argparse.ArgumentParser(prog="python -m isr_sim_bridge.camera_cli")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser("bench", help="benchmarks that print one JSON object")
+    bench_sub = bench.add_subparsers(dest="bench_target", required=True, metavar="TARGET")
+    register(sub, bench_sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

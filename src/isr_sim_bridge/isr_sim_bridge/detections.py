@@ -206,31 +206,32 @@ def detect_targets(
     boxes = torch.stack((u0, v0, u1, v1), dim=-1)
     boxes = torch.where(in_front.unsqueeze(-1), boxes, torch.zeros_like(boxes))
 
-    # occlusion samples: in view and unoccluded
-    # boxes along dim -2, targets along the last dim: (W, D, B, T) per sample
-    bmin = [(box_min_m[:, :, i].unsqueeze(1) - o[i]).unsqueeze(-1) for i in range(3)]
-    bmax = [(box_max_m[:, :, i].unsqueeze(1) - o[i]).unsqueeze(-1) for i in range(3)]
-    bvalid = box_valid.view(w, 1, -1, 1)
-    ok_count = torch.zeros_like(u0)
-    for smp in samples:  # a small fixed set of sample points (unrolled)
-        p = [c[i] + sum(smp[k] * h[k] * box_axes[k][i] for k in range(3)) for i in range(3)]
-        seg = [p[i] - o[i] for i in range(3)]  # camera -> point, world, (W, D, T)
-        pc = to_cam(p)
-        z = pc[2]
-        zs_ = torch.where(z > 0, z, 1.0)
-        u = fx * pc[0] / zs_ + (cx + 0.5)
-        v = fy * pc[1] / zs_ + (cy + 0.5)
-        in_view = (z >= near) & (z <= far) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-        inv = [(1.0 / seg[i]).unsqueeze(-2) for i in range(3)]  # (W, D, 1, T)
-        t_in = t_out = None
-        for i in range(3):
-            ta, tb = bmin[i] * inv[i], bmax[i] * inv[i]
-            lo, hi = torch.minimum(ta, tb), torch.maximum(ta, tb)
-            t_in = lo if t_in is None else torch.maximum(t_in, lo)
-            t_out = hi if t_out is None else torch.minimum(t_out, hi)
-        blocked = (t_in <= t_out) & (t_out > 0.0) & (t_in < 1.0) & bvalid  # (W, D, B, T)
-        occluded = blocked.any(-2)
-        ok_count = ok_count + (in_view & ~occluded).to(ok_count.dtype)
+    # occlusion samples, all at once: points (W, D, S, T); boxes along dim -2 of (W, D, S, B, T)
+    sm = torch.tensor(samples, dtype=u0.dtype, device=u0.device)  # (S, 3)
+    sk = [sm[:, k].view(1, 1, -1, 1) for k in range(3)]
+    hc = [x.unsqueeze(2) for x in h]  # (W, 1, 1, T)
+    axc = [[x.unsqueeze(2) for x in row] for row in box_axes]
+    p = [c[i].unsqueeze(2) + sum(sk[k] * hc[k] * axc[k][i] for k in range(3)) for i in range(3)]
+    oc = [x.unsqueeze(-1) for x in o]  # (W, D, 1, 1)
+    seg = [p[i] - oc[i] for i in range(3)]  # camera -> point, world, (W, D, S, T)
+    pc = [sum(seg[i] * ax[j][i].unsqueeze(-1) for i in range(3)) for j in range(3)]
+    z = pc[2]
+    zs_ = torch.where(z > 0, z, 1.0)
+    u = fx * pc[0] / zs_ + (cx + 0.5)
+    v = fy * pc[1] / zs_ + (cy + 0.5)
+    in_view = (z >= near) & (z <= far) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    inv = [(1.0 / seg[i]).unsqueeze(-2) for i in range(3)]  # (W, D, S, 1, T)
+    bmin = [(box_min_m[:, :, i].unsqueeze(1) - o[i]).view(w, d, 1, -1, 1) for i in range(3)]
+    bmax = [(box_max_m[:, :, i].unsqueeze(1) - o[i]).view(w, d, 1, -1, 1) for i in range(3)]
+    t_in = t_out = None
+    for i in range(3):
+        ta, tb = bmin[i] * inv[i], bmax[i] * inv[i]
+        lo, hi = torch.minimum(ta, tb), torch.maximum(ta, tb)
+        t_in = lo if t_in is None else torch.maximum(t_in, lo)
+        t_out = hi if t_out is None else torch.minimum(t_out, hi)
+    blocked = (t_in <= t_out) & (t_out > 0.0) & (t_in < 1.0) & box_valid.view(w, 1, 1, -1, 1)
+    ok = in_view & ~blocked.any(-2)  # (W, D, S, T)
+    ok_count = ok.to(u0.dtype).sum(2)
     frac = ok_count * (1.0 / len(samples))
     size_ok = ((u1 - u0) >= config.min_box_size_px) & ((v1 - v0) >= config.min_box_size_px)
     valid = target_valid.unsqueeze(1).expand(w, d, t)

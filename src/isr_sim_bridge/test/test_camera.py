@@ -504,3 +504,51 @@ def test_compiled_kernels_match_eager():
             a.detections.boxes_xyxy, b.detections.boxes_xyxy, rtol=1e-4, atol=1e-3
         )
         assert torch.equal(a.detections.visible, b.detections.visible)
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def test_cli_render_and_bench(tmp_path, capsys):
+    pytest.importorskip("isr_sim_bridge.world")
+    import json
+
+    from PIL import Image
+
+    from isr_sim_bridge.camera_cli import main
+
+    out = tmp_path / "grid.png"
+    assert (
+        main(
+            [
+                "render",
+                "--world-seed",
+                "2",
+                "--drones",
+                "4",
+                "--out",
+                str(out),
+                "--resolution",
+                "40x32",
+            ]
+        )
+        == 0
+    )
+    img = Image.open(out)
+    assert img.size[0] > 2 * 40 and img.size[1] > 2 * 32
+    capsys.readouterr()
+    args = ["bench", "camera", "--drones", "4", "--drones-per-world", "2", "--resolution", "32x16"]
+    args += [
+        "--no-compile",
+        "--duration-s",
+        "0.1",
+        "--min-steps",
+        "2",
+        "--unique-worlds",
+        "1",
+        "--json",
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["drones"] == 4 and result["resolution"] == "32x16" and result["frames_per_s"] > 0
+    assert set(result["stage_ms_median"]) == {"setup", "box_pass", "shade", "detections"}
