@@ -205,3 +205,30 @@ def test_detection_features_rank_unfound_first():
 def test_task_config_errors_name_the_field(data, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         from_dict(TaskConfig, data)
+
+
+def test_footprint_cells_match_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    rays = camera_corner_rays_body(70.0, 70.0, 60.0)
+    pos = torch.rand(3, 5, 3, generator=gen) * 100 - 50
+    pos[..., 2] = 10 + 40 * torch.rand(3, 5, generator=gen)
+    angles = (torch.rand(3, 3, 5, generator=gen) - 0.5) * torch.tensor([0.6, 0.6, 6.0]).view(
+        3, 1, 1
+    )
+    quat = quat_from_euler(angles[0], angles[1], angles[2])
+    corners = footprint_corners(pos, quat, rays, 80.0)
+    centres = cell_centres(-100, -100, 200, 200, 16, "cpu")
+    fast = cells_in_footprint(corners, pos, centres, 80.0)
+    for w in range(3):
+        for d in range(5):
+            c = corners[w, d]
+            for k, p in enumerate(centres):
+                crosses = []
+                for i in range(4):
+                    a, b = c[i], c[(i + 1) % 4]
+                    crosses.append(
+                        float((b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0]))
+                    )
+                inside = all(x >= 0 for x in crosses) or all(x <= 0 for x in crosses)
+                in_range = float(((p - pos[w, d, :2]) ** 2).sum()) <= 80.0**2
+                assert bool(fast[w, d, k]) == (inside and in_range), (w, d, k)

@@ -62,18 +62,29 @@ def cell_centres(
 def cells_in_footprint(
     corners: Tensor, pos_enu_m: Tensor, centres: Tensor, max_range_m: float
 ) -> Tensor:
-    """Bool ``(W, D, G*G)``: cell centres inside the (convex) footprint quad and in range."""
-    c = corners.unsqueeze(-2)  # (W, D, 4, 1, 2)
-    edge = torch.roll(corners, -1, dims=-2).unsqueeze(-2) - c  # (W, D, 4, 1, 2)
-    rel = centres - c  # (W, D, 4, G*G, 2)
-    cross = edge[..., 0] * rel[..., 1] - edge[..., 1] * rel[..., 0]  # (W, D, 4, G*G)
-    # Orientation of the quad (its sign depends on the camera's roll/yaw): make it positive.
+    """Bool ``(W, D, G*G)``: cell centres inside the (convex) footprint quad and in range.
+
+    Each edge ``c_i -> c_i+1`` is a half-plane ``a x + b y + c >= 0`` (left of the edge for a
+    counter-clockwise quad; the sign flips for a clockwise one), so all cells are tested against
+    all edges of all drones with one batched matmul, as is the range disc.
+    """
+    nxt = torch.roll(corners, -1, dims=-2)
+    ex, ey = (nxt - corners).unbind(-1)  # (W, D, 4)
+    cx0, cy0 = corners.unbind(-1)
     prev = corners.roll(1, dims=-2)
     area = (prev[..., 0] * corners[..., 1] - corners[..., 0] * prev[..., 1]).sum(-1)
-    sign = torch.where(area >= 0, 1.0, -1.0)[..., None, None]
-    inside = ((cross * sign) >= 0).all(dim=-2)
-    d2 = ((centres - pos_enu_m[..., None, :2]) ** 2).sum(-1)
-    return inside & (d2 <= max_range_m * max_range_m)
+    sign = torch.where(area >= 0, 1.0, -1.0).unsqueeze(-1)  # (W, D, 1)
+    # cross(edge, p - c0) = -ey px + ex py + (ey cx0 - ex cy0)
+    plane = torch.stack((-ey, ex, ey * cx0 - ex * cy0), -1) * sign.unsqueeze(-1)  # (W, D, 4, 3)
+    px, py = pos_enu_m[..., 0], pos_enu_m[..., 1]
+    # |c - p|^2 - r^2 = |c|^2 - 2 c.p + |p|^2 - r^2 <= 0, with |c|^2 as a 4th row
+    disc = torch.stack(
+        (2 * px, 2 * py, max_range_m * max_range_m - px * px - py * py, -torch.ones_like(px)), -1
+    )  # (W, D, 4): >= 0 inside the disc
+    homog = torch.cat((centres.T, torch.ones_like(centres[:, :1]).T, (centres**2).sum(-1)[None]))
+    inside = ((plane @ homog[:3]) >= 0).all(dim=-2)  # (W, D, G*G)
+    in_range = (disc.unsqueeze(-2) @ homog).squeeze(-2) >= 0
+    return inside & in_range
 
 
 def pool_coverage(seen: Tensor, cells: int, out_cells: int) -> Tensor:
