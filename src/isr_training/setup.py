@@ -13,6 +13,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
     ],
     include_package_data=True,
+    package_data={PACKAGE: ["config/*.yaml"]},
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="ISR workspace maintainers",
@@ -22,6 +23,8 @@ setup(
     python_requires=">=3.10",
     extras_require={"test": ["pytest"]},
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "train = isr_training.training_cli:main",
+        ],
     },
 )

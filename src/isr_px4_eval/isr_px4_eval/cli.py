@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "isr_sim_bridge.camera_cli",
     "isr_sim_bridge.yolo_cli",
     "isr_training.cli",
+    "isr_training.training_cli",
     "isr_px4_eval.tuning_cli",
     "isr_px4_eval.demo",
 )

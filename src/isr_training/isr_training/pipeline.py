@@ -1,0 +1,993 @@
+"""The staged training pipeline (the PiDog pipeline for ISR): data -> imitation -> rl -> finalize.
+
+One experiment is one directory ``experiments/<name>_<YYYYmmdd_HHMMSS>/``::
+
+    config.yaml          the fully resolved TrainingConfig (the experiment's only input)
+    data/                demonstrations.pt (expert trajectories), demonstrations.json
+    imitation_model/     best.pt, final.pt, checkpoint.pt, history.json, training_history.png
+    rl_model/            checkpoints/ (latest.pt, iter_*.pt), tensorboard/, best.pt, final.pt,
+                         history.json, learning_curve.png
+    logs/                data.log, imitation.log, rl.log, finalize.log
+    stages/              <stage>.done markers (JSON: when, how long), written at a stage's end
+    final_model/         policy.pt, policy_torchscript.pt, policy.onnx, README.md
+    SUMMARY.json, SUMMARY.txt
+
+Every stage runs alone (:func:`run_pipeline` with ``stages=[...]``) or as part of the chain, skips
+itself when its marker exists, and resumes from its last checkpoint when it was interrupted (even
+by ``kill -9``: checkpoints are written to a temporary file and renamed into place). Policy files
+hold tensors and plain data only and are read with ``torch.load(weights_only=True)``.
+
+Configuration: :class:`~isr_training.training_config.TrainingConfig`, resolved in layers by
+:func:`~isr_training.training_config.resolve_config` (defaults, ``training_config.yaml``, physics
+quality preset, ``--set`` overrides); an experiment's ``config.yaml`` is its only input.
+
+World seeds: training worlds are ``env.seed + i`` (RL: ``env.num_worlds``; demonstrations:
+``data.num_worlds``), RL validation worlds ``rl.val_world_seed + i`` (best-checkpoint selection),
+test worlds ``eval.world_seed + i`` (the SUMMARY figures). The three sets must not overlap.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from isr_direct_dynamics.config import ConfigError, to_dict
+from isr_sim_bridge.world import generate_world, worlds_to_batch
+
+from .baselines import RandomPolicy, ScriptedExpert, run_policy
+from .env import EnvConfig, ISREnv
+from .export import export_policy, write_model_readme
+from .imitation import (
+    Demonstrations,
+    RecurrentPolicyRunner,
+    collect_demonstrations,
+    deterministic_actor,
+    train_bc,
+)
+from .models import (
+    ActorCritic,
+    BCPolicy,
+    LSTMBCPolicy,
+    atomic_torch_save,
+    init_actor_from_bc,
+    load_policy,
+    safe_load,
+    save_policy,
+)
+from .ppo import PPO
+from .task.config import TASK_VERSION
+from .training_config import (
+    TrainingConfig,
+    config_to_yaml,
+    load_config_file,
+    resolve_config,
+)
+
+__all__ = [
+    "STAGES",
+    "Experiment",
+    "TrainingConfig",
+    "evaluate",
+    "export_policy",
+    "make_env",
+    "resolve_config",
+    "run_pipeline",
+]
+
+STAGES: tuple[str, ...] = ("data", "imitation", "rl", "finalize")
+"""Pipeline stages in order."""
+
+# ------------------------------------------------------------------------------- experiment
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records to the console without breaking progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+class Experiment:
+    """An experiment directory (see the module docstring for its layout)."""
+
+    def __init__(self, root: str | Path, cfg: TrainingConfig) -> None:
+        self.root = Path(root)
+        self.cfg = cfg
+        self.data_dir = self.root / "data"
+        self.imitation_dir = self.root / "imitation_model"
+        self.rl_dir = self.root / "rl_model"
+        self.checkpoint_dir = self.rl_dir / "checkpoints"
+        self.tensorboard_dir = self.rl_dir / "tensorboard"
+        self.logs_dir = self.root / "logs"
+        self.stages_dir = self.root / "stages"
+        self.final_dir = self.root / "final_model"
+
+    @classmethod
+    def create(cls, cfg: TrainingConfig, base_dir: str | Path = "experiments") -> Experiment:
+        """Make ``<base_dir>/<name>_<YYYYmmdd_HHMMSS>/`` and write ``config.yaml``."""
+        stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+        root = Path(base_dir) / f"{cfg.name}_{stamp}"
+        k = 1
+        while root.exists():
+            root = Path(base_dir) / f"{cfg.name}_{stamp}_{k}"
+            k += 1
+        exp = cls(root, cfg)
+        for d in (
+            exp.data_dir,
+            exp.imitation_dir,
+            exp.checkpoint_dir,
+            exp.tensorboard_dir,
+            exp.logs_dir,
+            exp.stages_dir,
+            exp.final_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(exp.root / "config.yaml", config_to_yaml(cfg))
+        return exp
+
+    @classmethod
+    def open(cls, root: str | Path) -> Experiment:
+        """Open an existing experiment (its ``config.yaml`` is the configuration)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"experiment directory not found: {root}")
+        exp = cls(root, load_config_file(root / "config.yaml"))
+        for d in (
+            exp.data_dir,
+            exp.imitation_dir,
+            exp.checkpoint_dir,
+            exp.tensorboard_dir,
+            exp.logs_dir,
+            exp.stages_dir,
+            exp.final_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+        return exp
+
+    def marker(self, stage: str) -> Path:
+        """Marker file of a finished stage."""
+        return self.stages_dir / f"{stage}.done"
+
+    def is_done(self, stage: str) -> bool:
+        """Whether ``stage`` finished."""
+        return self.marker(stage).is_file()
+
+    def stage_info(self, stage: str) -> dict[str, Any]:
+        """Contents of a stage's marker ({} when not done)."""
+        path = self.marker(stage)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def mark_done(self, stage: str, info: dict[str, Any]) -> None:
+        """Write the marker of ``stage`` (atomically)."""
+        _atomic_write_text(self.marker(stage), json.dumps(info, indent=1))
+
+    def logger(self, stage: str) -> logging.Logger:
+        """A logger writing ``logs/<stage>.log`` and the console."""
+        log = logging.getLogger(f"isr_training.pipeline.{self.root.name}.{stage}")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+        fh = logging.FileHandler(self.logs_dir / f"{stage}.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+        ch = _TqdmHandler()
+        ch.setFormatter(logging.Formatter(f"[{stage}] %(message)s"))
+        log.addHandler(ch)
+        return log
+
+    def close_logs(self) -> None:
+        """Close the log files of every stage (loggers are re-opened on demand)."""
+        for stage in STAGES:
+            log = logging.getLogger(f"isr_training.pipeline.{self.root.name}.{stage}")
+            for h in list(log.handlers):
+                log.removeHandler(h)
+                h.close()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------- worlds
+
+_WORLD_CACHE: dict[tuple[str, int], Any] = {}
+
+
+def make_env(
+    base: EnvConfig,
+    seeds: list[int],
+    drones_per_world: int,
+    stagger: bool,
+    seed: int,
+    device: str | torch.device,
+    camera: bool | None = None,
+) -> ISREnv:
+    """An :class:`ISREnv` on the worlds ``seeds`` (generated worlds are cached per process)."""
+    cfg = copy.deepcopy(base)
+    cfg.num_worlds = len(seeds)
+    cfg.world_seeds = list(seeds)
+    cfg.drones_per_world = drones_per_world
+    cfg.stagger = stagger
+    cfg.seed = seed
+    if camera is not None:
+        cfg.camera = camera
+    spec_key = json.dumps(to_dict(cfg.world), sort_keys=True)
+    worlds = []
+    for s in seeds:
+        key = (spec_key, int(s))
+        if key not in _WORLD_CACHE:
+            _WORLD_CACHE[key] = generate_world(cfg.world, int(s))
+        worlds.append(_WORLD_CACHE[key])
+    return ISREnv(cfg, device, world=worlds_to_batch(worlds, device))
+
+
+def evaluate(
+    cfg: TrainingConfig,
+    seeds: list[int],
+    policies: dict[str, Callable[[ISREnv], Callable[[Any], torch.Tensor]]],
+    episodes: int = 1,
+    log: logging.Logger | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run every policy on the same worlds and spawns (one drone per world, whole episodes).
+
+    ``policies`` maps a name to ``make(env) -> act(obs)``; a fresh environment with the same seed
+    is built for each, so all policies start from the same poses.
+    """
+    out = {}
+    for name, make in policies.items():
+        env = make_env(cfg.env, seeds, 1, False, seed=seeds[0], device=cfg.device)
+        t0 = time.perf_counter()
+        metrics = run_policy(env, make(env), episodes_per_drone=episodes)
+        metrics["wall_s"] = time.perf_counter() - t0
+        out[name] = metrics
+        if log is not None:
+            log.info(
+                "eval %-16s targets_found %.3f coverage %.3f return %.1f crash_rate %.3f (%.0f s)",
+                name,
+                metrics["targets_found"],
+                metrics["coverage"],
+                metrics["return"],
+                metrics["crash_rate"],
+                metrics["wall_s"],
+            )
+    return out
+
+
+def _policy_factory(model: torch.nn.Module) -> Callable[[ISREnv], Callable[[Any], torch.Tensor]]:
+    if isinstance(model, LSTMBCPolicy):
+        return lambda env: RecurrentPolicyRunner(model, env)
+    return lambda env: deterministic_actor(model)
+
+
+# ----------------------------------------------------------------------------------- stages
+
+
+def _setup_torch(cfg: TrainingConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid config field 'device': {cfg.device} but CUDA is not available")
+
+
+def _progress(cfg: TrainingConfig, **kwargs: Any):
+    from tqdm import tqdm
+
+    return tqdm(disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr, **kwargs)
+
+
+def stage_data(exp: Experiment) -> dict[str, Any]:
+    """Collect expert demonstrations into ``data/demonstrations.pt``."""
+    cfg, log = exp.cfg, exp.logger("data")
+    seeds = [cfg.env.seed + i for i in range(cfg.data.num_worlds)]
+    t0 = time.perf_counter()
+    env = make_env(cfg.env, seeds, 1, False, seed=cfg.seed, device=cfg.device, camera=False)
+    log.info("built %d worlds in %.1f s", len(seeds), time.perf_counter() - t0)
+    total = cfg.data.episodes * env.max_episode_steps
+    bar = _progress(cfg, total=total * env.num_envs, desc="data", unit="step", unit_scale=True)
+    last = [0]
+
+    def progress(step: int, _total: int) -> None:
+        bar.update((step - last[0]) * env.num_envs)
+        last[0] = step
+
+    t1 = time.perf_counter()
+    demos = collect_demonstrations(
+        env,
+        episodes=cfg.data.episodes,
+        action_noise=cfg.data.action_noise,
+        seed=cfg.seed,
+        expert_kwargs={
+            "altitude_m": cfg.data.expert_altitude_m,
+            "speed_m_s": cfg.data.expert_speed_m_s,
+        },
+        progress=progress,
+    )
+    bar.close()
+    dt = time.perf_counter() - t1
+    demos.save(exp.data_dir / "demonstrations.pt")
+    info = {
+        "samples": demos.num_samples,
+        "drones": int(demos.obs.shape[1]),
+        "steps": int(demos.obs.shape[0]),
+        "obs_dim": int(demos.obs.shape[2]),
+        "world_seeds": [seeds[0], seeds[-1]],
+        "action_noise": cfg.data.action_noise,
+        "expert_metrics": demos.metrics,
+        "collect_s": dt,
+        "env_steps_per_s": demos.num_samples / dt,
+    }
+    (exp.data_dir / "demonstrations.json").write_text(json.dumps(info, indent=1))
+    log.info(
+        "%d samples from %d drones in %.1f s (%.0f env-steps/s); noisy expert found %.1f%% of "
+        "targets",
+        demos.num_samples,
+        demos.obs.shape[1],
+        dt,
+        demos.num_samples / dt,
+        100 * demos.metrics.get("targets_found", float("nan")),
+    )
+    return info
+
+
+def _bc_model(cfg: TrainingConfig, obs_dim: int) -> BCPolicy | LSTMBCPolicy:
+    torch.manual_seed(cfg.seed)
+    if cfg.bc.model == "lstm":
+        return LSTMBCPolicy(
+            obs_dim, 4, cfg.bc.lstm_hidden_size, cfg.bc.lstm_layers, cfg.rl.ppo.activation
+        )
+    return BCPolicy(obs_dim, 4, cfg.rl.ppo.hidden_sizes, cfg.rl.ppo.activation)
+
+
+def stage_imitation(exp: Experiment) -> dict[str, Any]:
+    """Behaviour cloning on the demonstrations (``imitation_model/``)."""
+    cfg, log = exp.cfg, exp.logger("imitation")
+    demos = Demonstrations.load(exp.data_dir / "demonstrations.pt")
+    model = _bc_model(cfg, demos.obs.shape[-1])
+    resumed = (exp.imitation_dir / "checkpoint.pt").is_file()
+    if resumed:
+        log.info("resuming from imitation_model/checkpoint.pt")
+    log.info("BC %s on %d samples, up to %d epochs", cfg.bc.model, demos.num_samples, cfg.bc.epochs)
+    bar = _progress(cfg, total=cfg.bc.epochs, desc="imitation", unit="epoch")
+
+    def on_epoch(epoch: int, h: dict[str, float]) -> None:
+        bar.n = epoch
+        bar.set_postfix(train=f"{h['train_loss']:.4g}", val=f"{h['val_loss']:.4g}")
+        bar.refresh()
+        log.debug("epoch %d %s", epoch, h)
+
+    result = train_bc(
+        model,
+        demos,
+        cfg.bc,
+        seed=cfg.seed,
+        out_dir=exp.imitation_dir,
+        device=cfg.device,
+        on_epoch=on_epoch,
+    )
+    bar.close()
+    h = result.history
+    info = {
+        "model": cfg.bc.model,
+        "epochs": len(h["train_loss"]),
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "first_val_loss": h["val_loss"][0],
+        "final_train_loss": h["train_loss"][-1],
+        "stopped_early": result.stopped_early,
+        "train_s": h["time_s"][-1] if h["time_s"] else 0.0,
+    }
+    log.info(
+        "val MSE %.4g -> %.4g (best epoch %d of %d%s)",
+        info["first_val_loss"],
+        result.best_val_loss,
+        result.best_epoch,
+        info["epochs"],
+        ", early stop" if result.stopped_early else "",
+    )
+    return info
+
+
+class _RLState:
+    """Book-keeping of the rl stage saved inside every checkpoint."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+        self.evals: list[dict[str, float]] = []
+        self.best_score = -math.inf
+        self.best_step = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "evals": self.evals,
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+        }
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.history = [dict(x) for x in d["history"]]
+        self.evals = [dict(x) for x in d["evals"]]
+        self.best_score, self.best_step = float(d["best_score"]), int(d["best_step"])
+
+
+def _score(metrics: dict[str, float]) -> float:
+    """Validation score: fraction of targets found (coverage breaks ties)."""
+    return metrics["targets_found"] + 1e-3 * metrics["coverage"]
+
+
+def stage_rl(exp: Experiment) -> dict[str, Any]:
+    """RL fine-tuning (``rl_model/``)."""
+    cfg = exp.cfg
+    if cfg.rl.algorithm == "none":
+        exp.logger("rl").info("rl.algorithm is 'none': the imitation policy is final")
+        return {"algorithm": "none"}
+    if cfg.rl.algorithm.startswith("sb3_"):
+        return _stage_rl_sb3(exp)
+    return _stage_rl_ppo(exp)
+
+
+def _write_tb(writer: Any, metrics: dict[str, float], step: int) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and math.isfinite(v) and k not in ("iteration",):
+            writer.add_scalar(k, v, step)
+
+
+def _rotate_checkpoints(exp: Experiment, keep: int) -> None:
+    files = sorted(exp.checkpoint_dir.glob("iter_*.pt"))
+    for f in files[: max(0, len(files) - keep)]:
+        f.unlink(missing_ok=True)
+
+
+def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg, log = exp.cfg, exp.logger("rl")
+    rl = cfg.rl
+    env_seeds = (
+        list(cfg.env.world_seeds)
+        if cfg.env.world_seeds is not None
+        else [cfg.env.seed + i for i in range(cfg.env.num_worlds)]
+    )
+    t0 = time.perf_counter()
+    env = make_env(
+        cfg.env,
+        env_seeds,
+        cfg.env.drones_per_world,
+        cfg.env.stagger,
+        seed=cfg.env.seed,
+        device=cfg.device,
+    )
+    log.info(
+        "built %d worlds x %d drones in %.1f s",
+        env.num_worlds,
+        env.drones_per_world,
+        time.perf_counter() - t0,
+    )
+    torch.manual_seed(cfg.seed)
+    policy = ActorCritic(
+        env.obs_dim,
+        env.action_dim,
+        rl.ppo.hidden_sizes,
+        rl.ppo.activation,
+        rl.ppo.init_log_std,
+        image_shape=env.image_shape if env.image is not None else None,
+        cnn_features=rl.ppo.cnn_features,
+    )
+    if rl.init_from_bc:
+        bc, _ = load_policy(exp.imitation_dir / "best.pt")
+        init_actor_from_bc(policy, bc)
+        log.info("actor mean and normalizer initialized from imitation_model/best.pt")
+    ppo = PPO(env, rl.ppo, seed=cfg.seed, policy=policy)
+    state = _RLState()
+    latest = exp.checkpoint_dir / "latest.pt"
+    if latest.is_file():
+        ck = safe_load(latest, map_location=ppo.device)
+        ppo.load_state_dict(ck["ppo"])
+        state.load(ck["stage"])
+        log.info("resumed from %s at iteration %d, step %d", latest, ppo.iteration, ppo.global_step)
+    writer = SummaryWriter(str(exp.tensorboard_dir), purge_step=ppo.global_step or None)
+    val_seeds = cfg.validation_seeds()
+
+    def validate(step: int) -> None:
+        act = deterministic_actor(ppo.policy)
+        m = evaluate(cfg, val_seeds, {"val": lambda env, a=act: a})["val"]
+        score = _score(m)
+        rec = {
+            "global_step": step,
+            "targets_found": m["targets_found"],
+            "coverage": m["coverage"],
+            "return": m["return"],
+            "score": score,
+        }
+        state.evals.append(rec)
+        writer.add_scalar("eval/targets_found", m["targets_found"], step)
+        writer.add_scalar("eval/coverage", m["coverage"], step)
+        writer.add_scalar("eval/return", m["return"], step)
+        better = score > state.best_score
+        if better:
+            state.best_score, state.best_step = score, step
+            save_policy(
+                exp.rl_dir / "best.pt",
+                ppo.policy,
+                {"global_step": step, "task_version": TASK_VERSION, "val": rec},
+            )
+        log.info(
+            "validation at step %d: targets_found %.3f coverage %.3f return %.1f%s",
+            step,
+            m["targets_found"],
+            m["coverage"],
+            m["return"],
+            " (best)" if better else "",
+        )
+
+    def checkpoint() -> None:
+        data = {"ppo": ppo.state_dict(), "stage": state.to_dict()}
+        atomic_torch_save(data, latest)
+        if rl.keep_checkpoints:
+            atomic_torch_save(data, exp.checkpoint_dir / f"iter_{ppo.iteration:06d}.pt")
+            _rotate_checkpoints(exp, rl.keep_checkpoints)
+
+    if not state.evals:
+        validate(ppo.global_step)
+        checkpoint()
+    total = rl.ppo.total_timesteps
+    bar = _progress(
+        cfg,
+        total=total,
+        initial=min(ppo.global_step, total),
+        desc="rl",
+        unit="step",
+        unit_scale=True,
+    )
+    t_start, step_start = time.perf_counter(), ppo.global_step
+
+    def on_iteration(p: PPO, m: dict[str, float]) -> bool:
+        m = dict(m)
+        m["time/sps_stage"] = (p.global_step - step_start) / (time.perf_counter() - t_start)
+        state.history.append(m)
+        _write_tb(writer, m, p.global_step)
+        bar.update(min(p.global_step, total) - bar.n)
+        post = {"sps": f"{m['time/sps']:.0f}"}
+        if "episode/return" in m:
+            post["ret"] = f"{m['episode/return']:.1f}"
+            post["found"] = f"{m['episode/targets_found']:.2f}"
+        bar.set_postfix(post)
+        log.info(
+            "iter %d step %d sps %.0f return %s found %s v_loss %.3g kl %.3g std %.3f",
+            p.iteration,
+            p.global_step,
+            m["time/sps"],
+            _fmt(m.get("episode/return")),
+            _fmt(m.get("episode/targets_found")),
+            m["loss/value"],
+            m["loss/approx_kl"],
+            m["policy/std"],
+        )
+        done = p.global_step >= total
+        if rl.eval_every_iterations and p.iteration % rl.eval_every_iterations == 0 and not done:
+            validate(p.global_step)
+        if p.iteration % rl.checkpoint_every_iterations == 0 or done:
+            checkpoint()
+        return True
+
+    ppo.learn(total, callback=on_iteration)
+    bar.close()
+    if not state.evals or state.evals[-1]["global_step"] != ppo.global_step:
+        validate(ppo.global_step)
+        checkpoint()
+    writer.flush()
+    writer.close()
+    save_policy(
+        exp.rl_dir / "final.pt",
+        ppo.policy,
+        {"global_step": ppo.global_step, "task_version": TASK_VERSION},
+    )
+    (exp.rl_dir / "history.json").write_text(json.dumps(state.to_dict(), indent=1))
+    plot_learning_curve(state.history, state.evals, exp.rl_dir / "learning_curve.png")
+    sps = [h["time/sps"] for h in state.history]
+    info = {
+        "algorithm": "ppo",
+        "global_step": ppo.global_step,
+        "iterations": ppo.iteration,
+        "drones": env.num_envs,
+        "env_steps_per_s_mean": sum(sps) / len(sps) if sps else float("nan"),
+        "best_step": state.best_step,
+        "best_val_score": state.best_score,
+        "val_evals": state.evals,
+    }
+    log.info(
+        "done: %d steps, %.0f env-steps/s (incl. updates), best validation at step %d",
+        ppo.global_step,
+        info["env_steps_per_s_mean"],
+        state.best_step,
+    )
+    return info
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _stage_rl_sb3(exp: Experiment) -> dict[str, Any]:
+    """RL with Stable-Baselines3 PPO/SAC on :class:`ISRSB3VecEnv` (tensor-only checkpoints)."""
+    from .adapters import ISRSB3VecEnv
+    from .sb3_learners import (
+        build_sb3_model,
+        load_bc_into_sb3_ppo,
+        load_sb3_state,
+        sb3_state,
+        sb3_to_policy,
+    )
+
+    cfg, log = exp.cfg, exp.logger("rl")
+    rl = cfg.rl
+    sb3cfg = copy.deepcopy(rl.sb3)
+    sb3cfg.algorithm = "sac" if rl.algorithm == "sb3_sac" else "ppo"
+    env_seeds = [cfg.env.seed + i for i in range(cfg.env.num_worlds)]
+    env = make_env(
+        cfg.env,
+        env_seeds,
+        cfg.env.drones_per_world,
+        cfg.env.stagger,
+        seed=cfg.env.seed,
+        device=cfg.device,
+    )
+    venv = ISRSB3VecEnv(env=env)
+    model, wrapped = build_sb3_model(
+        venv, sb3cfg, seed=cfg.seed, tensorboard_log=str(exp.tensorboard_dir), device=cfg.device
+    )
+    latest = exp.checkpoint_dir / "latest.pt"
+    state = _RLState()
+    if latest.is_file():
+        ck = safe_load(latest)
+        load_sb3_state(model, wrapped, ck["sb3"])
+        state.load(ck["stage"])
+        log.info("resumed SB3 %s from step %d", sb3cfg.algorithm, model.num_timesteps)
+    elif rl.init_from_bc and sb3cfg.algorithm == "ppo":
+        bc, _ = load_policy(exp.imitation_dir / "best.pt")
+        load_bc_into_sb3_ppo(model, wrapped, bc)
+        log.info("SB3 PPO actor initialized from imitation_model/best.pt")
+    chunk = max(sb3cfg.n_steps * venv.num_envs * rl.checkpoint_every_iterations, venv.num_envs)
+    total = rl.sb3_total_timesteps
+    bar = _progress(
+        cfg,
+        total=total,
+        initial=min(model.num_timesteps, total),
+        desc="rl-sb3",
+        unit="step",
+        unit_scale=True,
+    )
+    while model.num_timesteps < total:
+        t0, s0 = time.perf_counter(), model.num_timesteps
+        model.learn(
+            total_timesteps=min(chunk, total - model.num_timesteps),
+            reset_num_timesteps=False,
+            tb_log_name=sb3cfg.algorithm,
+        )
+        sps = (model.num_timesteps - s0) / (time.perf_counter() - t0)
+        state.history.append({"global_step": model.num_timesteps, "time/sps": sps})
+        atomic_torch_save({"sb3": sb3_state(model, wrapped), "stage": state.to_dict()}, latest)
+        bar.update(min(model.num_timesteps, total) - bar.n)
+        bar.set_postfix(sps=f"{sps:.0f}")
+        log.info("step %d sps %.0f", model.num_timesteps, sps)
+    bar.close()
+    atomic_torch_save(
+        {"sb3": sb3_state(model, wrapped), "stage": state.to_dict()}, exp.rl_dir / "final_sb3.pt"
+    )
+    policy = sb3_to_policy(model, wrapped, sb3cfg, env.obs_dim)
+    save_policy(
+        exp.rl_dir / "final.pt",
+        policy,
+        {
+            "global_step": int(model.num_timesteps),
+            "task_version": TASK_VERSION,
+            "sb3_algorithm": sb3cfg.algorithm,
+        },
+    )
+    sps = [h["time/sps"] for h in state.history]
+    return {
+        "algorithm": rl.algorithm,
+        "global_step": int(model.num_timesteps),
+        "env_steps_per_s_mean": sum(sps) / len(sps) if sps else float("nan"),
+    }
+
+
+def plot_learning_curve(
+    history: list[dict[str, float]], evals: list[dict[str, float]], path: str | Path
+) -> None:
+    """Training episode return / targets found and validation targets found vs env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
+    axes[0].plot(
+        [h["global_step"] for h in history], [h.get("rollout/reward_per_step") for h in history]
+    )
+    axes[0].set_title("reward per step (rollouts)")
+    done = [h for h in history if "episode/targets_found" in h]
+    if done:
+        axes[1].plot(
+            [h["global_step"] for h in done],
+            [h["episode/targets_found"] for h in done],
+            label="training episodes (stochastic)",
+        )
+    if evals:
+        axes[1].plot(
+            [e["global_step"] for e in evals],
+            [e["targets_found"] for e in evals],
+            "o-",
+            label="validation worlds (deterministic)",
+        )
+    axes[1].set_title("targets found (fraction)")
+    axes[1].legend()
+    axes[2].plot([h["global_step"] for h in history], [h["time/sps"] for h in history])
+    axes[2].set_title("env-steps/s (incl. updates)")
+    for ax in axes:
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------- finalize
+
+
+def _final_policy(exp: Experiment) -> tuple[torch.nn.Module, str]:
+    """The policy to deploy and where it came from."""
+    cfg = exp.cfg
+    if cfg.rl.algorithm == "none":
+        model, _ = load_policy(exp.imitation_dir / "best.pt")
+        return model, "imitation_model/best.pt"
+    if cfg.rl.algorithm.startswith("sb3_"):
+        model, _ = load_policy(exp.rl_dir / "final.pt")
+        return model, f"rl_model/final.pt ({cfg.rl.algorithm})"
+    name = "best.pt" if cfg.rl.keep_best and (exp.rl_dir / "best.pt").is_file() else "final.pt"
+    model, _ = load_policy(exp.rl_dir / name)
+    return model, f"rl_model/{name}"
+
+
+def _machine_info(cfg: TrainingConfig) -> dict[str, Any]:
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": cfg.device,
+        "load_avg_1_5_15": [round(x, 2) for x in load],
+        "platform": platform.platform(),
+    }
+
+
+def stage_finalize(exp: Experiment) -> dict[str, Any]:
+    """Export the final policy, evaluate it on held-out worlds, write README and SUMMARY."""
+    cfg, log = exp.cfg, exp.logger("finalize")
+    policy, source = _final_policy(exp)
+    probe = make_env(cfg.env, cfg.test_seeds()[:1], 1, False, seed=0, device="cpu")
+    image_shape = list(probe.image_shape) if probe.image is not None else None
+    meta = {
+        "task_version": TASK_VERSION,
+        "obs_dim": probe.obs_dim,
+        "action_dim": 4,
+        "image_shape": image_shape,
+        "source": source,
+        "experiment": exp.root.name,
+        "physics_quality": cfg.physics_quality,
+        "control_dt_s": cfg.env.task.control_dt_s,
+    }
+    diffs = export_policy(policy, exp.final_dir, probe.obs_dim, image_shape, meta)
+    log.info(
+        "exported %s: TorchScript max diff %.2e, ONNX max diff %.2e",
+        source,
+        diffs["torchscript_max_abs_diff"],
+        diffs["onnx_max_abs_diff"],
+    )
+    write_model_readme(exp.final_dir, exp.root.name, cfg, probe, meta, diffs)
+
+    policies: dict[str, Callable[[ISREnv], Callable[[Any], torch.Tensor]]] = {
+        "final": _policy_factory(policy.to(cfg.device)),
+    }
+    if cfg.eval.baselines:
+        if cfg.rl.algorithm != "none" and (exp.imitation_dir / "best.pt").is_file():
+            bc, _ = load_policy(exp.imitation_dir / "best.pt", cfg.device)
+            policies["imitation_only"] = _policy_factory(bc)
+        policies["scripted_expert"] = lambda env: ScriptedExpert(env)
+        seed = cfg.eval.world_seed  # the same random baseline for every experiment
+        policies["random"] = lambda env: RandomPolicy(env.num_envs, env.device, seed=seed)
+    seeds = cfg.test_seeds()
+    results = evaluate(cfg, seeds, policies, cfg.eval.episodes, log)
+    summary = build_summary(exp, results, diffs, source)
+    (exp.root / "SUMMARY.json").write_text(json.dumps(summary, indent=1))
+    (exp.root / "SUMMARY.txt").write_text(summary_text(summary))
+    log.info("\n%s", summary_text(summary))
+    return {"targets_found": results["final"]["targets_found"], **diffs}
+
+
+def build_summary(
+    exp: Experiment, results: dict[str, dict[str, float]], diffs: dict[str, float], source: str
+) -> dict[str, Any]:
+    """SUMMARY.json content: test metrics vs baselines, task settings, timings, throughput."""
+    cfg = exp.cfg
+    t = cfg.env.task
+    w = cfg.env.world
+    stages = {s: exp.stage_info(s) for s in STAGES}
+    rl_info = stages.get("rl", {}).get("result", {})
+    seeds = cfg.test_seeds()
+    return {
+        "experiment": exp.root.name,
+        "task_version": TASK_VERSION,
+        "final_policy": source,
+        "evaluation": {
+            "world_seeds": [seeds[0], seeds[-1]],
+            "num_worlds": len(seeds),
+            "episodes_per_world": cfg.eval.episodes,
+            "held_out": "test worlds never used for training or validation",
+            "deterministic_policy": True,
+        },
+        "task": {
+            "episode_length_s": t.episode_length_s,
+            "control_dt_s": t.control_dt_s,
+            "world_size_m": [w.size_x_m, w.size_y_m],
+            "physics_quality": cfg.physics_quality,
+            "vehicle": cfg.env.vehicle,
+            "camera": cfg.env.camera,
+            "camera_resolution": cfg.env.camera_resolution,
+            "drones_per_world_eval": 1,
+        },
+        "training": {
+            "demonstration_worlds": cfg.data.num_worlds,
+            "rl_worlds": cfg.env.num_worlds,
+            "rl_drones_per_world": cfg.env.drones_per_world,
+            "rl_algorithm": cfg.rl.algorithm,
+            "rl_env_steps": rl_info.get("global_step"),
+            "rl_env_steps_per_s_incl_updates": rl_info.get("env_steps_per_s_mean"),
+        },
+        "results": results,
+        "export": diffs,
+        "stage_wall_s": {s: stages[s].get("wall_s") for s in STAGES},
+        "total_wall_s": sum(stages[s].get("wall_s") or 0.0 for s in STAGES),
+        "machine": _machine_info(cfg),
+    }
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    """Human-readable SUMMARY.txt."""
+    ev, task, tr = s["evaluation"], s["task"], s["training"]
+    lines = [
+        f"ISR training experiment {s['experiment']}  (task {s['task_version']})",
+        f"final policy: {s['final_policy']}",
+        "",
+        f"Task: {task['episode_length_s']:g} s episodes, control {task['control_dt_s']:g} s, "
+        f"{task['world_size_m'][0]:g} x {task['world_size_m'][1]:g} m worlds, physics "
+        f"'{task['physics_quality']}' ({task['vehicle']}), camera "
+        f"{'on ' + task['camera_resolution'] if task['camera'] else 'off'}",
+        f"Evaluation: {ev['num_worlds']} held-out worlds (seeds {ev['world_seeds'][0]}.."
+        f"{ev['world_seeds'][1]}), {ev['episodes_per_world']} episode(s) each, one drone per "
+        "world, deterministic policy",
+        "",
+        f"{'policy':<18}{'targets_found':>14}{'coverage':>10}{'return':>9}{'crash_rate':>11}"
+        f"{'interventions':>14}",
+    ]
+    for name, m in s["results"].items():
+        lines.append(
+            f"{name:<18}{100 * m['targets_found']:>13.1f}%{100 * m['coverage']:>9.1f}%"
+            f"{m['return']:>9.1f}{m['crash_rate']:>11.3f}{m['safety_interventions']:>14.1f}"
+        )
+    walls = s["stage_wall_s"]
+    sps = tr["rl_env_steps_per_s_incl_updates"] or float("nan")
+    lines += [
+        "",
+        f"Training: demonstrations from {tr['demonstration_worlds']} worlds; RL "
+        f"({tr['rl_algorithm']}) on {tr['rl_worlds']} worlds x {tr['rl_drones_per_world']} drones, "
+        f"{tr['rl_env_steps'] or 0} env steps at "
+        f"{sps:.0f} env-steps/s (incl. updates)",
+        "Wall time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items() if v is not None)
+        + f" (total {s['total_wall_s']:.0f} s, sum of the stages)",
+        f"Export check: TorchScript max diff {s['export']['torchscript_max_abs_diff']:.1e}, "
+        f"ONNX max diff {s['export']['onnx_max_abs_diff']:.1e}",
+        f"Machine: {s['machine']['cpu_count']} CPUs, torch {s['machine']['torch']}, "
+        f"{s['machine']['torch_threads']} thread(s), device {s['machine']['device']}, load average "
+        f"{s['machine']['load_avg_1_5_15']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------- driver
+
+STAGE_FUNCTIONS: dict[str, Callable[[Experiment], dict[str, Any]]] = {
+    "data": stage_data,
+    "imitation": stage_imitation,
+    "rl": stage_rl,
+    "finalize": stage_finalize,
+}
+
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "imitation": ("data",),
+    "rl": ("imitation",),
+    "finalize": ("rl",),
+}
+
+
+def run_pipeline(exp: Experiment, stages: list[str] | None = None) -> dict[str, Any]:
+    """Run ``stages`` (default: all) in order; finished stages are skipped, interrupted ones resume.
+
+    Raises ``ValueError`` when a requested stage needs an earlier stage that has not finished.
+    """
+    todo = list(stages or STAGES)
+    for s in todo:
+        if s not in STAGES:
+            raise ValueError(f"unknown stage '{s}' (choose from {', '.join(STAGES)})")
+    _setup_torch(exp.cfg)
+    try:
+        return _run_stages(exp, todo)
+    finally:
+        exp.close_logs()
+
+
+def _run_stages(exp: Experiment, todo: list[str]) -> dict[str, Any]:
+    results = {}
+    for s in STAGES:
+        if s not in todo:
+            continue
+        if exp.is_done(s):
+            exp.logger(s).info("already done (marker %s): skipped", exp.marker(s))
+            results[s] = exp.stage_info(s)
+            continue
+        for need in _NEEDS[s]:
+            if not exp.is_done(need):
+                raise ValueError(
+                    f"stage '{s}' needs stage '{need}' to be finished first "
+                    f"(missing {exp.marker(need)}); run it with --stage {need}"
+                )
+        t0 = time.perf_counter()
+        started = _dt.datetime.now().isoformat(timespec="seconds")
+        result = STAGE_FUNCTIONS[s](exp)
+        info = {
+            "stage": s,
+            "started": started,
+            "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+            "wall_s": time.perf_counter() - t0,
+            "result": result,
+        }
+        if s == "finalize":  # the summary counts this stage's time too
+            _patch_summary_wall(exp, info["wall_s"])
+        exp.mark_done(s, info)
+        results[s] = info
+    return results
+
+
+def _patch_summary_wall(exp: Experiment, wall_s: float) -> None:
+    path = exp.root / "SUMMARY.json"
+    if not path.is_file():
+        return
+    s = json.loads(path.read_text())
+    s["stage_wall_s"]["finalize"] = wall_s
+    s["total_wall_s"] = sum(v or 0.0 for v in s["stage_wall_s"].values())
+    path.write_text(json.dumps(s, indent=1))
+    (exp.root / "SUMMARY.txt").write_text(summary_text(s))

@@ -1,0 +1,469 @@
+"""A compact PPO that works directly on the torch environment contract (no numpy round trips).
+
+Read it top to bottom, CleanRL style: :class:`PPOConfig` (one docstring per field), then
+:class:`PPO` with ``collect()`` (rollout), ``compute_advantages()`` (GAE), ``update()`` (clipped
+surrogate, optional value clipping, entropy bonus, minibatches and epochs) and ``learn()``.
+
+Contract with :class:`~isr_training.env.ISREnv` (rsl_rl's design): every tensor stays on
+``env.device``; ``terminated`` and ``truncated`` stay separate, and **time-outs are bootstrapped**:
+for a drone whose episode was truncated (time limit) and not terminated, the reward of that step
+gets ``+ gamma * V(final_obs)`` where ``final_obs = info["final_obs"]`` is the observation before
+the auto-reset. The advantage recursion then treats every episode end as terminal.
+
+Episode statistics (``episode/<key>``, from ``info["episode"]``) count complete episodes only: a
+drone's first episode after a staggered reset starts late and would bias them.
+
+Observation normalization: a running mean/std inside the policy (saved with it, baked into the
+exported model). It is frozen during an iteration (so that the log-probabilities of the rollout and
+of the update agree) and updated with the rollout's observations after the update.
+
+Action sampling: ``mean + exp(log_std) * noise`` from a seeded generator; the mean is not squashed
+and the environment clips actions to ``[-1, 1]``. The same seed gives the same run (on one device).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from isr_direct_dynamics.config import check
+
+from .models import ActorCritic, Obs, atomic_torch_save, safe_load
+
+
+@dataclass
+class PPOConfig:
+    """Hyper-parameters of :class:`PPO` (CleanRL's continuous PPO, scaled for many envs)."""
+
+    total_timesteps: int = 2_000_000
+    """Environment steps (summed over all drones) to train for."""
+    num_steps: int = 32
+    """Rollout length per drone and iteration (batch = num_steps x number of drones)."""
+    learning_rate: float = 3e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over ``total_timesteps``."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per epoch."""
+    update_epochs: int = 5
+    """Passes over the rollout per iteration."""
+    norm_adv: bool = True
+    """Normalize advantages per minibatch."""
+    clip_coef: float = 0.2
+    """Surrogate clipping coefficient."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values (PPO2 style)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping (global norm)."""
+    target_kl: float | None = None
+    """Stop the epochs of an iteration early when the approximate KL exceeds this (None = off)."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
+    """Hidden layers of the actor and critic MLPs (the BC MLP uses the same)."""
+    activation: Literal["elu", "tanh", "relu"] = "elu"
+    """Hidden activation."""
+    init_log_std: float = -0.5
+    """Initial log standard deviation of the Gaussian policy."""
+    min_log_std: float = -5.0
+    """Lower bound of the log-std parameter (kept after every update)."""
+    normalize_obs: bool = True
+    """Running mean/std normalization of the state observation (inside the policy)."""
+    cnn_features: int = 128
+    """Feature size of the CNN encoder (camera observations)."""
+    critic_warmup_iterations: int = 0
+    """First iterations train only the critic (actor mean and log-std frozen): use it when the actor
+    starts from behaviour cloning, so that a random critic does not wreck the cloned actor."""
+
+    def validate(self) -> None:
+        """Check ranges; raises ConfigError naming the field."""
+        check(self.total_timesteps >= 1, "total_timesteps", "must be >= 1")
+        check(self.num_steps >= 1, "num_steps", "must be >= 1")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
+        check(0 <= self.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]")
+        check(self.num_minibatches >= 1, "num_minibatches", "must be >= 1")
+        check(self.update_epochs >= 1, "update_epochs", "must be >= 1")
+        check(self.clip_coef > 0, "clip_coef", "must be > 0")
+        check(self.ent_coef >= 0, "ent_coef", "must be >= 0")
+        check(self.vf_coef >= 0, "vf_coef", "must be >= 0")
+        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
+        check(
+            len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
+            "hidden_sizes",
+            "needs at least one positive layer size",
+        )
+        check(self.min_log_std < self.init_log_std, "init_log_std", "must be > min_log_std")
+        check(self.cnn_features >= 1, "cnn_features", "must be >= 1")
+        check(self.critic_warmup_iterations >= 0, "critic_warmup_iterations", "must be >= 0")
+
+
+def _obs_index(obs: Obs, idx: Tensor | slice | int) -> Obs:
+    if isinstance(obs, dict):
+        return {k: v[idx] for k, v in obs.items()}
+    return obs[idx]
+
+
+def _state(obs: Obs) -> Tensor:
+    return obs["state"] if isinstance(obs, dict) else obs
+
+
+class RolloutBuffer:
+    """Time-major rollout storage ``(T, N, ...)`` on the environment's device."""
+
+    def __init__(self, env: Any, num_steps: int, device: torch.device) -> None:
+        t, n = num_steps, env.num_envs
+        z = torch.zeros
+        self.state = z(t, n, env.obs_dim, device=device)  # (T, N, obs_dim) raw observations
+        self.image = (
+            z(t, n, *env.image_shape, dtype=torch.uint8, device=device)
+            if getattr(env, "image", None) is not None
+            else None
+        )  # (T, N, H, W, 3) uint8 or None
+        self.actions = z(t, n, env.action_dim, device=device)  # (T, N, 4) sampled (unclipped)
+        self.logprobs = z(t, n, device=device)  # (T, N)
+        self.rewards = z(t, n, device=device)  # (T, N) incl. time-out bootstrap
+        self.dones = z(t, n, device=device)  # (T, N) 1 where the episode ended at this step
+        self.values = z(t, n, device=device)  # (T, N)
+        self.advantages = z(t, n, device=device)  # (T, N)
+        self.returns = z(t, n, device=device)  # (T, N)
+
+    def store_obs(self, t: int, obs: Obs) -> None:
+        """Store the observation of step ``t``."""
+        if isinstance(obs, dict):
+            self.state[t] = obs["state"]
+            if self.image is not None:
+                self.image[t] = obs["image"]
+        else:
+            self.state[t] = obs
+
+    def flat_obs(self) -> Obs:
+        """All observations, flattened to ``(T * N, ...)``."""
+        state = self.state.reshape(-1, self.state.shape[-1])
+        if self.image is None:
+            return state
+        return {"state": state, "image": self.image.reshape(-1, *self.image.shape[2:])}
+
+
+class EpisodeStats:
+    """Sums of ``info["episode"]`` entries over done drones, read out once per iteration."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear the sums."""
+        self.sums: dict[str, Tensor] = {}
+        self.count = torch.zeros((), device=self.device)
+
+    def add(self, info: dict[str, Any], mask: Tensor | None = None) -> None:
+        """Accumulate the episode stats of the drones that are done this step (no host sync).
+
+        ``mask`` (N,) bool selects the drones whose episode counts (complete episodes).
+        """
+        done = info["done"] if mask is None else info["done"] & mask
+        done = done.float()
+        self.count = self.count + done.sum()
+        for k, v in info["episode"].items():
+            v = torch.nan_to_num(v.float(), nan=0.0)
+            self.sums[k] = self.sums.get(k, torch.zeros((), device=self.device)) + (v * done).sum()
+
+    def means(self) -> dict[str, float]:
+        """Mean of every stat over the episodes finished since the last reset ({} if none)."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys] + [self.count]).cpu().tolist()
+        n = values[-1]
+        if n <= 0:
+            return {}
+        out = {k: v / n for k, v in zip(keys, values[:-1], strict=True)}
+        out["episodes"] = n
+        return out
+
+
+class PPO:
+    """PPO on an :class:`~isr_training.env.ISREnv` (or anything with the same torch contract).
+
+    Args:
+        env: the environment (``num_envs``, ``obs_dim``, ``action_dim``, ``device``, ``reset``,
+            ``step``; ``image``/``image_shape`` for camera observations).
+        config: hyper-parameters.
+        seed: seed of the network init, the action noise and the minibatch shuffling.
+        policy: an existing :class:`ActorCritic` (e.g. initialized from behaviour cloning);
+            None builds one from ``config``.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        config: PPOConfig | None = None,
+        seed: int = 0,
+        policy: ActorCritic | None = None,
+    ) -> None:
+        self.cfg = cfg = config or PPOConfig()
+        cfg.validate()
+        self.env = env
+        self.device = torch.device(env.device)
+        self.seed = seed
+        image_shape = env.image_shape if getattr(env, "image", None) is not None else None
+        if policy is None:
+            torch.manual_seed(seed)
+            policy = ActorCritic(
+                env.obs_dim,
+                env.action_dim,
+                cfg.hidden_sizes,
+                cfg.activation,
+                cfg.init_log_std,
+                image_shape=image_shape,
+                cnn_features=cfg.cnn_features,
+            )
+        self.policy = policy.to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.buffer = RolloutBuffer(env, cfg.num_steps, self.device)
+        self.batch_size = cfg.num_steps * env.num_envs
+        self.minibatch_size = max(1, self.batch_size // cfg.num_minibatches)
+        self.num_iterations = max(1, math.ceil(cfg.total_timesteps / self.batch_size))
+        self.iteration = 0
+        self.global_step = 0
+        self.episode_stats = EpisodeStats(self.device)
+        self.next_obs: Obs | None = None
+        self._complete = torch.ones(env.num_envs, dtype=torch.bool, device=self.device)
+        self._reward_sum = torch.zeros((), device=self.device)
+        self._start_time = time.perf_counter()
+        self._start_step = 0
+
+    # ------------------------------------------------------------------ rollout
+    def _reset_env(self) -> None:
+        self.next_obs = self.env.reset(seed=self.seed + 7919 * self.iteration)
+        # With staggered resets a drone's first episode starts late and is cut short: its
+        # statistics are biased, so episode stats count complete episodes only.
+        step_count = getattr(self.env, "step_count", None)
+        if isinstance(step_count, Tensor):
+            self._complete = step_count.reshape(-1) == 0
+        else:
+            self._complete = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
+        if self.cfg.normalize_obs and float(self.policy.obs_norm.count) == 0:
+            self.policy.obs_norm.update(_state(self.next_obs))
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        """Fill the rollout buffer with ``num_steps`` steps of every drone."""
+        if self.next_obs is None:
+            self._reset_env()
+        buf, cfg, policy = self.buffer, self.cfg, self.policy
+        obs = self.next_obs
+        for t in range(cfg.num_steps):
+            buf.store_obs(t, obs)
+            action, logp, value = policy.act(obs, self.gen)
+            buf.actions[t] = action
+            buf.logprobs[t] = logp
+            buf.values[t] = value
+            obs, reward_raw, terminated, truncated, info = self.env.step(action)
+            reward = reward_raw
+            # Time-out bootstrap: a truncated (not terminated) episode continues in value terms.
+            timeout = truncated & ~terminated
+            # (On CPU a host check skips the extra critic pass on steps without time-outs; on an
+            # accelerator it is always run, to keep the loop free of synchronizations.)
+            if self.device.type != "cpu" or bool(timeout.any()):
+                v_final = policy.value(info["final_obs"])
+                reward = reward + cfg.gamma * v_final * timeout.float()
+            buf.rewards[t] = reward
+            buf.dones[t] = info["done"].float()
+            self.episode_stats.add(info, self._complete)
+            self._complete = self._complete | info["done"]
+            self._reward_sum += reward_raw.sum()
+        self.next_obs = obs
+        self.global_step += self.batch_size
+
+    @torch.no_grad()
+    def compute_advantages(self) -> None:
+        """GAE(lambda) advantages and returns (every episode end is terminal after bootstrap)."""
+        buf, cfg = self.buffer, self.cfg
+        next_value = self.policy.value(self.next_obs)
+        last = torch.zeros_like(next_value)
+        for t in reversed(range(cfg.num_steps)):
+            nonterminal = 1.0 - buf.dones[t]
+            next_v = next_value if t == cfg.num_steps - 1 else buf.values[t + 1]
+            delta = buf.rewards[t] + cfg.gamma * next_v * nonterminal - buf.values[t]
+            last = delta + cfg.gamma * cfg.gae_lambda * nonterminal * last
+            buf.advantages[t] = last
+        buf.returns.copy_(buf.advantages + buf.values)
+
+    # ------------------------------------------------------------------ update
+    def update(self) -> dict[str, float]:
+        """PPO epochs over the rollout; returns loss statistics."""
+        cfg, buf, policy = self.cfg, self.buffer, self.policy
+        warmup = self.iteration < cfg.critic_warmup_iterations
+        obs = buf.flat_obs()
+        actions = buf.actions.reshape(-1, buf.actions.shape[-1])
+        old_logp = buf.logprobs.reshape(-1)
+        adv_all = buf.advantages.reshape(-1)
+        ret_all = buf.returns.reshape(-1)
+        old_v = buf.values.reshape(-1)
+        stats: dict[str, Tensor] = {}
+        n_mb = 0
+        approx_kl = torch.zeros((), device=self.device)
+        for _ in range(cfg.update_epochs):
+            perm = torch.randperm(self.batch_size, generator=self.gen, device=self.device)
+            for start in range(0, self.batch_size, self.minibatch_size):
+                idx = perm[start : start + self.minibatch_size]
+                logp, entropy, value = policy.evaluate(_obs_index(obs, idx), actions[idx])
+                log_ratio = logp - old_logp[idx]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+                adv = adv_all[idx]
+                if cfg.norm_adv:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                ).mean()
+                ret = ret_all[idx]
+                if cfg.clip_vloss:
+                    v_clipped = old_v[idx] + (value - old_v[idx]).clamp(
+                        -cfg.clip_coef, cfg.clip_coef
+                    )
+                    v_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((value - ret) ** 2).mean()
+                ent = entropy.mean()
+                if warmup:
+                    loss = cfg.vf_coef * v_loss
+                else:
+                    loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if warmup:  # only the critic (and a shared image encoder) learns
+                    for p in list(policy.actor.parameters()) + [policy.log_std]:
+                        p.grad = None
+                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                n_mb += 1
+                for k, v in (
+                    ("loss/policy", pg_loss.detach()),
+                    ("loss/value", v_loss.detach()),
+                    ("loss/entropy", ent.detach()),
+                    ("loss/approx_kl", approx_kl),
+                    ("loss/clipfrac", clipfrac),
+                ):
+                    stats[k] = stats.get(k, torch.zeros((), device=self.device)) + v
+            if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
+                break
+        with torch.no_grad():
+            policy.log_std.clamp_(min=cfg.min_log_std)
+            var_y = ret_all.var()
+            explained = 1 - (ret_all - old_v).var() / var_y if float(var_y) > 0 else var_y * 0
+        keys = list(stats)
+        vals = torch.stack([stats[k] / n_mb for k in keys] + [explained]).cpu().tolist()
+        out = dict(zip(keys, vals[:-1], strict=True))
+        out["loss/explained_variance"] = vals[-1]
+        out["policy/std"] = float(policy.log_std.detach().exp().mean())
+        out["critic_warmup"] = float(warmup)
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def train_iteration(self) -> dict[str, float]:
+        """One iteration: rollout, advantages, update, normalizer update; returns metrics."""
+        cfg = self.cfg
+        if cfg.anneal_lr:
+            frac = 1.0 - self.iteration / self.num_iterations
+            self.optimizer.param_groups[0]["lr"] = max(frac, 0.0) * cfg.learning_rate
+        t0 = time.perf_counter()
+        self.episode_stats.reset()
+        self._reward_sum = torch.zeros((), device=self.device)
+        self.policy.eval()
+        self.collect()
+        t_collect = time.perf_counter() - t0
+        self.compute_advantages()
+        self.policy.train()
+        metrics = self.update()
+        if cfg.normalize_obs:
+            self.policy.obs_norm.update(self.buffer.state)
+        self.iteration += 1
+        dt = time.perf_counter() - t0
+        elapsed = time.perf_counter() - self._start_time
+        metrics.update(
+            {
+                "iteration": self.iteration,
+                "global_step": self.global_step,
+                "time/sps": self.batch_size / dt,
+                "time/sps_total": (self.global_step - self._start_step) / max(elapsed, 1e-9),
+                "time/collect_sps": self.batch_size / max(t_collect, 1e-9),
+                "time/iteration_s": dt,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "rollout/reward_per_step": float(self._reward_sum) / self.batch_size,
+            }
+        )
+        metrics.update({f"episode/{k}": v for k, v in self.episode_stats.means().items()})
+        return metrics
+
+    def learn(
+        self,
+        total_timesteps: int | None = None,
+        callback: Callable[[PPO, dict[str, float]], bool | None] | None = None,
+    ) -> PPO:
+        """Train until ``global_step >= total_timesteps``.
+
+        ``callback(self, metrics)`` runs after every iteration (returning False stops); without
+        one, steps-per-second and the episode return are printed every iteration.
+        """
+        total = self.cfg.total_timesteps if total_timesteps is None else total_timesteps
+        self._start_time, self._start_step = time.perf_counter(), self.global_step
+        while self.global_step < total:
+            metrics = self.train_iteration()
+            if callback is None:
+                print(
+                    f"iter {self.iteration} step {self.global_step} "
+                    f"SPS {metrics['time/sps']:.0f} "
+                    f"return {metrics.get('episode/return', float('nan')):.3g}"
+                )
+            elif callback(self, metrics) is False:
+                break
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training (tensors and plain data only)."""
+        return {
+            "policy": self.policy.state_dict(),
+            "policy_meta": self.policy.meta(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.gen.get_state(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the environment is reset at the next rollout."""
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"].cpu())
+        self.iteration = int(state["iteration"])
+        self.global_step = int(state["global_step"])
+        self.next_obs = None
+
+    def save(self, path: str) -> None:
+        """Atomic checkpoint (temp file + ``os.replace``)."""
+        atomic_torch_save(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        """Load a checkpoint of :meth:`save` (``weights_only=True``)."""
+        self.load_state_dict(safe_load(path, map_location=self.device))

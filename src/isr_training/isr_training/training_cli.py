@@ -1,0 +1,221 @@
+"""Command line of the training pipeline: ``isr train`` and ``isr bench train``.
+
+``isr train`` (also ``ros2 run isr_training train``) runs the staged pipeline; ``isr bench train``
+measures the learners' throughput (env-steps/s including updates).
+
+Examples::
+
+    isr train --preset quick --name demo
+    isr train --preset quick --name demo --set rl.ppo.total_timesteps=100000 --quality fast
+    isr train --preset quick --name demo --stage data        # one stage of a new experiment
+    isr train --resume experiments/demo_20260101_120000      # finish (or continue) an experiment
+    isr train --resume experiments/demo_20260101_120000 --stage finalize
+    isr train --preset quick --print-config                  # the resolved config.yaml
+    isr bench train --algo ppo --drones 256 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from isr_direct_dynamics.config import ConfigError
+
+from .pipeline import STAGES
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .pipeline import (
+        Experiment,
+        config_to_yaml,
+        resolve_config,
+        run_pipeline,
+    )
+
+    overrides = list(args.set or [])
+    if args.quality:
+        overrides.append(f"physics_quality={args.quality}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    stages = None if args.stage in (None, "all") else [args.stage]
+    if args.resume:
+        if args.preset or args.config or [o for o in overrides if not o.startswith("progress=")]:
+            raise ConfigError(
+                "--resume continues an experiment with its own config.yaml; --preset, --config, "
+                "--set, --quality, --device and --name are not allowed with it (start a new "
+                "experiment to change the configuration)"
+            )
+        exp = Experiment.open(args.resume)
+        if args.no_progress:
+            exp.cfg.progress = False
+    else:
+        cfg = resolve_config(args.preset, overrides, args.config)
+        if args.print_config:
+            sys.stdout.write(config_to_yaml(cfg))
+            return 0
+        exp = Experiment.create(cfg, args.output_dir)
+    print(f"experiment: {exp.root}", file=sys.stderr)
+    t0 = time.perf_counter()
+    run_pipeline(exp, stages)
+    print(f"done in {time.perf_counter() - t0:.0f} s: {exp.root}", file=sys.stderr)
+    summary = exp.root / "SUMMARY.txt"
+    if summary.is_file() and (stages is None or "finalize" in stages):
+        sys.stdout.write(summary.read_text())
+    return 0
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    """Env-steps/s of a learner on the ISR env, updates included (after one warm-up chunk)."""
+    import torch
+
+    from .env import EnvConfig, ISREnv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.drones % args.drones_per_world:
+        raise ValueError(f"--drones {args.drones} is not a multiple of --drones-per-world")
+    cfg = EnvConfig(
+        num_worlds=args.drones // args.drones_per_world,
+        drones_per_world=args.drones_per_world,
+        seed=args.seed,
+    )
+    t_build = time.perf_counter()
+    env = ISREnv(cfg, args.device)
+    t_build = time.perf_counter() - t_build
+    if args.algo == "ppo":
+        from .ppo import PPO, PPOConfig
+
+        cfg = PPOConfig(num_steps=args.num_steps, num_minibatches=args.minibatches)
+        ppo = PPO(env, cfg, seed=args.seed)
+        ppo.train_iteration()  # warm-up
+        s0, t0 = ppo.global_step, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            ppo.train_iteration()
+        steps, dt = ppo.global_step - s0, time.perf_counter() - t0
+    else:
+        from .adapters import ISRSB3VecEnv
+        from .sb3_learners import SB3Config, build_sb3_model
+
+        sb = SB3Config(
+            algorithm="sac" if args.algo == "sb3_sac" else "ppo",
+            n_steps=args.num_steps,
+            learning_starts=0,
+            batch_size=(
+                args.num_steps * env.num_envs // args.minibatches if args.algo == "sb3_ppo" else 256
+            ),
+        )
+        model, _ = build_sb3_model(ISRSB3VecEnv(env=env), sb, seed=args.seed, device=args.device)
+        chunk = args.num_steps * env.num_envs
+        model.learn(chunk, reset_num_timesteps=False)  # warm-up
+        s0, t0 = model.num_timesteps, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            model.learn(chunk, reset_num_timesteps=False)
+        steps, dt = model.num_timesteps - s0, time.perf_counter() - t0
+    try:
+        import os
+
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    result = {
+        "benchmark": "train",
+        "algo": args.algo,
+        "device": args.device,
+        "drones": env.num_envs,
+        "worlds": env.num_worlds,
+        "drones_per_world": env.drones_per_world,
+        "num_steps": args.num_steps,
+        "minibatches": args.minibatches if args.algo != "sb3_sac" else None,
+        "env_steps": steps,
+        "seconds": round(dt, 3),
+        "env_steps_per_s_incl_updates": steps / dt,
+        "threads": torch.get_num_threads(),
+        "build_s": round(t_build, 2),
+        "load_avg": load,
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``isr train``."""
+    p.add_argument("--preset", help="preset of training_config.yaml: quick, standard")
+    p.add_argument("--name", help="experiment name (directory <name>_<YYYYmmdd_HHMMSS>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field by dotted path, e.g. rl.ppo.learning_rate=1e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--quality",
+        choices=("fast", "medium", "production"),
+        help="physics quality preset (dynamics_config.yaml); same as --set physics_quality=...",
+    )
+    p.add_argument("--device", help="torch device (cpu, cuda); same as --set device=...")
+    p.add_argument(
+        "--stage",
+        choices=(*STAGES, "all"),
+        default="all",
+        help="run only this stage (earlier stages must be finished)",
+    )
+    p.add_argument("--resume", metavar="EXP_DIR", help="continue the experiment in EXP_DIR")
+    p.add_argument("--output-dir", default="experiments", help="parent of experiment directories")
+    p.add_argument("--config", help="a training_config.yaml to use instead of the packaged one")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+
+
+def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+    """Add ``isr train`` and ``isr bench train``."""
+    p = sub.add_parser(
+        "train",
+        help="staged training pipeline: data -> imitation -> rl -> finalize",
+        description=(
+            "Staged training pipeline (data -> imitation -> rl -> finalize) in "
+            "experiments/<name>_<YYYYmmdd_HHMMSS>/; finished stages are skipped, interrupted ones "
+            "resume from their last checkpoint."
+        ),
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=_train)
+
+    b = bench_sub.add_parser("train", help="training env-steps/s (updates included)")
+    b.add_argument("--algo", choices=("ppo", "sb3_ppo", "sb3_sac"), default="ppo")
+    b.add_argument("--drones", type=int, default=256)
+    b.add_argument("--drones-per-world", type=int, default=4)
+    b.add_argument("--num-steps", type=int, default=32, help="rollout steps per drone")
+    b.add_argument("--minibatches", type=int, default=4, help="PPO minibatches per epoch")
+    b.add_argument("--seconds", type=float, default=20.0)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_bench_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``train`` (``ros2 run isr_training train ...``): ``isr train`` alone."""
+    parser = argparse.ArgumentParser(
+        prog="train", description="ISR staged training pipeline (see `isr train --help`)."
+    )
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _train(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (resume with --resume EXP_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

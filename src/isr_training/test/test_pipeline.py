@@ -1,0 +1,188 @@
+"""The staged training pipeline end to end at a tiny scale; resume after SIGKILL; the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from isr_training.models import safe_load
+from isr_training.pipeline import Experiment, resolve_config, run_pipeline
+from isr_training.training_cli import main as train_main
+
+# TorchScript is deprecated in torch 2.x but is one of the required export formats.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")
+
+TINY = [
+    "env.num_worlds=2",
+    "env.drones_per_world=2",
+    "data.num_worlds=2",
+    "env.world.size_x_m=100",
+    "env.world.size_y_m=100",
+    "env.world.texture_res_m=1.0",
+    "env.task.episode_length_s=6",
+    "bc.epochs=3",
+    "rl.ppo.num_steps=16",
+    "rl.ppo.hidden_sizes=[32,32]",
+    "rl.ppo.critic_warmup_iterations=1",
+    "rl.val_num_worlds=1",
+    "eval.num_worlds=2",
+    "rl.checkpoint_every_iterations=1",
+    "rl.keep_checkpoints=2",
+    "progress=false",
+]
+
+
+@pytest.mark.integration
+def test_tiny_end_to_end_run_produces_the_experiment_layout(tmp_path):
+    overrides = [*TINY, "rl.ppo.total_timesteps=256", "rl.eval_every_iterations=2"]
+    cfg = resolve_config("quick", overrides)
+    exp = Experiment.create(cfg, tmp_path)
+    assert exp.root.name.startswith("quick_") and len(exp.root.name) == len("quick_") + 15
+    run_pipeline(exp)
+    root = exp.root
+    for rel in (
+        "config.yaml",
+        "data/demonstrations.pt",
+        "imitation_model/best.pt",
+        "imitation_model/final.pt",
+        "imitation_model/training_history.png",
+        "rl_model/final.pt",
+        "rl_model/best.pt",
+        "rl_model/checkpoints/latest.pt",
+        "rl_model/learning_curve.png",
+        "logs/data.log",
+        "logs/imitation.log",
+        "logs/rl.log",
+        "logs/finalize.log",
+        "final_model/policy_torchscript.pt",
+        "final_model/policy.onnx",
+        "final_model/policy.pt",
+        "final_model/README.md",
+        "SUMMARY.json",
+        "SUMMARY.txt",
+    ):
+        assert (root / rel).is_file(), rel
+    assert any((root / "rl_model/tensorboard").iterdir())
+    assert len(list((root / "rl_model/checkpoints").glob("iter_*.pt"))) == 2
+    for stage in ("data", "imitation", "rl", "finalize"):
+        assert exp.is_done(stage)
+    summary = json.loads((root / "SUMMARY.json").read_text())
+    assert set(summary["results"]) == {"final", "imitation_only", "scripted_expert", "random"}
+    assert summary["export"]["torchscript_max_abs_diff"] < 1e-5
+    assert summary["export"]["onnx_max_abs_diff"] < 1e-5
+    assert summary["evaluation"]["world_seeds"] == [100000, 100001]
+    assert summary["stage_wall_s"]["finalize"] is not None
+    assert "random" in (root / "SUMMARY.txt").read_text()
+    readme = (root / "final_model/README.md").read_text()
+    assert "isr-search-v1" in readme and "torch.jit.load" in readme
+    # the resolved config reloads to the same config; finished stages are skipped
+    again = Experiment.open(root)
+    assert again.cfg == cfg
+    t0 = time.perf_counter()
+    run_pipeline(again)
+    assert time.perf_counter() - t0 < 5.0
+    # the deployed TorchScript policy flies the real env
+    ts = torch.jit.load(str(root / "final_model/policy_torchscript.pt"))
+    from isr_training.pipeline import make_env
+
+    env = make_env(cfg.env, [100000], 1, False, 0, "cpu")
+    action = ts(env.reset())
+    assert action.shape == (1, 4) and action.abs().max() <= 1
+
+
+@pytest.mark.integration
+def test_a_stage_needs_the_stages_before_it(tmp_path):
+    exp = Experiment.create(resolve_config("quick", TINY), tmp_path)
+    with pytest.raises(ValueError, match="needs stage 'data'"):
+        run_pipeline(exp, ["imitation"])
+
+
+@pytest.mark.integration
+def test_rl_resumes_after_sigkill(tmp_path):
+    per_iter = 16 * 4
+    cfg = resolve_config(
+        "quick", [*TINY, f"rl.ppo.total_timesteps={per_iter * 60}", "rl.eval_every_iterations=0"]
+    )
+    exp = Experiment.create(cfg, tmp_path)
+    run_pipeline(exp, ["data", "imitation"])
+    latest = exp.checkpoint_dir / "latest.pt"
+    cmd = [sys.executable, "-m", "isr_training.training_cli", "--resume", str(exp.root)]
+    proc = subprocess.Popen(
+        [*cmd, "--stage", "rl", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    killed_at = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if latest.is_file():
+                it = int(safe_load(latest)["ppo"]["iteration"])
+                if it >= 3:
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = it
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed_at is not None, "training finished or stalled before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert not exp.is_done("rl")
+    ck = safe_load(latest)  # the checkpoint is whole after kill -9
+    resumed_from = int(ck["ppo"]["iteration"])
+    assert resumed_from >= killed_at
+    assert not [p for p in exp.checkpoint_dir.iterdir() if p.name.endswith(".tmp")]
+
+    exp = Experiment.open(exp.root)
+    run_pipeline(exp, ["rl"])
+    assert exp.is_done("rl")
+    log = (exp.logs_dir / "rl.log").read_text()
+    assert f"resumed from {latest} at iteration {resumed_from}" in log
+    history = json.loads((exp.rl_dir / "history.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == list(range(1, 61))
+    assert history[-1]["global_step"] == per_iter * 60
+
+
+@pytest.mark.unit
+def test_cli_reports_config_errors_and_prints_the_config(tmp_path, capsys):
+    rc = train_main(["--preset", "quick", "--set", "rl.ppo.lerning_rate=1",
+                     "--output-dir", str(tmp_path)])  # fmt: skip
+    assert rc == 2
+    assert "rl.ppo.lerning_rate" in capsys.readouterr().err
+    assert not list(Path(tmp_path).iterdir())
+    assert train_main(["--preset", "quick", "--set", "rl.ppo.learning_rate=3e-4",
+                       "--print-config"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "learning_rate: 0.0003" in out and "physics_quality: fast" in out
+    rc = train_main(["--resume", str(tmp_path), "--set", "seed=1"])
+    assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_sb3_ppo_pipeline_exports_like_the_own_ppo(tmp_path):
+    overrides = [
+        *TINY,
+        "rl.algorithm=sb3_ppo",
+        "rl.sb3_total_timesteps=128",
+        "rl.sb3.n_steps=16",
+        "rl.sb3.batch_size=32",
+        "rl.sb3.hidden_sizes=[32,32]",
+        "eval.baselines=false",
+    ]
+    exp = Experiment.create(resolve_config("quick", overrides), tmp_path)
+    run_pipeline(exp)
+    summary = json.loads((exp.root / "SUMMARY.json").read_text())
+    assert set(summary["results"]) == {"final"}
+    assert summary["final_policy"] == "rl_model/final.pt (sb3_ppo)"
+    assert summary["export"]["onnx_max_abs_diff"] < 1e-5
+    assert (exp.root / "rl_model/checkpoints/latest.pt").is_file()
