@@ -10,6 +10,7 @@ full dotted path (``dynamics.tau_horizontal_s``). Range checks live in each conf
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -185,7 +188,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
-    return key.split("."), yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+    return key.split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
