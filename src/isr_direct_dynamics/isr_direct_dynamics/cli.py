@@ -35,8 +35,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
-def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
-    """Step the chosen model with random actions for ``args.seconds``; return the figures."""
+def prepare_bench(args: argparse.Namespace) -> tuple[torch.device, int]:
+    """Apply ``--threads``, check ``--device`` and the drone split; return (device, worlds)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -47,7 +47,12 @@ def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
             f"--drones {args.drones} is not a multiple of "
             f"--drones-per-world {args.drones_per_world}"
         )
-    worlds = args.drones // args.drones_per_world
+    return device, args.drones // args.drones_per_world
+
+
+def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
+    """Step the chosen model with random actions for ``args.seconds``; return the figures."""
+    device, worlds = prepare_bench(args)
     kwargs = {"compile_step": True} if args.compile and args.model == "direct" else {}
     model = make_vehicle_model(
         args.model, worlds, args.drones_per_world, args.control_dt, device, seed=0, **kwargs

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from isr_direct_dynamics.cli import prepare_bench
 from isr_direct_dynamics.config import apply_overrides, from_dict, to_dict
 
 from .env import EnvConfig, ISREnv
@@ -67,17 +68,7 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _bench_env(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    if args.drones % args.drones_per_world:
-        raise ValueError(
-            f"--drones {args.drones} is not a multiple of "
-            f"--drones-per-world {args.drones_per_world}"
-        )
-    args.worlds = args.drones // args.drones_per_world
+    device, args.worlds = prepare_bench(args)
     cfg = env_config_from_args(args)
     t_build = time.perf_counter()
     env = ISREnv(cfg, device)
