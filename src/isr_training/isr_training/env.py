@@ -320,8 +320,12 @@ class ISREnv:
         self.ep_interventions.masked_fill_(m, 0.0)
         self.ep_first_detection.masked_fill_(m, float("nan"))
 
-    def _perceive(self) -> None:
-        """Run perception for every drone; update detections, found targets and coverage."""
+    def _perceive(self) -> Tensor:
+        """Run perception for every drone; return the coverage cells in view now.
+
+        Stores the detections (and the image); returns ``(W, D, G*G)`` bool. The caller updates
+        ``seen`` and ``found``.
+        """
         st = self.vehicle.state
         out = self.perception(self.world, st.pos_enu_m, st.quat_wxyz)
         self.det_boxes = out.boxes_xyxy_px

@@ -126,18 +126,22 @@ class Experiment:
             root = Path(base_dir) / f"{cfg.name}_{stamp}_{k}"
             k += 1
         exp = cls(root, cfg)
-        for d in (
-            exp.data_dir,
-            exp.imitation_dir,
-            exp.checkpoint_dir,
-            exp.tensorboard_dir,
-            exp.logs_dir,
-            exp.stages_dir,
-            exp.final_dir,
-        ):
-            d.mkdir(parents=True, exist_ok=True)
+        exp.make_dirs()
         _atomic_write_text(exp.root / "config.yaml", config_to_yaml(cfg))
         return exp
+
+    def make_dirs(self) -> None:
+        """Create every folder of the experiment layout (idempotent)."""
+        for d in (
+            self.data_dir,
+            self.imitation_dir,
+            self.checkpoint_dir,
+            self.tensorboard_dir,
+            self.logs_dir,
+            self.stages_dir,
+            self.final_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def open(cls, root: str | Path) -> Experiment:
@@ -146,16 +150,7 @@ class Experiment:
         if not root.is_dir():
             raise FileNotFoundError(f"experiment directory not found: {root}")
         exp = cls(root, load_config_file(root / "config.yaml"))
-        for d in (
-            exp.data_dir,
-            exp.imitation_dir,
-            exp.checkpoint_dir,
-            exp.tensorboard_dir,
-            exp.logs_dir,
-            exp.stages_dir,
-            exp.final_dir,
-        ):
-            d.mkdir(parents=True, exist_ok=True)
+        exp.make_dirs()
         return exp
 
     def marker(self, stage: str) -> Path:
