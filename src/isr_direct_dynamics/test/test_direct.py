@@ -307,3 +307,52 @@ def test_compiled_kernel_matches_eager():
         runs.append(model.state.clone())
     torch.testing.assert_close(runs[0].pos_enu_m, runs[1].pos_enu_m, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(runs[0].quat_wxyz, runs[1].quat_wxyz, atol=1e-5, rtol=1e-5)
+
+
+def test_vertical_coupling_scales_horizontal_acceleration(device):
+    """Climbing while accelerating sideways gives more horizontal acceleration, sinking less."""
+    first_dv = {}
+    for k in (0.0, 1.0):
+        cfg = DirectDynamicsConfig(tau_vertical_s=0.2, vertical_coupling=k)
+        model = DirectDynamics(1, 3, 0.05, device, config=cfg)
+        airborne(model)
+        # Drone 0: sideways only; drone 1: sideways + climb; drone 2: sideways + sink.
+        act = torch.tensor([[[0.5, 0, 0, 0], [0.5, 0, 1.0, 0], [0.5, 0, -1.0, 0]]], device=device)
+        state = model.step(act)
+        first_dv[k] = state.vel_enu_m_s[0, :, 0].clone()
+        az = state.vel_enu_m_s[0, :, 2] / 0.05
+        if k == 0.0:
+            torch.testing.assert_close(first_dv[k], first_dv[k][:1].expand(3))
+        else:
+            expected = first_dv[0.0] * (1 + az / 9.80665).clamp(0, 2)
+            torch.testing.assert_close(first_dv[k], expected, rtol=1e-5, atol=1e-6)
+    assert first_dv[1.0][1] > first_dv[0.0][1] and first_dv[1.0][2] < first_dv[0.0][2]
+
+
+def test_horizontal_acceleration_limit_and_position_consistency(device):
+    dt, a_max = 0.05, 4.0
+    cfg = DirectDynamicsConfig(tau_horizontal_s=0.3, max_horizontal_accel_m_s2=a_max)
+    model = DirectDynamics(1, 2, dt, device, config=cfg)
+    airborne(model)
+    act = torch.tensor([[[1.0, 0.0, 0, 0], [0.6, -0.8, 0, 0]]], device=device)
+    vel_prev = model.state.vel_enu_m_s.clone()
+    pos_prev = model.state.pos_enu_m.clone()
+    for _ in range(100):
+        state = model.step(act)
+        dv = (state.vel_enu_m_s - vel_prev)[..., :2].norm(dim=-1)
+        assert bool((dv <= a_max * dt * (1 + 1e-4)).all())
+        # The position moves between the old and the new velocity (no jumps).
+        step = (state.pos_enu_m - pos_prev)[..., :2] / dt
+        lo = torch.minimum(vel_prev, state.vel_enu_m_s)[..., :2] - 1e-4
+        hi = torch.maximum(vel_prev, state.vel_enu_m_s)[..., :2] + 1e-4
+        assert bool(((step >= lo) & (step <= hi)).all())
+        vel_prev, pos_prev = state.vel_enu_m_s.clone(), state.pos_enu_m.clone()
+    # The limit only slows the response: the command is still reached.
+    torch.testing.assert_close(
+        state.vel_enu_m_s[0, :, :2], torch.tensor([[10.0, 0.0], [6.0, -8.0]], device=device),
+        atol=0.05, rtol=0,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="max_horizontal_accel_m_s2"):
+        DirectDynamicsConfig(max_horizontal_accel_m_s2=-1.0).validate()
+    with pytest.raises(ConfigError, match="vertical_coupling"):
+        DirectDynamicsConfig(vertical_coupling=float("nan")).validate()

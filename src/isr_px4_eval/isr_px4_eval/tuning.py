@@ -2,11 +2,12 @@
 
 What is fitted: the parameters of :class:`~isr_direct_dynamics.DirectDynamicsConfig` that shape
 the velocity response: fast time constants (horizontal, vertical, yaw rate), the transport delay,
-and the slow parallel pole (fraction and time constant, horizontal and vertical) that captures
+the slow parallel pole (fraction and time constant, horizontal and vertical) that captures
 PX4's "fast rise to ~80 % then slow creep through the velocity integrator" (README of the real
-flight, quirk 3). Velocity limits are not fitted: in the direct model they are the action scaling
-(a task choice), and no flight here saturates them (commands <= 6 m/s, PX4's ``MPC_XY_VEL_MAX``
-is 12 m/s).
+flight, quirk 3), and the vertical-to-horizontal coupling (horizontal acceleration scaled by
+``1 + k a_z / g``, fitted together with the slow pole). Velocity limits are not fitted: in the
+direct model they are the action scaling (a task choice), and no flight here saturates them
+(commands <= 6 m/s, PX4's ``MPC_XY_VEL_MAX`` is 12 m/s).
 
 How: **open-loop replay, batched.** The commanded velocity / yaw-rate sequence of a
 :class:`~isr_px4_eval.px4_logs.FlightLog` is cut into windows (``window_s``, default 15 s); each
@@ -22,9 +23,11 @@ log instead of zeros).
 
 Search: **cross-entropy method (CEM) per delay, separable per axis group.** Delays 0 ..
 ``max_delay_s`` (every grid step) are searched exhaustively; for each delay a Gaussian population
-(log time constants, fractions) is sampled, and because the axis groups do not interact in the
-direct model (horizontal params only change vx/vy, vertical only vz, yaw only the yaw rate), each
-group keeps its own elites by its own error and its own full covariance (the fast time constant,
+(log time constants, fractions) is sampled, and because the axis groups barely interact in the
+direct model (horizontal params only change vx/vy, vertical only vz, yaw only the yaw rate; the
+one link is the vertical coupling, a horizontal parameter driven by the candidate's own vertical
+response, which converges first), each group keeps its own elites by its own error and its own
+full covariance (the fast time constant,
 the slow share and the slow time constant are strongly correlated; a diagonal CEM crawls along
 that valley). The distribution's mean is always re-evaluated and the best candidate kept, so the
 result never gets worse. The delay with the lowest weighted total error wins. No gradients: the
@@ -104,6 +107,10 @@ class FitParams:
     """Share of the vertical command through the slow pole (0 = first order)."""
     tau_slow_vertical_s: float = 3.0
     """Slow vertical time constant, s."""
+    vertical_coupling: float = 0.0
+    """Horizontal fast-pole change scaled by ``1 + k a_z / g`` (0 = off)."""
+    max_horizontal_accel_m_s2: float = 0.0
+    """Horizontal fast-pole acceleration limit, m/s^2 (0 = none)."""
     delay_s: float = 0.0
     """Transport delay of the command, s."""
 
@@ -119,6 +126,8 @@ class FitParams:
             tau_slow_horizontal_s=cfg.tau_slow_horizontal_s,
             slow_fraction_vertical=cfg.slow_fraction_vertical,
             tau_slow_vertical_s=cfg.tau_slow_vertical_s,
+            vertical_coupling=cfg.vertical_coupling,
+            max_horizontal_accel_m_s2=cfg.max_horizontal_accel_m_s2,
             delay_s=cfg.delay_steps * control_dt_s,
         )
 
@@ -136,6 +145,8 @@ class FitParams:
             tau_slow_horizontal_s=round(self.tau_slow_horizontal_s, 4),
             slow_fraction_vertical=round(self.slow_fraction_vertical, 4),
             tau_slow_vertical_s=round(self.tau_slow_vertical_s, 4),
+            vertical_coupling=round(self.vertical_coupling, 4),
+            max_horizontal_accel_m_s2=round(self.max_horizontal_accel_m_s2, 4),
             delay_steps=int(round(self.delay_s / control_dt_s)),
         )
         cfg.validate()
@@ -217,6 +228,10 @@ class TuningConfig:
     """Search range of the yaw-rate time constant, s."""
     slow_fraction_bounds: tuple[float, float] = (0.0, 0.7)
     """Search range of both slow-pole fractions."""
+    vertical_coupling_bounds: tuple[float, float] = (-1.0, 4.0)
+    """Search range of the vertical-to-horizontal coupling (fitted with the slow pole)."""
+    max_horizontal_accel_bounds_m_s2: tuple[float, float] = (2.0, 40.0)
+    """Search range of the horizontal acceleration limit, m/s^2 (fitted with the slow pole)."""
     tau_slow_bounds_s: tuple[float, float] = (0.5, 30.0)
     """Search range of both slow time constants, s."""
     weight_horizontal: float = 1.0
@@ -260,6 +275,18 @@ class TuningConfig:
             check(0 < lo <= hi, name, f"must satisfy 0 < low <= high, got {(lo, hi)}")
         lo, hi = self.slow_fraction_bounds
         check(0 <= lo <= hi < 1, "slow_fraction_bounds", f"must be within [0, 1), got {(lo, hi)}")
+        lo, hi = self.vertical_coupling_bounds
+        check(
+            -10 <= lo <= hi <= 10,
+            "vertical_coupling_bounds",
+            f"must satisfy -10 <= low <= high <= 10, got {(lo, hi)}",
+        )
+        lo, hi = self.max_horizontal_accel_bounds_m_s2
+        check(
+            0 < lo <= hi,
+            "max_horizontal_accel_bounds_m_s2",
+            f"must satisfy 0 < low <= high, got {(lo, hi)}",
+        )
 
 
 # ---------------------------------------------------------------------------------- windows
@@ -397,6 +424,8 @@ class Candidates:
     tau_slow_horizontal_s: Tensor
     slow_fraction_vertical: Tensor
     tau_slow_vertical_s: Tensor
+    vertical_coupling: Tensor
+    max_horizontal_accel_m_s2: Tensor
     delay_steps: Tensor
 
     @property
@@ -418,6 +447,8 @@ class Candidates:
             "tau_slow_horizontal_s",
             "slow_fraction_vertical",
             "tau_slow_vertical_s",
+            "vertical_coupling",
+            "max_horizontal_accel_m_s2",
         ):
             kw[name] = torch.tensor([getattr(p, name) for p in params], device=device)
         kw["delay_steps"] = torch.tensor(
@@ -437,6 +468,8 @@ class Candidates:
                 "tau_slow_horizontal_s",
                 "slow_fraction_vertical",
                 "tau_slow_vertical_s",
+                "vertical_coupling",
+                "max_horizontal_accel_m_s2",
             )
         }
         return FitParams(**kw, delay_s=int(self.delay_steps[i]) * dt_s)
@@ -456,6 +489,8 @@ class Candidates:
             tau_slow_horizontal_s=grid(self.tau_slow_horizontal_s),
             slow_fraction_vertical=grid(self.slow_fraction_vertical),
             tau_slow_vertical_s=grid(self.tau_slow_vertical_s),
+            vertical_coupling=grid(self.vertical_coupling),
+            max_horizontal_accel_m_s2=grid(self.max_horizontal_accel_m_s2),
             delay_steps=torch.zeros_like(zeros, dtype=torch.long),
             vel_noise_m_s_per_sqrt_s=zeros,
             pos_noise_m_per_sqrt_s=zeros,
@@ -532,7 +567,13 @@ def rmse_table(sq: Tensor, count: Tensor) -> list[dict[str, float]]:
 
 # ---------------------------------------------------------------------------------- search
 _GROUPS: dict[str, tuple[str, ...]] = {
-    "horizontal": ("tau_horizontal_s", "slow_fraction_horizontal", "tau_slow_horizontal_s"),
+    "horizontal": (
+        "tau_horizontal_s",
+        "slow_fraction_horizontal",
+        "tau_slow_horizontal_s",
+        "vertical_coupling",
+        "max_horizontal_accel_m_s2",
+    ),
     "vertical": ("tau_vertical_s", "slow_fraction_vertical", "tau_slow_vertical_s"),
     "yaw": ("tau_yaw_s",),
 }
@@ -542,6 +583,7 @@ _LOG_PARAMS = {
     "tau_vertical_s",
     "tau_slow_vertical_s",
     "tau_yaw_s",
+    "max_horizontal_accel_m_s2",
 }
 
 
@@ -550,6 +592,11 @@ def _bounds(cfg: TuningConfig, name: str, slow_pole: bool) -> tuple[float, float
         return cfg.slow_fraction_bounds if slow_pole else (0.0, 0.0)
     if name.startswith("tau_slow"):
         return cfg.tau_slow_bounds_s if slow_pole else (3.0, 3.0)
+    if name == "vertical_coupling":
+        return cfg.vertical_coupling_bounds if slow_pole else (0.0, 0.0)
+    if name == "max_horizontal_accel_m_s2":
+        # Searched in log space; the top of the range means "practically no limit".
+        return cfg.max_horizontal_accel_bounds_m_s2 if slow_pole else (1.0e3, 1.0e3)
     if name == "tau_horizontal_s":
         return cfg.tau_horizontal_bounds_s
     if name == "tau_vertical_s":
@@ -1039,7 +1086,8 @@ def config_header(result: TuningResult) -> list[str]:
             f"{label}: tau_h {p.tau_horizontal_s:.3f} s, tau_v {p.tau_vertical_s:.3f} s, "
             f"tau_yaw {p.tau_yaw_s:.3f} s, slow_h {p.slow_fraction_horizontal:.3f} x "
             f"{p.tau_slow_horizontal_s:.2f} s, slow_v {p.slow_fraction_vertical:.3f} x "
-            f"{p.tau_slow_vertical_s:.2f} s, delay {p.delay_s:.3f} s"
+            f"{p.tau_slow_vertical_s:.2f} s, coupling {p.vertical_coupling:.3f}, "
+            f"a_max {p.max_horizontal_accel_m_s2:.1f} m/s^2, delay {p.delay_s:.3f} s"
         )
     split = info.get("split")
     if split:

@@ -46,8 +46,14 @@ ULOG_STATES = {
 
 
 def _tuning_config(args: argparse.Namespace) -> TuningConfig:
+    window = args.window
+    if window is None:
+        # Embedded flights start at rest, so one window per flight starts from the exact state
+        # (a window starting mid-flight cannot know how the velocity splits into fast and slow
+        # pole, and a slow pole of ~10 s does not settle in the burn-in).
+        window = args.duration - args.burn_in if args.source == "embedded" else 15.0
     cfg = TuningConfig(
-        window_s=args.window,
+        window_s=window,
         burn_in_s=args.burn_in,
         fit_fraction=args.fit_fraction,
         holdout=args.holdout,
@@ -94,7 +100,8 @@ def print_result(result: TuningResult) -> None:
             f"[tune] {name}: tau_h {p.tau_horizontal_s:.3f} s, tau_v {p.tau_vertical_s:.3f} s, "
             f"tau_yaw {p.tau_yaw_s:.3f} s, slow_h {p.slow_fraction_horizontal:.3f} x "
             f"{p.tau_slow_horizontal_s:.2f} s, slow_v {p.slow_fraction_vertical:.3f} x "
-            f"{p.tau_slow_vertical_s:.2f} s, delay {p.delay_s:.3f} s"
+            f"{p.tau_slow_vertical_s:.2f} s, coupling {p.vertical_coupling:.3f}, "
+            f"a_max {p.max_horizontal_accel_m_s2:.1f} m/s^2, delay {p.delay_s:.3f} s"
         )
 
 
@@ -233,7 +240,12 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     )
     p.add_argument("--fit-fraction", type=float, default=0.5, help="share of the flight fitted")
     p.add_argument("--holdout", default="first", choices=("first", "last"))
-    p.add_argument("--window", type=float, default=15.0, help="scored window length, s")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        help="scored window length, s (default 15; embedded: the whole flight)",
+    )
     p.add_argument("--burn-in", type=float, default=5.0, help="unscored replay before it, s")
     p.add_argument("--max-delay", type=float, default=0.3, help="largest delay searched, s")
     p.add_argument("--population", type=int, default=64, help="CEM candidates per delay")

@@ -42,6 +42,8 @@ TRUE = FitParams(
     tau_slow_horizontal_s=5.0,
     slow_fraction_vertical=0.15,
     tau_slow_vertical_s=2.0,
+    vertical_coupling=0.8,
+    max_horizontal_accel_m_s2=8.0,
     delay_s=0.15,
 )
 
@@ -185,6 +187,8 @@ def test_fit_recovers_known_parameters_within_5_percent():
         "tau_slow_horizontal_s",
         "slow_fraction_vertical",
         "tau_slow_vertical_s",
+        "vertical_coupling",
+        "max_horizontal_accel_m_s2",
     ):
         true, got = getattr(TRUE, name), getattr(fit, name)
         assert abs(got - true) <= 0.05 * true, f"{name}: fitted {got:.4f}, true {true}"

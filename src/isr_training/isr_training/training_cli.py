@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from isr_direct_dynamics.config import ConfigError
 
@@ -43,6 +44,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"name={args.name}")
     if args.no_progress:
         overrides.append("progress=false")
+    if args.dynamics_config:
+        overrides.extend(dynamics_overrides(args.dynamics_config))
     stages = None if args.stage in (None, "all") else [args.stage]
     if args.resume:
         if args.preset or args.config or [o for o in overrides if not o.startswith("progress=")]:
@@ -143,6 +146,40 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def dynamics_overrides(path: str) -> list[str]:
+    """``--set env.dynamics.KEY=VALUE`` overrides from a tuned ``dynamics_config.yaml``.
+
+    The file is what ``isr tune-dynamics`` writes: keys of ``DirectDynamicsConfig`` (nested
+    ``limits`` allowed). Training then flies the tuned direct model (``vehicle: direct``).
+    """
+    import yaml
+
+    from isr_direct_dynamics.config import from_dict
+    from isr_direct_dynamics.direct import DirectDynamicsConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--dynamics-config: no such file: {path}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--dynamics-config: {path} is not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--dynamics-config: {path} must hold a mapping of DirectDynamicsConfig")
+    from_dict(DirectDynamicsConfig, raw)  # unknown keys / bad values: an error naming them
+    out = ["env.vehicle=direct"]
+
+    def walk(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                out.append(f"env.dynamics.{prefix}{k}={'null' if v is None else v}")
+
+    walk("", raw)
+    return out
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``isr train``."""
     p.add_argument("--preset", help="preset of training_config.yaml: quick, standard")
@@ -168,6 +205,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="EXP_DIR", help="continue the experiment in EXP_DIR")
     p.add_argument("--output-dir", default="experiments", help="parent of experiment directories")
     p.add_argument("--config", help="a training_config.yaml to use instead of the packaged one")
+    p.add_argument(
+        "--dynamics-config",
+        metavar="YAML",
+        help="train on a tuned direct model (the file `isr tune-dynamics --out` writes)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
 
