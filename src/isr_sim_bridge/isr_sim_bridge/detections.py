@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -161,18 +162,74 @@ def detect_targets(
     camera: CameraConfig,
     config: DetectionConfig,
     samples: tuple[tuple[float, float, float], ...],
+    project_fn: Callable[..., tuple[Tensor, ...]] | None = None,
+    occlusion_fn: Callable[..., Tensor] | None = None,
 ) -> Detections:
     """Pure batched ground-truth detection (see the module doc).
 
     Shapes: ``pose`` ``(W, D, ...)``; targets ``(W, T, ...)``; occluding boxes ``(W, B, ...)``;
     ``samples``: the sample offsets (in half extents) of :func:`sample_grid`, as Python floats.
-    Written as struct-of-arrays (one tensor per
-    coordinate) so that a compiled kernel vectorizes over targets and boxes.
+
+    Two stages: :func:`project_targets` projects every (camera, target) box (struct-of-arrays,
+    one tensor per coordinate, so a compiled kernel vectorizes it) and culls the pairs none of
+    whose samples can be in view (box entirely behind the camera, beyond the far clip or outside
+    the image, or an invalid slot); then the occlusion samples and their slab tests against every
+    occluder run only for the remaining candidate pairs (:func:`occluded_fraction`).
+    ``project_fn`` and ``occlusion_fn`` may be compiled versions of the two stages. The culled
+    pairs have a visible fraction of
+    exactly 0, as when every sample is tested.
     """
     width, height = parse_resolution(camera.resolution)
     fx, fy, cx, cy = camera_intrinsics(camera)
-    near, far = camera.near_clip_m, camera.far_clip_m
     org, rot = pose.pos_enu_m, pose.rot_world_from_cam  # (W, D, 3), (W, D, 3, 3)
+    project = project_fn if project_fn is not None else project_targets
+    boxes, in_front, size_ok, cand, depth, cls = project(
+        org, rot, target_pos_enu_m, target_size_m, target_yaw_rad, target_class, target_valid,
+        (fx, fy, cx, cy), camera.near_clip_m, camera.far_clip_m, width, height,
+        float(config.min_box_size_px),
+    )  # fmt: skip
+    frac = occluded_fraction(
+        cand, org, rot, target_pos_enu_m, target_size_m, target_yaw_rad, box_min_m, box_max_m,
+        box_valid, (fx, fy, cx, cy), camera.near_clip_m, camera.far_clip_m, width, height,
+        samples, occlusion_fn,
+    )  # fmt: skip
+    valid = cls >= 0
+    visible = valid & in_front & size_ok & (frac >= config.min_visible_fraction) & (frac > 0)
+    w, d, t = cls.shape
+    tid = torch.arange(t, device=org.device).expand(w, d, t)
+    return Detections(
+        boxes_xyxy=boxes,
+        class_id=cls,
+        target_id=tid,
+        visible=visible,
+        visible_fraction=frac,
+        depth_m=depth,
+    )
+
+
+def project_targets(
+    org: Tensor,
+    rot: Tensor,
+    target_pos_enu_m: Tensor,
+    target_size_m: Tensor,
+    target_yaw_rad: Tensor,
+    target_class: Tensor,
+    target_valid: Tensor,
+    intrinsics: tuple[float, float, float, float],
+    near: float,
+    far: float,
+    width: int,
+    height: int,
+    min_box_size_px: float,
+) -> tuple[Tensor, ...]:
+    """Stage 1 of :func:`detect_targets`: boxes of every (camera, target) pair, ``(W, D, T)``.
+
+    Returns ``boxes (W, D, T, 4)`` (clipped; zeros when entirely behind the near plane),
+    ``in_front``, ``size_ok``, ``candidate`` (valid slot whose projected box, unclipped, reaches
+    into the image and whose nearest corner is within the far clip: only these can have a sample
+    in view), ``depth`` of the centre and ``class_id`` (-1 for padding slots).
+    """
+    fx, fy, cx, cy = intrinsics
     w, d = org.shape[0], org.shape[1]
     t = target_pos_enu_m.shape[1]
     # camera axes (columns of rot) and origin, (W, D, 1) each
@@ -198,56 +255,121 @@ def detect_targets(
         xs.append(pc[0])
         ys.append(pc[1])
         zs.append(pc[2])
-    u0, v0, u1, v1, in_front, _ = project_clipped_soa(xs, ys, zs, (fx, fy, cx, cy), near)
+    u0, v0, u1, v1, in_front, zmin = project_clipped_soa(xs, ys, zs, (fx, fy, cx, cy), near)
+    # Samples lie inside the box, so they project inside its (unclipped) bounds and no nearer
+    # than its nearest corner; the margins only absorb rounding.
+    valid = target_valid.unsqueeze(1).expand(w, d, t)
+    cand = (
+        valid
+        & in_front
+        & (zmin <= far + 1e-3 * (1.0 + far))
+        & (u1 >= -1e-3)
+        & (u0 <= width + 1e-3)
+        & (v1 >= -1e-3)
+        & (v0 <= height + 1e-3)
+    )
     u0 = u0.clamp(0.0, float(width))
     u1 = u1.clamp(0.0, float(width))
     v0 = v0.clamp(0.0, float(height))
     v1 = v1.clamp(0.0, float(height))
     boxes = torch.stack((u0, v0, u1, v1), dim=-1)
     boxes = torch.where(in_front.unsqueeze(-1), boxes, torch.zeros_like(boxes))
+    size_ok = ((u1 - u0) >= min_box_size_px) & ((v1 - v0) >= min_box_size_px)
+    depth = to_cam(c)[2]
+    cls = torch.where(valid, target_class.unsqueeze(1).expand(w, d, t), -1)
+    return boxes, in_front, size_ok, cand, depth, cls
 
-    # occlusion samples, all at once: points (W, D, S, T); boxes along dim -2 of (W, D, S, B, T)
-    sm = torch.tensor(samples, dtype=u0.dtype, device=u0.device)  # (S, 3)
-    sk = [sm[:, k].view(1, 1, -1, 1) for k in range(3)]
-    hc = [x.unsqueeze(2) for x in h]  # (W, 1, 1, T)
-    axc = [[x.unsqueeze(2) for x in row] for row in box_axes]
-    p = [c[i].unsqueeze(2) + sum(sk[k] * hc[k] * axc[k][i] for k in range(3)) for i in range(3)]
-    oc = [x.unsqueeze(-1) for x in o]  # (W, D, 1, 1)
-    seg = [p[i] - oc[i] for i in range(3)]  # camera -> point, world, (W, D, S, T)
-    pc = [sum(seg[i] * ax[j][i].unsqueeze(-1) for i in range(3)) for j in range(3)]
+
+def occluded_fraction(
+    cand: Tensor,
+    org: Tensor,
+    rot: Tensor,
+    target_pos_enu_m: Tensor,
+    target_size_m: Tensor,
+    target_yaw_rad: Tensor,
+    box_min_m: Tensor,
+    box_max_m: Tensor,
+    box_valid: Tensor,
+    intrinsics: tuple[float, float, float, float],
+    near: float,
+    far: float,
+    width: int,
+    height: int,
+    samples: tuple[tuple[float, float, float], ...],
+    occlusion_fn: Callable[..., Tensor] | None = None,
+) -> Tensor:
+    """Stage 2 of :func:`detect_targets`: visible fraction ``(W, D, T)`` of the candidate pairs.
+
+    Only the pairs where ``cand`` is set are evaluated: the ``S`` sample points inside the target
+    box, their in-view test, and an exact slab test of the segment camera -> point against every
+    occluder of the world, ``(C, S, B)`` for ``C`` candidates (:func:`occlusion_kernel`, or
+    ``occlusion_fn``, its compiled version). Other pairs get 0.
+    """
+    frac = torch.zeros(cand.shape, dtype=org.dtype, device=org.device)
+    wi, di, ti = torch.nonzero(cand, as_tuple=True)
+    if wi.numel() == 0:
+        return frac
+    kernel = occlusion_fn if occlusion_fn is not None else occlusion_kernel
+    frac[wi, di, ti] = kernel(
+        org[wi, di], rot[wi, di], target_pos_enu_m[wi, ti], target_size_m[wi, ti],
+        target_yaw_rad[wi, ti], box_min_m[wi], box_max_m[wi], box_valid[wi], intrinsics, near, far,
+        width, height, samples,
+    )  # fmt: skip
+    return frac
+
+
+def occlusion_kernel(
+    org: Tensor,
+    rot: Tensor,
+    target_pos_enu_m: Tensor,
+    target_size_m: Tensor,
+    target_yaw_rad: Tensor,
+    box_min_m: Tensor,
+    box_max_m: Tensor,
+    box_valid: Tensor,
+    intrinsics: tuple[float, float, float, float],
+    near: float,
+    far: float,
+    width: int,
+    height: int,
+    samples: tuple[tuple[float, float, float], ...],
+) -> Tensor:
+    """Visible fraction ``(C,)`` of ``C`` (camera, target) pairs, one row each.
+
+    Shapes: ``org (C, 3)``, ``rot (C, 3, 3)``, targets ``(C, ...)``, the occluders of each pair's
+    world ``(C, B, ...)``. Elementwise and reductions only (compiled with dynamic ``C``).
+    """
+    fx, fy, cx, cy = intrinsics
+    ax = [[rot[:, i, j].unsqueeze(-1) for i in range(3)] for j in range(3)]  # ax[j][i], (C, 1)
+    o = [org[:, i].unsqueeze(-1) for i in range(3)]
+    half = 0.5 * target_size_m
+    cs, sn = torch.cos(target_yaw_rad).unsqueeze(-1), torch.sin(target_yaw_rad).unsqueeze(-1)
+    zero = torch.zeros_like(cs)
+    box_axes = ((cs, sn, zero), (-sn, cs, zero), (zero, zero, torch.ones_like(cs)))
+    c = [target_pos_enu_m[:, i].unsqueeze(-1) for i in range(3)]
+    h = [half[:, i].unsqueeze(-1) for i in range(3)]
+    sm = torch.tensor(samples, dtype=org.dtype, device=org.device)  # (S, 3)
+    sk = [sm[:, k].view(1, -1) for k in range(3)]
+    p = [c[i] + sum(sk[k] * h[k] * box_axes[k][i] for k in range(3)) for i in range(3)]  # (C, S)
+    seg = [p[i] - o[i] for i in range(3)]  # camera -> point, world
+    pc = [sum(seg[i] * ax[j][i] for i in range(3)) for j in range(3)]
     z = pc[2]
     zs_ = torch.where(z > 0, z, 1.0)
     u = fx * pc[0] / zs_ + (cx + 0.5)
     v = fy * pc[1] / zs_ + (cy + 0.5)
     in_view = (z >= near) & (z <= far) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    inv = [(1.0 / seg[i]).unsqueeze(-2) for i in range(3)]  # (W, D, S, 1, T)
-    bmin = [(box_min_m[:, :, i].unsqueeze(1) - o[i]).view(w, d, 1, -1, 1) for i in range(3)]
-    bmax = [(box_max_m[:, :, i].unsqueeze(1) - o[i]).view(w, d, 1, -1, 1) for i in range(3)]
+    inv = [(1.0 / seg[i]).unsqueeze(-1) for i in range(3)]  # (C, S, 1)
+    bmin = [(box_min_m[:, :, i] - o[i]).unsqueeze(1) for i in range(3)]  # (C, 1, B)
+    bmax = [(box_max_m[:, :, i] - o[i]).unsqueeze(1) for i in range(3)]
     t_in = t_out = None
     for i in range(3):
         ta, tb = bmin[i] * inv[i], bmax[i] * inv[i]
         lo, hi = torch.minimum(ta, tb), torch.maximum(ta, tb)
         t_in = lo if t_in is None else torch.maximum(t_in, lo)
         t_out = hi if t_out is None else torch.minimum(t_out, hi)
-    blocked = (t_in <= t_out) & (t_out > 0.0) & (t_in < 1.0) & box_valid.view(w, 1, 1, -1, 1)
-    ok = in_view & ~blocked.any(-2)  # (W, D, S, T)
-    ok_count = ok.to(u0.dtype).sum(2)
-    frac = ok_count * (1.0 / len(samples))
-    size_ok = ((u1 - u0) >= config.min_box_size_px) & ((v1 - v0) >= config.min_box_size_px)
-    valid = target_valid.unsqueeze(1).expand(w, d, t)
-    visible = valid & in_front & size_ok & (frac >= config.min_visible_fraction) & (frac > 0)
-    frac = torch.where(valid, frac, 0.0)
-    depth = to_cam(c)[2]
-    cls = torch.where(valid, target_class.unsqueeze(1).expand(w, d, t), -1)
-    tid = torch.arange(t, device=org.device).expand(w, d, t)
-    return Detections(
-        boxes_xyxy=boxes,
-        class_id=cls,
-        target_id=tid,
-        visible=visible,
-        visible_fraction=frac,
-        depth_m=depth,
-    )
+    blocked = (t_in <= t_out) & (t_out > 0.0) & (t_in < 1.0) & box_valid.unsqueeze(1)
+    ok = in_view & ~blocked.any(-1)  # (C, S)
+    return ok.to(org.dtype).sum(1) * (1.0 / len(samples))
 
 
 class GroundTruthDetector:
@@ -273,15 +395,20 @@ class GroundTruthDetector:
         self.world = world if world.device == self.device else world.to(self.device)
         grid = sample_grid(self.config.samples_per_axis, self.config.sample_inset)
         self._samples = tuple(tuple(float(v) for v in row) for row in grid.tolist())
-        self._compiled_fn = (
-            maybe_compile(_detect_kernel, True) if self.config.compile is not False else None
+        compiled = self.config.compile is not False
+        self._compiled_fn = maybe_compile(project_targets, True) if compiled else None
+        self._compiled_occlusion = (
+            maybe_compile(occlusion_kernel, True, dynamic=True) if compiled else None
         )
 
-    def _kernel(self, pairs: int) -> Callable[..., tuple[Tensor, ...]]:
-        """The compiled kernel when configured (or automatic and ``pairs`` is large), else eager."""
+    def _kernels(self, pairs: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The two stages, compiled when configured (or automatic and ``pairs`` is large).
+
+        Stage 2 (:func:`occlusion_kernel`) is compiled with a dynamic number of candidates.
+        """
         if self.config.compile or (self.config.compile is None and pairs >= COMPILE_AUTO_MIN_PAIRS):
-            return self._compiled_fn
-        return _detect_kernel
+            return self._compiled_fn, self._compiled_occlusion
+        return project_targets, occlusion_kernel
 
     def detect(self, pose: CameraPose) -> Detections:
         """Detections ``(W, D, T, ...)`` for camera poses ``(W, D, ...)``."""
@@ -289,12 +416,12 @@ class GroundTruthDetector:
         pairs = int(
             pose.pos_enu_m.shape[0] * pose.pos_enu_m.shape[1] * wb.target_pos_enu_m.shape[1]
         )
-        out = self._kernel(pairs)(
-            self.camera,
-            self.config,
-            self._samples,
-            pose.pos_enu_m.to(self.device, torch.float32),
-            pose.rot_world_from_cam.to(self.device, torch.float32),
+        pose = CameraPose(
+            pos_enu_m=pose.pos_enu_m.to(self.device, torch.float32),
+            rot_world_from_cam=pose.rot_world_from_cam.to(self.device, torch.float32),
+        )
+        return detect_targets(
+            pose,
             wb.target_pos_enu_m,
             wb.target_size_m,
             wb.target_yaw_rad,
@@ -303,45 +430,8 @@ class GroundTruthDetector:
             wb.box_min_m,
             wb.box_max_m,
             wb.box_valid,
+            self.camera,
+            self.config,
+            self._samples,
+            *self._kernels(pairs),
         )
-        return Detections(*out)
-
-
-def _detect_kernel(
-    camera: CameraConfig,
-    config: DetectionConfig,
-    samples: tuple[tuple[float, float, float], ...],
-    org: Tensor,
-    rot: Tensor,
-    tpos: Tensor,
-    tsize: Tensor,
-    tyaw: Tensor,
-    tcls: Tensor,
-    tvalid: Tensor,
-    bmin: Tensor,
-    bmax: Tensor,
-    bvalid: Tensor,
-) -> tuple[Tensor, ...]:
-    """:func:`detect_targets` on plain tensors (the compiled entry point)."""
-    det = detect_targets(
-        CameraPose(pos_enu_m=org, rot_world_from_cam=rot),
-        tpos,
-        tsize,
-        tyaw,
-        tcls,
-        tvalid,
-        bmin,
-        bmax,
-        bvalid,
-        camera,
-        config,
-        samples,
-    )
-    return (
-        det.boxes_xyxy,
-        det.class_id,
-        det.target_id,
-        det.visible,
-        det.visible_fraction,
-        det.depth_m,
-    )

@@ -24,6 +24,8 @@ def env_config_from_args(args: argparse.Namespace) -> EnvConfig:
     if getattr(args, "resolution", None):
         data["camera_resolution"] = args.resolution
     data["seed"] = args.seed
+    if getattr(args, "compile", False):
+        data["compile"] = True
     data = apply_overrides(data, getattr(args, "set", None) or [])
     return from_dict(EnvConfig, data)
 
@@ -68,10 +70,21 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _bench_env(args: argparse.Namespace) -> int:
+    from isr_sim_bridge.world import generate_worlds
+
     device, args.worlds = prepare_bench(args)
     cfg = env_config_from_args(args)
     t_build = time.perf_counter()
-    env = ISREnv(cfg, device)
+    # Generate at most --unique-worlds distinct worlds and tile them over the W worlds (world i
+    # is a copy of unique world i % U): 4096 distinct worlds would take minutes to generate and
+    # per-step cost does not depend on the worlds being distinct.
+    unique = min(args.unique_worlds, cfg.num_worlds) if args.unique_worlds > 0 else cfg.num_worlds
+    seeds = cfg.world_seeds or [cfg.seed + i for i in range(cfg.num_worlds)]
+    world = generate_worlds(cfg.world, seeds[:unique], device)
+    if unique < cfg.num_worlds:
+        world = world.select([i % unique for i in range(cfg.num_worlds)])
+    cfg.world_seeds = [seeds[i % unique] for i in range(cfg.num_worlds)]
+    env = ISREnv(cfg, device, world=world)
     t_build = time.perf_counter() - t_build
     gen = torch.Generator(device=device).manual_seed(0)
     env.reset()
@@ -100,11 +113,13 @@ def _bench_env(args: argparse.Namespace) -> int:
         "device": str(device),
         "drones": env.num_envs,
         "worlds": env.num_worlds,
+        "unique_worlds": unique,
         "drones_per_world": env.drones_per_world,
         "vehicle": cfg.vehicle,
         "camera": cfg.camera,
         "resolution": cfg.camera_resolution if cfg.camera else None,
         "perception_interval": cfg.task.perception_interval,
+        "compile": cfg.compile,
         "steps": steps,
         "seconds": round(elapsed, 4),
         "env_steps_per_s": env.num_envs * steps / elapsed,
@@ -135,5 +150,14 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     b.add_argument("--seconds", type=float, default=3.0)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--json", action="store_true")
-    add_env_arguments(b, worlds=0, drones=1)
+    b.add_argument(
+        "--compile", action="store_true", help="compile the task kernels (EnvConfig.compile)"
+    )
+    b.add_argument(
+        "--unique-worlds",
+        type=int,
+        default=16,
+        help="distinct worlds generated and tiled over the W worlds (0 = all distinct)",
+    )
+    add_env_arguments(b, worlds=0, drones=32)
     b.set_defaults(func=_bench_env)

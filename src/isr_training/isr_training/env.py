@@ -20,8 +20,9 @@ so drone ``i`` lives in world ``i // D``):
   ``done`` (N,) bool; ``nonfinite_actions`` (running count).
 
 Choices made at construction (never branched on per step): vehicle model (direct/quadrotor),
-perception (ground truth; YOLO plugs in through the same :class:`Perception` interface), camera on
-or off, perception interval (``render_interval``).
+perception (ground truth, or the YOLO detector on rendered images with ``perception="yolo"`` and
+``detector_weights``; see :mod:`isr_training.perception`; any :class:`Perception` can be passed
+in), camera on or off, perception interval (``render_interval``).
 
 Bad input: an action of the wrong shape raises ``ValueError`` naming both shapes; NaN/inf entries
 make that drone's command a zero command and are counted.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
@@ -104,7 +106,14 @@ class EnvConfig:
     dynamics: dict[str, Any] = field(default_factory=dict)
     """Config of the vehicle model (keys of DirectDynamicsConfig / QuadrotorConfig)."""
     perception: Literal["gt", "yolo"] = "gt"
-    """Detections from ground truth or from the YOLO detector."""
+    """Detections from ground truth or from the YOLO detector (``detector_weights``)."""
+    detector_weights: str | None = None
+    """Trained YOLO weights (``best.pt`` of ``isr yolo train``); needed by ``perception: yolo``."""
+    detector_conf: float = 0.25
+    """Confidence threshold of the YOLO detector."""
+    detector_match_iou: float = 0.5
+    """IoU a YOLO detection needs with a target's projected ground-truth box (same class) to
+    count as detecting that target."""
     camera: bool = False
     """Render camera images into the observation."""
     camera_resolution: str = "80x80"
@@ -127,6 +136,11 @@ class EnvConfig:
     """Seed of every random stream (spawns, dynamics noise, stagger)."""
     stagger: bool = True
     """Stagger initial episode lengths at reset."""
+    compile: bool = False
+    """Compile the per-step task kernels (safety filter, collisions) with ``torch.compile``:
+    faster at thousands of drones, a slow first step (compilation), results equal to the eager
+    ones up to float rounding. Ground-truth detections compile on their own
+    (``DetectionConfig.compile``, automatic for large batches)."""
 
     def validate(self) -> None:
         """Check ranges; raises ConfigError naming the field."""
@@ -136,6 +150,17 @@ class EnvConfig:
             "drones_per_world",
             f"must be in 1..32, got {self.drones_per_world}",
         )
+        check(
+            self.perception in ("gt", "yolo"),
+            "perception",
+            f"must be 'gt' or 'yolo', got {self.perception!r}",
+        )
+        check(0.0 <= self.detector_conf <= 1.0, "detector_conf", "must be in [0, 1]")
+        check(0.0 < self.detector_match_iou <= 1.0, "detector_match_iou", "must be in (0, 1]")
+        if self.perception == "yolo":
+            weights = self.detector_weights
+            check(bool(weights), "detector_weights", "perception 'yolo' needs trained weights")
+            check(Path(weights).is_file(), "detector_weights", f"file not found: {weights}")
         if self.world_seeds is not None:
             check(
                 len(self.world_seeds) == self.num_worlds,
@@ -178,6 +203,14 @@ def detection_features(
         pad = feats.new_zeros(*feats.shape[:2], k - k_eff, feats.shape[-1])
         feats = torch.cat((feats, pad), 2)
     return feats.reshape(*feats.shape[:2], -1)
+
+
+def _cells_in_view(
+    pos_enu_m: Tensor, quat_wxyz: Tensor, rays_body: Tensor, centres: Tensor, max_range_m: float
+) -> Tensor:
+    """Coverage cells ``(W, D, G*G)`` inside each drone's ground footprint (and in range)."""
+    corners = footprint_corners(pos_enu_m, quat_wxyz, rays_body, max_range_m)
+    return cells_in_footprint(corners, pos_enu_m, centres, max_range_m)
 
 
 class ISREnv:
@@ -232,6 +265,11 @@ class ISREnv:
             perception = make_perception(cfg, self.world, self.device)
         self.perception = perception
         self.keep_out = build_keep_out(self.world, self.task.safety)
+        from isr_sim_bridge.camera import maybe_compile
+
+        self._safety_fn = maybe_compile(safety_filter, cfg.compile)
+        # (the coverage footprint stays eager: its compiled version is slower than the GEMM)
+        self._collisions_fn = maybe_compile(self._collisions, cfg.compile)
         oc = self.task.observation
         w = self.world
         self._cells = oc.coverage_cells
@@ -284,6 +322,7 @@ class ISREnv:
         self.ep_interventions = z(shape, device=self.device)
         self.ep_first_detection = torch.full(shape, float("nan"), device=self.device)
         self.nonfinite_action_count = z((), dtype=torch.long, device=self.device)
+        self._obs_tail: Tensor | None = None  # perception part of the last observation
 
     # ------------------------------------------------------------------ helpers
     def _flat(self, x: Tensor) -> Tensor:
@@ -332,10 +371,16 @@ class ISREnv:
         self.det_visible = out.visible & self.world.target_valid[:, None]
         if out.image is not None and self.image is not None:
             self.image = out.image
-        corners = footprint_corners(st.pos_enu_m, st.quat_wxyz, self._rays_body, self._max_range_m)
-        return cells_in_footprint(corners, st.pos_enu_m, self._centres, self._max_range_m)
+        return _cells_in_view(
+            st.pos_enu_m, st.quat_wxyz, self._rays_body, self._centres, self._max_range_m
+        )
 
     def _observe(self) -> Tensor | dict[str, Tensor]:
+        self._obs_tail = self._observe_tail()
+        return self._assemble(self._observe_head(), self._obs_tail)
+
+    def _observe_head(self) -> Tensor:
+        """Kinematic part of the observation ``(W, D, 18)``: pose, velocity, time, fences."""
         st = self.vehicle.state
         w = self.world
         pos = st.pos_enu_m
@@ -347,28 +392,24 @@ class ISREnv:
         gmin, gmax = w.geofence_min_m[:, None], w.geofence_max_m[:, None]
         fence = torch.cat((pos - gmin, gmax - pos), -1) / self._area_half.max()  # (W, D, 6)
         nfz = self._nearest_nfz(pos)
+        return torch.cat(
+            (rel, alt, vel, torch.sin(yaw), torch.cos(yaw), alt, time_left, fence, nfz), -1
+        )
+
+    def _observe_tail(self) -> Tensor:
+        """Perception part of the observation: pooled coverage and top-K detection features.
+
+        All zeros for a drone just reset (nothing seen, found or detected yet).
+        """
         cover = pool_coverage(self.seen, self._cells, self.task.observation.obs_coverage_cells)
         dets = detection_features(
-            self.det_boxes, self.det_visible, self.found, w.target_class,
+            self.det_boxes, self.det_visible, self.found, self.world.target_class,
             self.task.observation.top_k_detections, self.perception.image_size,
         )  # fmt: skip
-        state = torch.cat(
-            (
-                rel,
-                alt,
-                vel,
-                torch.sin(yaw),
-                torch.cos(yaw),
-                alt,
-                time_left,
-                fence,
-                nfz,
-                cover,
-                dets,
-            ),
-            -1,
-        )
-        state = self._flat(state)
+        return torch.cat((cover, dets), -1)
+
+    def _assemble(self, head: Tensor, tail: Tensor) -> Tensor | dict[str, Tensor]:
+        state = self._flat(torch.cat((head, tail), -1))
         if self.image is None:
             return state
         return {"state": state, "image": self._flat(self.image)}
@@ -449,7 +490,7 @@ class ISREnv:
         w = self.world
         st = self.vehicle.state
         if self.task.safety.enabled:
-            action, interventions = safety_filter(
+            action, interventions = self._safety_fn(
                 action, st.pos_enu_m, w.geofence_min_m, w.geofence_max_m, self.keep_out,
                 self.task.safety, self.limits, self.task.min_altitude_m,
             )  # fmt: skip
@@ -474,7 +515,7 @@ class ISREnv:
             found_new = torch.zeros_like(self.found)
 
         pos = st.pos_enu_m
-        crashed = self._collisions(pos)
+        crashed = self._collisions_fn(pos)
         breached = self._breach(pos)
         terms = {
             "new_target": new_target_term(found_new),
@@ -518,14 +559,20 @@ class ISREnv:
             "time_to_first_detection_s": self.ep_first_detection.clone(),
             **{f"r/{k}": v.clone() for k, v in self.ep_terms.items()},
         }
-        obs = self._observe()
+        if rendered or self._obs_tail is None:
+            obs = self._observe()
+        else:  # no perception this step: seen, found and detections (the tail) are unchanged
+            obs = self._assemble(self._observe_head(), self._obs_tail)
         final_obs = obs
         if bool(done.any()):
             final_obs = (
                 {k: v.clone() for k, v in obs.items()} if isinstance(obs, dict) else obs.clone()
             )
             self._reset_drones(done)
-            obs = self._observe()
+            # Only the kinematic part changes for the others; the perception part of a reset
+            # drone is all zeros (see _observe_tail), so it is not recomputed.
+            self._obs_tail = torch.where(done.unsqueeze(-1), 0.0, self._obs_tail)
+            obs = self._assemble(self._observe_head(), self._obs_tail)
         info = {
             "final_obs": final_obs,
             "done": self._flat(done),

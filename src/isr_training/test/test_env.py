@@ -91,6 +91,25 @@ def test_truncation_not_termination_and_terminal_obs():
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("interval", [1, 2])
+def test_obs_after_auto_reset_equals_a_full_observation(interval):
+    """step() rebuilds only the kinematic part after a reset and on steps without perception;
+    the observation must equal a full _observe()."""
+    cfg = EnvConfig(num_worlds=2, drones_per_world=4, seed=5)  # staggered: resets spread out
+    cfg.task.episode_length_s = 3.0
+    cfg.task.perception_interval = interval
+    env = ISREnv(cfg)
+    env.reset(seed=5)
+    gen = torch.Generator().manual_seed(5)
+    resets = 0
+    for _ in range(40):
+        obs, _, _, _, info = env.step(torch.rand(8, 4, generator=gen) * 2 - 1)
+        resets += int(info["done"].sum())
+        assert torch.equal(obs, env._observe())
+    assert resets >= 8
+
+
+@pytest.mark.unit
 def test_crash_terminates_and_only_that_drone_resets():
     cfg = small_cfg()
     cfg.task.safety.enabled = False  # let the drone fly into the ground
@@ -233,3 +252,25 @@ def test_expert_finds_clearly_more_targets_than_random():
     assert results["expert"]["targets_found"] >= 0.7
     assert results["expert"]["crash_rate"] == 0.0
     assert results["expert"]["geofence_breaches"] == 0.0
+
+
+@pytest.mark.integration
+def test_compiled_task_kernels_match_eager():
+    """EnvConfig.compile gives the eager results up to float rounding."""
+    pytest.importorskip("torch._inductor", reason="torch.compile backend not available")
+    runs = []
+    for compiled in (False, True):
+        cfg = EnvConfig(num_worlds=2, drones_per_world=3, seed=2, compile=compiled)
+        cfg.task.perception_interval = 1
+        env = ISREnv(cfg)
+        env.reset(seed=2)
+        gen = torch.Generator().manual_seed(2)
+        steps = []
+        for _ in range(6):
+            obs, reward, term, _, info = env.step(torch.rand(6, 4, generator=gen) * 2 - 1)
+            steps.append((obs, reward, term, info["interventions"]["geofence"]))
+        runs.append(steps)
+    for (o0, r0, t0, g0), (o1, r1, t1, g1) in zip(*runs, strict=True):
+        torch.testing.assert_close(o0, o1, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r0, r1, rtol=1e-5, atol=1e-5)
+        assert torch.equal(t0, t1) and torch.equal(g0, g1)

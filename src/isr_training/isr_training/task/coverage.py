@@ -82,15 +82,24 @@ def cells_in_footprint(
         (2 * px, 2 * py, max_range_m * max_range_m - px * px - py * py, -torch.ones_like(px)), -1
     )  # (W, D, 4): >= 0 inside the disc
     homog = torch.cat((centres.T, torch.ones_like(centres[:, :1]).T, (centres**2).sum(-1)[None]))
-    inside = ((plane @ homog[:3]) >= 0).all(dim=-2)  # (W, D, G*G)
-    in_range = (disc.unsqueeze(-2) @ homog).squeeze(-2) >= 0
-    return inside & in_range
+    # the 4 edges (4th coefficient 0) and the disc in one matmul; inside all = min >= 0
+    planes = torch.cat((torch.nn.functional.pad(plane, (0, 1)), disc.unsqueeze(-2)), -2)
+    return (planes @ homog).amin(dim=-2) >= 0  # (W, D, G*G)
 
 
 def pool_coverage(seen: Tensor, cells: int, out_cells: int) -> Tensor:
     """Pool a ``(W, D, G*G)`` coverage map to ``(W, D, g*g)``: the fraction seen per block."""
     w, d, _ = seen.shape
-    k = cells // out_cells
-    grid = seen.view(w * d, 1, cells, cells).float()
-    pooled = torch.nn.functional.avg_pool2d(grid, k)
-    return pooled.view(w, d, out_cells * out_cells)
+    k, g = cells // out_cells, out_cells
+    # Block sums as k + k slice additions of small integers (much faster on CPU than
+    # avg_pool2d or a multi-dim sum), then the same division as avg_pool2d.
+    counts = seen.view(torch.uint8) if k * k < 256 else seen.to(torch.int32)
+    counts = counts.view(w * d, g, k, cells)
+    rows = counts[:, :, 0]
+    for i in range(1, k):
+        rows = rows + counts[:, :, i]
+    rows = rows.view(w * d, g, g, k)
+    blocks = rows[..., 0]
+    for i in range(1, k):
+        blocks = blocks + rows[..., i]
+    return (blocks.float() / float(k * k)).view(w, d, g * g)

@@ -67,19 +67,33 @@ def _nearest_rect_constraint(
     dist_out = torch.linalg.vector_norm(delta, dim=-1)  # 0 inside
     # Inside: penetration to the nearest edge (negative clearance), normal towards that edge's
     # outside, i.e. constraint direction pointing into the rectangle.
-    pen = torch.stack((p[..., 0] - lo[..., 0], hi[..., 0] - p[..., 0],
-                       p[..., 1] - lo[..., 1], hi[..., 1] - p[..., 1]), -1)  # fmt: skip
-    pen_min, edge = pen.min(dim=-1)  # (W, D, R)
-    inside_dirs = pos.new_tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
-    n_inside = inside_dirs[edge]  # direction into the rectangle from its nearest edge
+    px, py = p[..., 0], p[..., 1]
+    pen_min = torch.minimum(
+        torch.minimum(px - lo[..., 0], hi[..., 0] - px),
+        torch.minimum(py - lo[..., 1], hi[..., 1] - py),
+    )  # (W, D, R)
     inside = dist_out <= 1e-6
-    n = torch.where(inside.unsqueeze(-1), n_inside, delta / dist_out.clamp(min=1e-9).unsqueeze(-1))
     d = torch.where(inside, -pen_min, dist_out)
     active = keep.valid[:, None] & (pos[..., None, 2] < keep.top_z[:, None])
     d_sel = torch.where(active, d, torch.full_like(d, float("inf")))
     k = min(k, d.shape[-1])
     d_k, idx = torch.topk(d_sel, k, dim=-1, largest=False)  # (W, D, k)
-    n_k = torch.gather(n, 2, idx.unsqueeze(-1).expand(*idx.shape, 2))
+    # normals of the k selected rectangles only
+    idx2 = idx.unsqueeze(-1).expand(*idx.shape, 2)
+    lo_k = torch.gather(lo.expand(*d.shape, 2), 2, idx2)  # (W, D, k, 2)
+    hi_k = torch.gather(hi.expand(*d.shape, 2), 2, idx2)
+    pk = pos[..., None, :2]
+    pen = torch.stack((pk[..., 0] - lo_k[..., 0], hi_k[..., 0] - pk[..., 0],
+                       pk[..., 1] - lo_k[..., 1], hi_k[..., 1] - pk[..., 1]), -1)  # fmt: skip
+    edge = pen.min(dim=-1).indices  # (W, D, k)
+    inside_dirs = pos.new_tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    n_inside = inside_dirs[edge]  # direction into the rectangle from its nearest edge
+    delta_k = torch.gather(delta, 2, idx2)
+    dist_k = torch.gather(dist_out, 2, idx)
+    inside_k = torch.gather(inside, 2, idx)
+    n_k = torch.where(
+        inside_k.unsqueeze(-1), n_inside, delta_k / dist_k.clamp(min=1e-9).unsqueeze(-1)
+    )
     is_nfz = torch.gather(keep.is_nfz[:, None].expand_as(d), 2, idx)
     return n_k, d_k, torch.isfinite(d_k), is_nfz
 
