@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.isr-installed
 PKGS   := src/isr_direct_dynamics src/isr_sim_bridge src/isr_training src/isr_px4_eval
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean-venv colcon
+.PHONY: setup demo showcase test lint bench clean-venv colcon
 
 setup: $(STAMP)
 
@@ -23,7 +23,13 @@ $(STAMP): requirements.txt $(wildcard src/*/setup.py)
 	$(PY) -m pip install -q --no-deps --no-build-isolation $(foreach p,$(PKGS),-e $(p))
 	touch $(STAMP)
 
+# The quick pipeline: train -> full-fidelity evaluation -> parity -> bags -> videos -> report,
+# in experiments/demo_<YYYYmmdd_HHMMSS>/ (minutes on 2 CPU cores).
 demo: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/isr pipeline demo --preset quick
+
+# The one-minute tour of the building blocks (step responses, 16 drone views, baselines).
+showcase: $(STAMP)
 	$(VENV)/bin/isr demo
 
 test: $(STAMP)

@@ -1,5 +1,7 @@
 """ament_python / pip package isr_direct_dynamics."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "isr_direct_dynamics"
@@ -11,6 +13,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
     ],
     include_package_data=True,
     install_requires=["setuptools"],
@@ -27,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "bench_dynamics = isr_direct_dynamics.cli:bench_main",
+            "direct_dynamics_node = isr_direct_dynamics.direct_dynamics_node:main",
         ],
         "pytest11": ["isr_testing = isr_direct_dynamics.testing"],
     },

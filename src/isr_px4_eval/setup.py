@@ -1,5 +1,7 @@
 """ament_python / pip package isr_px4_eval."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "isr_px4_eval"
@@ -11,8 +13,11 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
     ],
     include_package_data=True,
+    package_data={PACKAGE: ["config/*.yaml"]},
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="ISR workspace maintainers",
@@ -25,6 +30,11 @@ setup(
     python_requires=">=3.10",
     extras_require={"test": ["pytest"]},
     entry_points={
-        "console_scripts": ["isr = isr_px4_eval.cli:main"],
+        "console_scripts": [
+            "isr = isr_px4_eval.cli:main",
+            "px4_eval = isr_px4_eval.eval_cli:main",
+            "px4_eval_node = isr_px4_eval.px4_eval_node:main",
+            "px4_emulator_node = isr_px4_eval.px4_emulator_node:main",
+        ],
     },
 )

@@ -1,5 +1,7 @@
 """ament_python / pip package isr_sim_bridge."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "isr_sim_bridge"
@@ -11,6 +13,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
     ],
     include_package_data=True,
     install_requires=["setuptools"],
@@ -25,6 +28,8 @@ setup(
     python_requires=">=3.10",
     extras_require={"test": ["pytest"]},
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "sim_bridge_node = isr_sim_bridge.sim_bridge_node:main",
+        ],
     },
 )

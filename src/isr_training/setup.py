@@ -1,5 +1,7 @@
 """ament_python / pip package isr_training."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "isr_training"
@@ -11,6 +13,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
     ],
     include_package_data=True,
     package_data={PACKAGE: ["config/*.yaml"]},
@@ -25,6 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "train = isr_training.training_cli:main",
+            "trainer_node = isr_training.trainer_node:main",
         ],
     },
 )

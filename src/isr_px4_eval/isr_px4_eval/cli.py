@@ -25,6 +25,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "isr_training.cli",
     "isr_training.training_cli",
     "isr_px4_eval.tuning_cli",
+    "isr_px4_eval.eval_cli",
+    "isr_px4_eval.evidence_cli",
+    "isr_px4_eval.pipeline_cli",
     "isr_px4_eval.demo",
 )
 """Modules whose ``register(sub, bench_sub)`` adds subcommands, in help order."""

@@ -10,6 +10,9 @@ ones built from the original files (checked against the definitions embedded in 
 MCAP bag by ``test_px4_logs.py``). Message versions: release/1.15 has no ``MESSAGE_VERSION``
 fields and no ``_vN`` topic suffixes (those start with v1.16, see PX4_NOTES.md).
 
+:data:`PX4_EXTRA_MSG_DEFS` adds, from the same commit, the messages the offboard client and the
+PX4 emulator exchange that the real flight's bag does not hold (``VehicleCommandAck``).
+
 Use :func:`register_px4_types` on a ``rosbags`` typestore (``Stores.ROS2_HUMBLE``) to
 (de)serialize px4_msgs without a ROS installation, or :func:`px4_typestore` for a fresh one. When
 reading a bag, prefer the definitions the bag embeds (``rosbags.highlevel.AnyReader`` does).
@@ -400,16 +403,47 @@ bool pre_flight_checks_pass
 }
 """Message type name -> ``.msg`` definition text (px4_msgs release/1.15, comments stripped)."""
 
+PX4_EXTRA_MSG_DEFS: dict[str, str] = {
+    "px4_msgs/msg/VehicleCommandAck": """\
+uint64 timestamp
+uint8 VEHICLE_CMD_RESULT_ACCEPTED = 0
+uint8 VEHICLE_CMD_RESULT_TEMPORARILY_REJECTED = 1
+uint8 VEHICLE_CMD_RESULT_DENIED = 2
+uint8 VEHICLE_CMD_RESULT_UNSUPPORTED = 3
+uint8 VEHICLE_CMD_RESULT_FAILED = 4
+uint8 VEHICLE_CMD_RESULT_IN_PROGRESS = 5
+uint8 VEHICLE_CMD_RESULT_CANCELLED = 6
+uint16 ARM_AUTH_DENIED_REASON_GENERIC = 0
+uint16 ARM_AUTH_DENIED_REASON_NONE = 1
+uint16 ARM_AUTH_DENIED_REASON_INVALID_WAYPOINT = 2
+uint16 ARM_AUTH_DENIED_REASON_TIMEOUT = 3
+uint16 ARM_AUTH_DENIED_REASON_AIRSPACE_IN_USE = 4
+uint16 ARM_AUTH_DENIED_REASON_BAD_WEATHER = 5
+uint8 ORB_QUEUE_LENGTH = 4
+uint32 command
+uint8 result
+uint8 result_param1
+int32 result_param2
+uint8 target_system
+uint16 target_component
+bool from_external
+""",
+}
+"""Further px4_msgs release/1.15 messages (same commit, comments stripped) used by the offboard
+client and the emulator but absent from the real flight's bag (so kept apart from
+:data:`PX4_MSG_DEFS`, which the tests compare with that bag topic for topic)."""
+
 OFFBOARD_CONTROL_MODE = "px4_msgs/msg/OffboardControlMode"
 TRAJECTORY_SETPOINT = "px4_msgs/msg/TrajectorySetpoint"
 VEHICLE_COMMAND = "px4_msgs/msg/VehicleCommand"
+VEHICLE_COMMAND_ACK = "px4_msgs/msg/VehicleCommandAck"
 VEHICLE_LOCAL_POSITION = "px4_msgs/msg/VehicleLocalPosition"
 VEHICLE_ODOMETRY = "px4_msgs/msg/VehicleOdometry"
 VEHICLE_STATUS = "px4_msgs/msg/VehicleStatus"
 
 
 def register_px4_types(typestore: Any) -> Any:
-    """Register every px4_msgs type of :data:`PX4_MSG_DEFS` in a rosbags ``typestore``.
+    """Register every px4_msgs type of :data:`PX4_MSG_DEFS` and :data:`PX4_EXTRA_MSG_DEFS`.
 
     Args:
         typestore: a ``rosbags.typesys.store.Typestore`` (e.g.
@@ -421,7 +455,7 @@ def register_px4_types(typestore: Any) -> Any:
     from rosbags.typesys import get_types_from_msg
 
     types: dict[str, Any] = {}
-    for name, text in PX4_MSG_DEFS.items():
+    for name, text in {**PX4_MSG_DEFS, **PX4_EXTRA_MSG_DEFS}.items():
         types.update(get_types_from_msg(text, name))
     typestore.register(types)
     return typestore
@@ -436,11 +470,13 @@ def px4_typestore() -> Any:
 
 __all__ = [
     "OFFBOARD_CONTROL_MODE",
+    "PX4_EXTRA_MSG_DEFS",
     "PX4_MSGS_COMMIT",
     "PX4_MSGS_RELEASE",
     "PX4_MSG_DEFS",
     "TRAJECTORY_SETPOINT",
     "VEHICLE_COMMAND",
+    "VEHICLE_COMMAND_ACK",
     "VEHICLE_LOCAL_POSITION",
     "VEHICLE_ODOMETRY",
     "VEHICLE_STATUS",

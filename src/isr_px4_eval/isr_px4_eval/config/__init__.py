@@ -1,0 +1,1 @@
+"""Package data: ``eval.yaml`` (evaluation preset) and ``parity.yaml`` (parity tolerances)."""

@@ -1,0 +1,197 @@
+"""``isr eval`` and ``isr parity`` (also the ``px4_eval`` console script): evaluate a policy.
+
+``isr eval --policy PATH --backend {embedded,direct} [--episodes N] [--world-seeds 100000-100019]
+[--perception {gt,yolo} [--detector WEIGHTS]] [--json OUT] [--dynamics-config tuned.yaml]
+[--record-dir DIR] [--drones-per-world D] [--episode-seconds S] [--config eval.yaml]
+[--device cpu]`` flies the policy (TorchScript, ONNX, ``policy.pt`` or an experiment directory)
+on the world seeds (a list ``100000,100001`` or a range ``100000-100019``), prints a short table,
+and writes the metrics JSON (:mod:`isr_px4_eval.evaluation`) and, with ``--record-dir``, one
+``<backend>.npz`` of per-step arrays.
+
+``isr parity --policy PATH [--world-seeds ...] [--reference direct] [--candidate embedded]
+[--tolerances parity.yaml] [--json OUT] [--record-dir DIR]`` runs both backends on the same
+worlds and spawns, replays the reference's actions open loop in both vehicle models and checks
+the tolerances (:mod:`isr_px4_eval.parity`). Exit status 0 when every check passes, 1 when one
+fails.
+
+User errors (missing or corrupt policy, task version mismatch, bad seeds, bad config) print one
+``error: ...`` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from isr_direct_dynamics.config import ConfigError
+
+from .evaluation import (
+    BACKENDS,
+    evaluate_policy,
+    format_table,
+    load_settings,
+    parse_seeds,
+    write_json,
+)
+
+DEFAULT_SEEDS = "100000-100019"
+"""The training pipeline's test worlds (``eval.world_seed`` 100000, 20 worlds)."""
+
+
+def _settings(args: argparse.Namespace):
+    s = load_settings(args.config)
+    if args.episodes is not None:
+        s.episodes = args.episodes
+    if args.drones_per_world is not None:
+        s.drones_per_world = args.drones_per_world
+    if args.episode_seconds is not None:
+        s.episode_length_s = args.episode_seconds
+    if args.seed is not None:
+        s.seed = args.seed
+    if args.compile_physics:
+        s.embedded = {**s.embedded, "compile_physics": True}
+    s.validate()
+    return s
+
+
+def _setup(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device} but CUDA is not available")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``isr eval``: evaluate, print the table, write the JSON."""
+    _setup(args)
+    seeds = parse_seeds(args.world_seeds)
+    result = evaluate_policy(
+        args.policy,
+        args.backend,
+        seeds,
+        _settings(args),
+        perception=args.perception,
+        detector=args.detector,
+        dynamics_config=args.dynamics_config,
+        record_dir=args.record_dir,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(format_table(result))
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    if result.get("recording"):
+        print(f"wrote {result['recording']}")
+    return 0
+
+
+def run_parity(args: argparse.Namespace) -> int:
+    """``isr parity``: both backends, open-loop replay, tolerance checks; 0 pass, 1 fail."""
+    from .parity import format_parity, load_tolerances, run_parity_check
+
+    _setup(args)
+    seeds = parse_seeds(args.world_seeds)
+    report = run_parity_check(
+        args.policy,
+        seeds,
+        _settings(args),
+        load_tolerances(args.tolerances),
+        reference=args.reference,
+        candidate=args.candidate,
+        perception=args.perception,
+        detector=args.detector,
+        dynamics_config=args.dynamics_config,
+        record_dir=args.record_dir,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(format_parity(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
+    return 0 if report["passed"] else 1
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, help="policy file or experiment directory")
+    p.add_argument(
+        "--world-seeds", default=DEFAULT_SEEDS, help="a,b,c or a range a-b (default %(default)s)"
+    )
+    p.add_argument("--episodes", type=int, default=None, help="episodes per drone")
+    p.add_argument("--drones-per-world", type=int, default=None)
+    p.add_argument(
+        "--episode-seconds", type=float, default=None, help="shorter episodes (default: task's)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="spawn / noise seed")
+    p.add_argument("--perception", default="gt", choices=("gt", "yolo"))
+    p.add_argument("--detector", help="YOLO weights (best.pt of isr yolo train) for yolo")
+    p.add_argument("--dynamics-config", help="tuned DirectDynamicsConfig YAML for the direct model")
+    p.add_argument("--config", help="EvalSettings YAML (default: the package's eval.yaml)")
+    p.add_argument("--json", help="write the result JSON here")
+    p.add_argument("--record-dir", help="write <backend>.npz per-step recordings here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compile-physics",
+        action="store_true",
+        help="embedded: torch.compile the quadrotor physics (long runs; compiles 25-60 s first)",
+    )
+
+
+def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
+    """Add ``isr eval`` and ``isr parity``."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a policy on the embedded full-fidelity or the direct backend",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    p.add_argument("--backend", default="embedded", choices=BACKENDS)
+    p.set_defaults(func=run_eval)
+
+    q = sub.add_parser(
+        "parity",
+        help="same policy and worlds on two backends: return ratio, trajectory RMSE, pass/fail",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(q)
+    q.add_argument("--reference", default="direct", choices=BACKENDS)
+    q.add_argument("--candidate", default="embedded", choices=BACKENDS)
+    q.add_argument("--tolerances", help="ParityTolerances YAML (default: package parity.yaml)")
+    q.set_defaults(func=run_parity)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``px4_eval`` console script: ``px4_eval [eval] ...`` or ``px4_eval parity ...``.
+
+    Without a subcommand, the arguments are those of ``isr eval``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("eval", "parity", "-h", "--help"):
+        argv = ["eval", *argv]
+    parser = argparse.ArgumentParser(
+        prog="px4_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser("bench", help=argparse.SUPPRESS)
+    register(sub, bench.add_subparsers(dest="bench_target", metavar="TARGET"))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "register", "run_eval", "run_parity"]

@@ -1,0 +1,883 @@
+"""Evaluation of an exported ISR policy on the embedded full-fidelity backend or the fast model.
+
+:func:`evaluate_policy` flies a policy (TorchScript, ONNX, ``policy.pt`` state dict or an
+experiment directory, see :func:`load_policy_file`) on a list of world seeds with one of two
+backends, chosen at construction:
+
+- ``embedded``: :class:`~isr_training.env.ISREnv` with ``vehicle="quadrotor"``: the 6-DoF
+  quadrotor flown by the batched PX4-like cascade, with the "eval full-fidelity" preset of
+  ``config/eval.yaml`` (250 Hz physics, controller sensor noise, mean wind with gusts, one
+  control step of offboard command latency);
+- ``direct``: the fast direct-dynamics model: a tuned ``dynamics_config.yaml`` written by
+  ``isr tune-dynamics`` (``--dynamics-config``), else ``eval.yaml``'s ``direct:`` keys, else the
+  direct model the policy trained on, else the packaged training default.
+
+Both use the same task code (observation, reward, safety filter, perception); the environment
+is built from the policy's experiment ``config.yaml`` when there is one (task, world spec,
+camera), otherwise from the defaults, and the policy's ``task_version`` and ``obs_dim`` must match.
+Every drone flies ``episodes`` whole episodes (no staggering) from seeded spawns: the same seed
+gives the same spawns on every backend.
+
+Metrics (:func:`aggregate_metrics`, JSON ``metrics``): mean and std of the return, success rate,
+fraction of targets found, coverage, collisions, geofence breaches (steps outside the fence),
+safety-filter interventions, episode length (steps and seconds, mean and std), time to first
+detection (mean over episodes that found something), crash rate, per-term returns, real-time
+factor. Success of an episode (:data:`SUCCESS_DEFINITION`): at the episode's end at least
+``success_min_targets_found`` (default 70 %) of its world's targets were found, with no collision
+(crash) and no geofence breach during the episode. Per-episode rows are in ``episodes``.
+
+Real-time factor: simulated seconds per drone (control steps x control period) over the wall
+seconds of the rollout loop (policy inference, perception, physics, bookkeeping; recording
+included when on); the aggregate figure multiplies by the number of drones flown at once.
+
+Detection precision/recall (``detection`` in the JSON) are reported when the perception backend
+counts them against ground-truth visibility (the YOLO backend's ``counters()``); with ground-truth
+perception they are 1 by construction and not reported.
+
+Recording (``record_dir``): one ``<backend>.npz`` per run (``numpy.savez_compressed``), plain
+arrays padded to the longest episode, ``E`` episodes x ``T`` steps. Row ``t`` of an episode is
+the state the policy saw at sim time ``t * dt`` (before its action), the action it took, and the
+reward of that step:
+
+=========================  ===============  ================================================
+key                        shape / dtype    meaning
+=========================  ===============  ================================================
+``length``                 (E,) int64       valid steps of each episode (rows beyond: padding)
+``world_seed``             (E,) int64       world of the episode
+``drone``                  (E,) int64       drone index in its world
+``episode``                (E,) int64       episode number of that drone (0, 1, ...)
+``sim_time_s``             (E, T) float32   time since the episode start
+``pos_enu_m``              (E, T, 3)        position, world ENU
+``vel_enu_m_s``            (E, T, 3)        velocity, world ENU
+``yaw_rad``                (E, T)           yaw (ENU, from east)
+``quat_wxyz``              (E, T, 4)        attitude, body FLU -> world ENU
+``action``                 (E, T, 4)        policy action (normalized, before the safety filter)
+``applied_action``         (E, T, 4)        action given to the vehicle (after the safety filter)
+``reward``                 (E, T)           weighted reward of the step
+``r_<term>``               (E, T)           unweighted reward term (``new_target``, ``coverage``...)
+``intervention``           (E, T) bool      the safety filter changed the action
+``det_boxes_xyxy_px``      (E, T, K, 4)     this drone's box of every target slot (K = max targets)
+``det_visible``            (E, T, K) bool   target slot detected by this drone
+``targets_found``          (E, T) int64     targets found so far in the episode
+``target_pos_enu_m``       (E, T, K, 3)     target positions (moving targets move)
+``target_class``           (E, K) int64     class id of every target slot
+``target_valid``           (E, K) bool      slot holds a target (worlds are padded)
+``control_dt_s``           () float         control period
+``image_size``             (2,) int64       camera width, height (pixels of the boxes)
+``meta_json``              () str           backend, policy, settings (JSON)
+=========================  ===============  ================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from isr_direct_dynamics.config import ConfigError, check, from_dict, load_yaml, to_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+"""Package data: ``eval.yaml`` (evaluation preset) and ``parity.yaml`` (parity tolerances)."""
+
+BACKENDS = ("embedded", "direct")
+"""Evaluation backends: ``embedded`` (full-fidelity quadrotor) and ``direct`` (fast model)."""
+
+SUCCESS_DEFINITION = (
+    "an episode succeeds when, at its end, at least {threshold:.0%} of its world's targets were "
+    "found and the drone had no collision (crash) and no geofence breach during the episode"
+)
+"""Success of an episode (formatted with the threshold)."""
+
+POLICY_FILES = (
+    "final_model/policy_torchscript.pt",
+    "policy_torchscript.pt",
+    "final_model/policy.onnx",
+    "policy.onnx",
+    "final_model/policy.pt",
+    "policy.pt",
+)
+"""Files looked for, in order, when the policy path is a directory (an experiment)."""
+
+
+# ----------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation settings (``config/eval.yaml``); see the YAML for the preset values."""
+
+    success_min_targets_found: float = 0.7
+    """Fraction of the world's targets an episode must find to succeed (with no crash/breach)."""
+    episodes: int = 1
+    """Episodes per drone."""
+    drones_per_world: int = 1
+    """Drones per world (1 to 32)."""
+    episode_length_s: float | None = None
+    """Episode length override, s (None: the policy's task)."""
+    seed: int = 0
+    """Seed of spawns, noise and gusts (the same on every backend)."""
+    embedded: dict[str, Any] = field(default_factory=dict)
+    """QuadrotorConfig keys of the embedded backend (the "eval full-fidelity" preset)."""
+    direct: dict[str, Any] = field(default_factory=dict)
+    """DirectDynamicsConfig keys of the direct backend."""
+
+    def validate(self) -> None:
+        """Check ranges and both vehicle configs; raises ConfigError naming the field."""
+        v = self.success_min_targets_found
+        check(0.0 <= v <= 1.0, "success_min_targets_found", f"must be in [0, 1], got {v}")
+        check(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
+        d = self.drones_per_world
+        check(1 <= d <= 32, "drones_per_world", f"must be in 1..32, got {d}")
+        if self.episode_length_s is not None:
+            e = self.episode_length_s
+            check(math.isfinite(e) and e > 0, "episode_length_s", f"must be > 0, got {e}")
+        from isr_direct_dynamics import DirectDynamicsConfig
+        from isr_direct_dynamics.quadrotor import QuadrotorConfig
+
+        for name, cls in (("embedded", QuadrotorConfig), ("direct", DirectDynamicsConfig)):
+            try:
+                from_dict(cls, getattr(self, name))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}", name, str(exc)) from None
+
+
+def load_settings(path: str | Path | None = None) -> EvalSettings:
+    """``EvalSettings`` from ``path`` (default: the package's ``config/eval.yaml``)."""
+    return load_yaml(EvalSettings, path or CONFIG_DIR / "eval.yaml")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """World seeds from ``"100000,100001"``, ``"100000-100019"`` or a mix (``"1,5-7"``)."""
+    import re
+
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ConfigError(f"world seed range '{part}' is empty (end < start)")
+            seeds.extend(range(lo, hi + 1))
+        elif re.fullmatch(r"\d+", part):
+            seeds.append(int(part))
+        else:
+            raise ConfigError(
+                f"bad world seeds '{text}': expected integers like 100000,100001 or 100000-100019"
+            )
+    if not seeds:
+        raise ConfigError(f"no world seeds in '{text}'")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"world seeds '{text}' repeat a seed")
+    return seeds
+
+
+def load_direct_dynamics_file(path: str | Path) -> dict[str, Any]:
+    """Keys of a ``dynamics_config.yaml`` (``isr tune-dynamics`` output), validated.
+
+    Accepts a plain DirectDynamicsConfig mapping (the tuner's format) or a file with a ``direct:``
+    section (the training pipeline's ``dynamics_config.yaml``).
+    """
+    import yaml
+
+    from isr_direct_dynamics import DirectDynamicsConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"dynamics config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"dynamics config {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"dynamics config {p} must be a mapping of DirectDynamicsConfig keys")
+    if "direct" in data and isinstance(data["direct"], dict):
+        data = data["direct"]
+    try:
+        from_dict(DirectDynamicsConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"dynamics config {p}: {exc}") from None
+    return dict(data)
+
+
+# ----------------------------------------------------------------------------------- policies
+
+
+@dataclass
+class LoadedPolicy:
+    """A deployable policy: ``act(obs) -> (N, 4)`` action tensor, and where it came from."""
+
+    path: Path
+    """The file that was loaded."""
+    kind: str
+    """``torchscript``, ``onnx`` or ``state_dict``."""
+    meta: dict[str, Any]
+    """Export metadata (``task_version``, ``obs_dim``, ``image_shape``, ...)."""
+    act: Callable[[Any], Tensor]
+    """Observation (tensor or ``{"state", "image"}``) -> action ``(N, 4)`` in ``[-1, 1]``."""
+    experiment_dir: Path | None = None
+    """The experiment the policy belongs to (its ``config.yaml`` defines the task), if any."""
+
+
+def _find_policy_file(path: Path) -> Path:
+    if not path.exists():
+        raise ConfigError(f"policy '{path}' does not exist")
+    if path.is_file():
+        return path
+    for name in POLICY_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise ConfigError(
+        f"policy directory '{path}' has no exported policy (looked for {', '.join(POLICY_FILES)}; "
+        "run the training's finalize stage)"
+    )
+
+
+def _experiment_of(file: Path) -> Path | None:
+    for d in (file.parent, file.parent.parent):
+        if (d / "config.yaml").is_file() and (d / "final_model").is_dir():
+            return d
+    return None
+
+
+def _load_torchscript(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+    extra = {"meta.json": ""}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
+    module.eval()
+    raw = extra["meta.json"]
+    meta = json.loads(raw) if raw else {}
+    return module, meta
+
+
+def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        model = onnx.load(str(file))
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise ConfigError(
+            f"policy '{file}' is not a valid ONNX model ({exc.__class__.__name__})"
+        ) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props["meta"]) if props.get("meta") else {}
+    if "task_version" in props:
+        meta.setdefault("task_version", props["task_version"])
+    try:
+        sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"policy '{file}' cannot be loaded by onnxruntime: {exc}") from None
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(state: Tensor, image: Tensor | None = None) -> Tensor:
+        feeds = {names[0]: state.detach().cpu().numpy().astype(np.float32)}
+        if image is not None and len(names) > 1:
+            feeds[names[1]] = image.detach().cpu().numpy()
+        return torch.from_numpy(sess.run(None, feeds)[0])
+
+    return run, meta
+
+
+def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+    """``policy.pt`` of :func:`isr_training.export.export_policy` (a DeployPolicy state dict)."""
+    from isr_training.models import ACTIVATIONS, mlp, safe_load
+
+    data = safe_load(file)
+    if not isinstance(data, dict) or "model" not in data:
+        raise ConfigError(f"policy '{file}' is not an exported policy (no 'model' state dict)")
+    sd, meta = data["model"], dict(data.get("meta") or {})
+    if any(k.startswith("encoder.") for k in sd):
+        raise ConfigError(
+            f"policy '{file}' has a camera encoder: evaluate its policy_torchscript.pt instead"
+        )
+    if "obs_norm.mean" not in sd:
+        raise ConfigError(f"policy '{file}' is not a DeployPolicy state dict (no obs_norm)")
+    layers = sorted(
+        {int(k.split(".")[1]) for k in sd if k.startswith("actor.") and k.endswith(".weight")}
+    )
+    dims = [sd[f"actor.{i}.weight"].shape for i in layers]
+    activation = meta.get("activation", "elu")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"policy '{file}': unknown activation {activation!r}")
+    net = mlp(int(dims[0][1]), [int(d[0]) for d in dims[:-1]], int(dims[-1][0]), activation)
+    actor_sd = {k[len("actor.") :]: v for k, v in sd.items() if k.startswith("actor.")}
+    net.load_state_dict(actor_sd)
+    net.eval()
+    mean, var = sd["obs_norm.mean"], sd["obs_norm.var"]
+
+    def run(state: Tensor, image: Tensor | None = None) -> Tensor:
+        x = ((state - mean) / torch.sqrt(var + 1e-4)).clamp(-10.0, 10.0)
+        return net(x).clamp(-1.0, 1.0)
+
+    meta.setdefault("obs_dim", int(mean.shape[0]))
+    return run, meta
+
+
+def load_policy_file(path: str | Path, expect_task_version: str | None = None) -> LoadedPolicy:
+    """Load an exported policy; user errors raise :class:`ConfigError` naming the path.
+
+    ``path``: ``policy_torchscript.pt``, ``policy.onnx``, ``policy.pt`` (state dict of
+    :class:`~isr_training.models.DeployPolicy`; its activation is read from the metadata, ELU when
+    absent) or a directory (an experiment, or its ``final_model``), where the first of
+    :data:`POLICY_FILES` is used. The file's ``task_version`` must equal the workspace's.
+    """
+    from isr_training.task.config import TASK_VERSION
+
+    file = _find_policy_file(Path(path))
+    if file.suffix.lower() == ".onnx":
+        try:
+            act_fn, meta = _load_onnx(file)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a file we cannot use is a user error
+            raise ConfigError(
+                f"policy '{file}' is corrupt or not an ONNX policy ({exc.__class__.__name__})"
+            ) from None
+        kind = "onnx"
+    else:
+        try:
+            act_fn, meta = _load_torchscript(file)
+            kind = "torchscript"
+        except Exception as ts_exc:  # noqa: BLE001 - not TorchScript: try the state-dict format
+            try:
+                act_fn, meta = _load_state_dict(file)
+                kind = "state_dict"
+            except ConfigError:
+                raise
+            except Exception as sd_exc:  # noqa: BLE001
+                raise ConfigError(
+                    f"policy '{file}' is corrupt or not a policy file: neither TorchScript "
+                    f"({ts_exc.__class__.__name__}) nor a policy.pt state dict "
+                    f"({sd_exc.__class__.__name__})"
+                ) from None
+    want = expect_task_version or TASK_VERSION
+    got = meta.get("task_version")
+    if got is None:
+        raise ConfigError(f"policy '{file}' has no task_version metadata (expected '{want}')")
+    if got != want:
+        raise ConfigError(
+            f"policy '{file}' was exported for task version '{got}', this workspace runs '{want}'"
+        )
+
+    @torch.no_grad()
+    def act(obs: Any) -> Tensor:
+        if isinstance(obs, dict):
+            if meta.get("image_shape"):
+                out = act_fn(obs["state"].cpu(), obs["image"].cpu())
+            else:
+                out = act_fn(obs["state"].cpu())
+        else:
+            out = act_fn(obs.cpu())
+        return out.float().clamp(-1.0, 1.0)
+
+    return LoadedPolicy(file, kind, meta, act, _experiment_of(file))
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+EPISODE_KEYS = (
+    "return",
+    "targets_found",
+    "coverage",
+    "collisions",
+    "geofence_breaches",
+    "safety_interventions",
+    "time_to_first_detection_s",
+)
+"""Per-episode values copied from the environment's ``info["episode"]``."""
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None, None
+    a = np.asarray(v, dtype=np.float64)
+    return float(a.mean()), float(a.std())
+
+
+def episode_success(row: dict[str, Any], threshold: float) -> bool:
+    """The success definition (:data:`SUCCESS_DEFINITION`) applied to one episode row."""
+    return (
+        float(row["targets_found"]) >= threshold - 1e-9
+        and float(row["collisions"]) == 0
+        and float(row["geofence_breaches"]) == 0
+    )
+
+
+def aggregate_metrics(rows: list[dict[str, Any]], success_min_targets_found: float = 0.7) -> dict:
+    """Summary metrics of per-episode rows (see the module docstring).
+
+    Each row needs ``return``, ``targets_found`` (fraction of the world's targets), ``coverage``,
+    ``collisions``, ``geofence_breaches``, ``safety_interventions``, ``length_steps``,
+    ``length_s`` and ``time_to_first_detection_s`` (None/NaN when nothing was found); optional
+    ``targets_found_count`` and ``r/<term>`` entries. ``success`` is (re)computed here.
+    """
+    if not rows:
+        raise ValueError("no finished episode to aggregate")
+    thr = success_min_targets_found
+    for r in rows:
+        r["success"] = episode_success(r, thr)
+        r["crashed"] = float(r["collisions"]) > 0
+    out: dict[str, Any] = {"episodes": len(rows)}
+    keys = [
+        "return",
+        "targets_found",
+        "targets_found_count",
+        "coverage",
+        "collisions",
+        "geofence_breaches",
+        "safety_interventions",
+        "length_steps",
+        "length_s",
+    ]
+    keys += sorted(k for k in rows[0] if k.startswith("r/"))
+    for k in keys:
+        if k not in rows[0]:
+            continue
+        m, s = _mean_std([float(r[k]) for r in rows])
+        out[f"{k}_mean"], out[f"{k}_std"] = m, s
+    out["success_rate"] = float(np.mean([r["success"] for r in rows]))
+    out["crash_rate"] = float(np.mean([r["crashed"] for r in rows]))
+    out["breach_rate"] = float(np.mean([float(r["geofence_breaches"]) > 0 for r in rows]))
+    ttfd = [r["time_to_first_detection_s"] for r in rows]
+    found_any = [t for t in ttfd if t is not None and math.isfinite(float(t))]
+    out["time_to_first_detection_s_mean"], out["time_to_first_detection_s_std"] = _mean_std(
+        [float(t) for t in found_any]
+    )
+    out["episodes_with_a_find"] = len(found_any)
+    out["success_definition"] = SUCCESS_DEFINITION.format(threshold=thr)
+    out["success_min_targets_found"] = thr
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A short human-readable summary of an evaluation result."""
+    m = result["metrics"]
+
+    def f(key: str, fmt: str = "{:.3f}") -> str:
+        v = m.get(key)
+        return "n/a" if v is None else fmt.format(v)
+
+    rtf = result["real_time_factor"]
+    lines = [
+        f"ISR evaluation  backend={result['backend']}  perception={result['perception']}  "
+        f"policy={result['policy']['path']}",
+        f"  worlds {len(result['world_seeds'])} x drones {result['settings']['drones_per_world']}"
+        f"  episodes {m['episodes']}",
+        f"  {'metric':<28}{'mean':>10}{'std':>10}",
+    ]
+    for key, label in (
+        ("return", "return"),
+        ("targets_found", "targets found (fraction)"),
+        ("targets_found_count", "targets found (count)"),
+        ("coverage", "coverage"),
+        ("collisions", "collisions"),
+        ("geofence_breaches", "geofence breach steps"),
+        ("safety_interventions", "safety interventions"),
+        ("length_s", "episode length (s)"),
+        ("time_to_first_detection_s", "time to first detection (s)"),
+    ):
+        lines.append(f"  {label:<28}{f(key + '_mean'):>10}{f(key + '_std'):>10}")
+    lines.append(f"  {'success rate':<28}{f('success_rate'):>10}")
+    lines.append(f"  {'crash rate':<28}{f('crash_rate'):>10}")
+    det = result.get("detection")
+    if det:
+        lines.append(
+            f"  detection precision {det.get('precision', float('nan')):.3f}  "
+            f"recall {det.get('recall', float('nan')):.3f}"
+        )
+    lines.append(
+        f"  real-time factor: {rtf['per_drone']:.1f}x per drone, {rtf['aggregate']:.1f}x "
+        f"aggregate ({rtf['sim_seconds_per_drone']:.1f} sim s per drone in "
+        f"{rtf['wall_seconds']:.2f} wall s, {rtf['drones']} drones)"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- env
+
+
+def _base_env_config(policy: LoadedPolicy):
+    from isr_training.env import EnvConfig
+
+    if policy.experiment_dir is not None:
+        from isr_training.training_config import load_config_file
+
+        return copy.deepcopy(load_config_file(policy.experiment_dir / "config.yaml").env)
+    return EnvConfig()
+
+
+def build_env_config(
+    policy: LoadedPolicy,
+    backend: str,
+    seeds: list[int],
+    settings: EvalSettings,
+    perception: str = "gt",
+    detector: str | None = None,
+    dynamics: dict[str, Any] | None = None,
+):
+    """The :class:`~isr_training.env.EnvConfig` of one evaluation backend."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    cfg = _base_env_config(policy)
+    cfg.num_worlds = len(seeds)
+    cfg.world_seeds = list(seeds)
+    cfg.drones_per_world = settings.drones_per_world
+    cfg.stagger = False
+    cfg.seed = settings.seed
+    if settings.episode_length_s is not None:
+        cfg.task.episode_length_s = float(settings.episode_length_s)
+    if backend == "embedded":
+        cfg.vehicle = "quadrotor"
+        cfg.dynamics = copy.deepcopy(settings.embedded)
+    else:
+        # Direct backend: a tuned file (--dynamics-config), else eval.yaml's `direct:` keys, else
+        # the direct model the policy trained on (its experiment's env.dynamics), else the
+        # packaged training default (dynamics_config.yaml, tuned to the embedded model).
+        trained = cfg.dynamics if cfg.vehicle == "direct" else None
+        cfg.vehicle = "direct"
+        if dynamics is not None:
+            cfg.dynamics = copy.deepcopy(dynamics)
+        elif settings.direct:
+            cfg.dynamics = copy.deepcopy(settings.direct)
+        elif trained:
+            cfg.dynamics = copy.deepcopy(trained)
+        else:
+            from isr_training.training_config import load_dynamics_config
+
+            cfg.dynamics = to_dict(load_dynamics_config()["direct"])
+    if policy.meta.get("image_shape"):
+        cfg.camera = True
+    if perception not in ("gt", "yolo"):
+        raise ConfigError(f"unknown perception '{perception}' (choose gt or yolo)")
+    cfg.perception = perception
+    if perception == "yolo":
+        names = {f.name for f in fields(cfg)}
+        if "detector_weights" not in names:
+            raise ConfigError(
+                "--perception yolo is not available: this workspace's environment has no YOLO "
+                "perception backend (EnvConfig.detector_weights)"
+            )
+        if not detector:
+            raise ConfigError("--perception yolo needs --detector WEIGHTS (a trained best.pt)")
+        if not Path(detector).is_file():
+            raise ConfigError(f"detector weights not found: {detector}")
+        cfg.detector_weights = str(detector)
+    return cfg
+
+
+def make_eval_env(cfg, device: str | torch.device = "cpu"):
+    """An :class:`~isr_training.env.ISREnv` for ``cfg`` (worlds cached per process)."""
+    from isr_sim_bridge.world import generate_world, worlds_to_batch
+    from isr_training.env import ISREnv
+    from isr_training.pipeline import _WORLD_CACHE
+
+    spec_key = json.dumps(to_dict(cfg.world), sort_keys=True)
+    worlds = []
+    for s in cfg.world_seeds:
+        key = (spec_key, int(s))
+        if key not in _WORLD_CACHE:
+            _WORLD_CACHE[key] = generate_world(cfg.world, int(s))
+        worlds.append(_WORLD_CACHE[key])
+    try:
+        return ISREnv(cfg, device, world=worlds_to_batch(worlds, device))
+    except NotImplementedError as exc:
+        raise ConfigError(f"perception '{cfg.perception}' is not available: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------- rollout
+
+
+class _Recorder:
+    """Per-step arrays of every drone; cut into episodes at the end (see the module docstring)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.steps: dict[str, list[Tensor]] = {}
+        self.applied: Tensor | None = None
+        vehicle_step = env.vehicle.step
+
+        def hooked(action: Tensor):
+            self.applied = action.detach().reshape(env.num_envs, 4).clone()
+            return vehicle_step(action)
+
+        env.vehicle.step = hooked  # instance attribute: sees the action after the safety filter
+
+    def _add(self, key: str, value: Tensor) -> None:
+        self.steps.setdefault(key, []).append(value.detach().cpu().clone())
+
+    def before(self, action: Tensor) -> None:
+        env = self.env
+        st = env.vehicle.state
+        flat = env._flat
+        self._add("pos_enu_m", flat(st.pos_enu_m))
+        self._add("vel_enu_m_s", flat(st.vel_enu_m_s))
+        self._add("yaw_rad", flat(st.yaw_rad))
+        self._add("quat_wxyz", flat(st.quat_wxyz))
+        self._add("det_boxes_xyxy_px", flat(env.det_boxes))
+        self._add("det_visible", flat(env.det_visible))
+        self._add("targets_found", flat(env.found.sum(-1)))
+        self._add("step_in_episode", flat(env.step_count))
+        tp = env.world.target_pos_enu_m  # (W, T, 3)
+        d = env.drones_per_world
+        self._add("target_pos_enu_m", tp.repeat_interleave(d, 0))
+        self._add("action", action.reshape(env.num_envs, 4))
+
+    def after(self, reward: Tensor, info: dict[str, Any]) -> None:
+        self._add("reward", reward)
+        for k, v in info["reward_terms"].items():
+            self._add(f"r_{k}", v.float())
+        any_iv = None
+        for v in info["interventions"].values():
+            any_iv = v if any_iv is None else any_iv | v
+        if any_iv is not None:
+            self._add("intervention", any_iv)
+        if self.applied is not None:
+            self._add("applied_action", self.applied)
+
+    def episodes(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        env = self.env
+        stacked = {k: torch.stack(v) for k, v in self.steps.items()}  # (S, N, ...)
+        t_max = max(int(r["length_steps"]) for r in rows)
+        out: dict[str, list[np.ndarray]] = {}
+        for r in rows:
+            n, s0, length = r["_drone_flat"], r["_start_step"], int(r["length_steps"])
+            for k, v in stacked.items():
+                if k == "step_in_episode":
+                    continue
+                seg = v[s0 : s0 + length, n]
+                pad = torch.zeros((t_max - length, *seg.shape[1:]), dtype=seg.dtype)
+                out.setdefault(k, []).append(torch.cat((seg, pad)).numpy())
+        arrays = {k: np.stack(v) for k, v in out.items()}
+        lengths = np.array([int(r["length_steps"]) for r in rows], dtype=np.int64)
+        dt = env.task.control_dt_s
+        t = np.arange(t_max, dtype=np.float32) * dt
+        arrays["sim_time_s"] = np.where(
+            np.arange(t_max)[None] < lengths[:, None], t[None], 0.0
+        ).astype(np.float32)
+        arrays["length"] = lengths
+        arrays["world_seed"] = np.array([r["world_seed"] for r in rows], dtype=np.int64)
+        arrays["drone"] = np.array([r["drone"] for r in rows], dtype=np.int64)
+        arrays["episode"] = np.array([r["episode"] for r in rows], dtype=np.int64)
+        w_idx = np.array([r["_drone_flat"] // env.drones_per_world for r in rows])
+        arrays["target_class"] = env.world.target_class.cpu().numpy()[w_idx].astype(np.int64)
+        arrays["target_valid"] = env.world.target_valid.cpu().numpy()[w_idx]
+        arrays["control_dt_s"] = np.array(dt)
+        arrays["image_size"] = np.array(env.perception.image_size, dtype=np.int64)
+        return arrays
+
+
+def run_episodes(
+    env,
+    act: Callable[[Any], Tensor],
+    episodes: int = 1,
+    record: bool = False,
+    progress: bool = False,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray] | None]:
+    """Fly ``episodes`` whole episodes per drone; return rows, timing and (optional) recording.
+
+    The environment must be built with ``stagger=False``. ``reset(seed)`` makes the spawns and the
+    vehicle noise streams a function of ``seed`` alone.
+    """
+    if env.cfg.stagger:
+        raise ValueError("evaluation needs an environment built with stagger=False")
+    recorder = _Recorder(env) if record else None
+    n = env.num_envs
+    dt = env.task.control_dt_s
+    done_count = torch.zeros(n, dtype=torch.long)
+    start_step = torch.zeros(n, dtype=torch.long)
+    rows: list[dict[str, Any]] = []
+    limit = env.max_episode_steps * episodes + 1
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=limit, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+    obs = env.reset(seed=seed)
+    t0 = time.perf_counter()
+    steps = 0
+    for step in range(limit):
+        action = act(obs)
+        if recorder is not None:
+            recorder.before(action)
+        obs, reward, _, _, info = env.step(action)
+        steps += 1
+        if recorder is not None:
+            recorder.after(reward, info)
+        done = info["done"].cpu()
+        new = done & (done_count < episodes)
+        if bool(new.any()):
+            ep = {k: v.detach().cpu() for k, v in info["episode"].items()}
+            for i in torch.nonzero(new).flatten().tolist():
+                w, d = divmod(i, env.drones_per_world)
+                length = int(ep["length"][i])
+                row: dict[str, Any] = {
+                    "world_seed": int(env.world_seeds[w]),
+                    "drone": d,
+                    "episode": int(done_count[i]),
+                    "length_steps": length,
+                    "length_s": length * dt,
+                    "targets_found_count": round(
+                        float(ep["targets_found"][i]) * float(env.num_targets[w])
+                    ),
+                    "num_targets": int(env.world.target_valid[w].sum()),
+                }
+                for k in EPISODE_KEYS:
+                    v = float(ep[k][i])
+                    row[k] = None if not math.isfinite(v) else v
+                for k in ep:
+                    if k.startswith("r/"):
+                        row[k] = float(ep[k][i])
+                row["_drone_flat"] = i
+                row["_start_step"] = int(start_step[i])
+                rows.append(row)
+        start_step = torch.where(done, step + 1, start_step)
+        done_count += done.long()
+        if bar is not None:
+            bar.update(1)
+        if bool((done_count >= episodes).all()):
+            break
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    rows.sort(key=lambda r: (r["world_seed"], r["drone"], r["episode"]))
+    sim_per_drone = steps * dt
+    timing = {
+        "steps": steps,
+        "drones": n,
+        "sim_seconds_per_drone": sim_per_drone,
+        "wall_seconds": wall,
+        "per_drone": sim_per_drone / wall if wall > 0 else float("inf"),
+        "aggregate": sim_per_drone * n / wall if wall > 0 else float("inf"),
+        "includes_recording": record,
+    }
+    arrays = recorder.episodes(rows) if recorder is not None and rows else None
+    return rows, timing, arrays
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def evaluate_policy(
+    policy: LoadedPolicy | str | Path,
+    backend: str,
+    seeds: list[int],
+    settings: EvalSettings | None = None,
+    perception: str = "gt",
+    detector: str | None = None,
+    dynamics_config: str | Path | None = None,
+    record_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    keep_arrays: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``policy`` on ``seeds`` with ``backend``; the JSON-ready result dict.
+
+    Keys: ``backend``, ``perception``, ``policy`` (path, kind, metadata), ``world_seeds``,
+    ``settings`` (evaluation settings, resolved vehicle config, task timing), ``metrics``
+    (:func:`aggregate_metrics`), ``real_time_factor``, ``detection`` (YOLO only), ``episodes``
+    (per-episode rows), ``recording`` (npz path, with ``record_dir``). With ``keep_arrays`` the
+    recorded arrays are also returned under ``_arrays`` (not JSON; for parity).
+    """
+    settings = settings or load_settings()
+    settings.validate()
+    if not isinstance(policy, LoadedPolicy):
+        policy = load_policy_file(policy)
+    dyn = load_direct_dynamics_file(dynamics_config) if dynamics_config else None
+    cfg = build_env_config(policy, backend, seeds, settings, perception, detector, dyn)
+    env = make_eval_env(cfg, device)
+    want = policy.meta.get("obs_dim")
+    if want is not None and int(want) != env.obs_dim:
+        raise ConfigError(
+            f"policy '{policy.path}' expects {want} observation values, the environment gives "
+            f"{env.obs_dim} (different task/observation settings)"
+        )
+    if hasattr(env.perception, "reset_counters"):
+        env.perception.reset_counters()
+    record = record_dir is not None or keep_arrays
+    rows, timing, arrays = run_episodes(
+        env, policy.act, settings.episodes, record=record, progress=progress, seed=settings.seed
+    )
+    metrics = aggregate_metrics(rows, settings.success_min_targets_found)
+    result: dict[str, Any] = {
+        "backend": backend,
+        "perception": perception,
+        "policy": {"path": str(policy.path), "kind": policy.kind, "meta": policy.meta},
+        "world_seeds": list(seeds),
+        "settings": {
+            **to_dict(settings),
+            "vehicle": cfg.vehicle,
+            "vehicle_config": cfg.dynamics,
+            "dynamics_config_file": str(dynamics_config) if dynamics_config else None,
+            "control_dt_s": cfg.task.control_dt_s,
+            "episode_length_s": cfg.task.episode_length_s,
+            "camera": cfg.camera,
+            "camera_resolution": cfg.camera_resolution,
+            "detector": detector,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "metrics": metrics,
+        "real_time_factor": timing,
+        "episodes": [_public(r) for r in rows],
+    }
+    counters = getattr(env.perception, "counters", None)
+    if callable(counters):
+        result["detection"] = counters()
+    if record_dir is not None and arrays is not None:
+        path = Path(record_dir) / f"{backend}.npz"
+        result["recording"] = str(save_recording(result, arrays, path))
+    if keep_arrays:
+        result["_arrays"] = arrays
+        result["_env_config"] = cfg
+    return result
+
+
+def save_recording(result: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) -> Path:
+    """Write the recorded arrays of ``result`` (keys in the module docstring) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: result[k] for k in ("backend", "perception", "policy", "world_seeds")}
+    meta["settings"] = result["settings"]
+    np.savez_compressed(path, meta_json=np.array(json.dumps(meta, default=str)), **arrays)
+    return path
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write the JSON-safe part of a result (keys starting with ``_`` are dropped; NaN -> null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items() if not str(k).startswith("_")}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.integer, np.floating)):
+            return clean(v.item())
+        return v
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(clean(result), indent=1, default=str))
+    return p

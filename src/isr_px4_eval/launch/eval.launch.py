@@ -1,0 +1,159 @@
+"""Full-fidelity evaluation: ``ros2 launch isr_px4_eval eval.launch.py``.
+
+Arguments:
+- ``backend``: ``px4`` (the offboard client over uXRCE-DDS, PX4 SITL or hardware) or
+  ``embedded`` (the trained policy on the embedded quadrotor + PX4-like cascade).
+- ``policy``: px4 backend: scripted pattern ``hover`` | ``box``; embedded: policy file or
+  experiment directory.
+- ``px4_release``: topic-name preset (1.15, 1.16, 1.17, 1.18, main).
+- ``namespace``: PX4 vehicle namespace (``px4_1`` -> ``/px4_1/fmu/...``), "" for none.
+- ``emulator``: true starts ``px4_emulator_node`` (rehearsal without PX4; px4 backend only).
+- ``camera``: true starts ``sim_bridge_node`` for drone 0 (camera and detections from the
+  vehicle's odometry).
+- ``record``: true starts ``ros2 bag record -s mcap`` on the evaluation topics (PX4 topics of
+  the release/namespace, odometry, camera, detections, episode metrics) into ``bag_dir``.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+METRICS_TOPIC = "/isr/episode_metrics"
+DRONE_TOPICS = [
+    "/drone_0/odom",
+    "/drone_0/camera/image_raw",
+    "/drone_0/camera/camera_info",
+    "/drone_0/detections",
+]
+
+
+def _record(context):
+    """The ros2 bag record action, with topic names of the chosen release and namespace."""
+    from isr_px4_eval.px4_topics import px4_topic_names
+
+    if LaunchConfiguration("record").perform(context).lower() not in ("true", "1"):
+        return []
+    topics = px4_topic_names(
+        LaunchConfiguration("px4_release").perform(context),
+        LaunchConfiguration("namespace").perform(context),
+    ).evaluation_topics()
+    bag_dir = LaunchConfiguration("bag_dir").perform(context)
+    return [
+        ExecuteProcess(
+            cmd=[
+                "ros2",
+                "bag",
+                "record",
+                "-s",
+                "mcap",
+                "-o",
+                bag_dir,
+                METRICS_TOPIC,
+                *DRONE_TOPICS,
+                *topics,
+            ],
+            output="screen",
+        )
+    ]
+
+
+def generate_launch_description():
+    """The launch description (see the module docstring)."""
+    share = get_package_share_directory("isr_px4_eval")
+    eval_params = os.path.join(share, "config", "px4_eval.yaml")
+    emulator_params = os.path.join(share, "config", "px4_emulator.yaml")
+    backend = LaunchConfiguration("backend")
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "backend",
+                default_value="px4",
+                choices=["px4", "embedded"],
+                description="px4 (offboard over uXRCE-DDS) or embedded",
+            ),
+            DeclareLaunchArgument(
+                "policy", default_value="box", description="px4: hover|box; embedded: policy file"
+            ),
+            DeclareLaunchArgument(
+                "px4_release",
+                default_value="1.15",
+                description="topic-name preset: 1.15 1.16 1.17 1.18 main",
+            ),
+            DeclareLaunchArgument(
+                "namespace", default_value="", description="PX4 namespace, e.g. px4_1"
+            ),
+            DeclareLaunchArgument(
+                "emulator",
+                default_value="false",
+                description="start the PX4 emulator instead of real PX4",
+            ),
+            DeclareLaunchArgument(
+                "camera",
+                default_value="false",
+                description="start the sim bridge camera for drone 0",
+            ),
+            DeclareLaunchArgument(
+                "record",
+                default_value="false",
+                description="ros2 bag record -s mcap the evaluation topics",
+            ),
+            DeclareLaunchArgument(
+                "bag_dir", default_value="bags/eval", description="output folder of the recording"
+            ),
+            Node(
+                package="isr_px4_eval",
+                executable="px4_eval_node",
+                name="px4_eval",
+                output="screen",
+                parameters=[
+                    eval_params,
+                    {
+                        "backend": backend,
+                        "policy": LaunchConfiguration("policy"),
+                        "px4_release": LaunchConfiguration("px4_release"),
+                        "namespace": LaunchConfiguration("namespace"),
+                        "metrics_topic": METRICS_TOPIC,
+                    },
+                ],
+            ),
+            Node(
+                package="isr_px4_eval",
+                executable="px4_emulator_node",
+                name="px4_emulator",
+                output="screen",
+                parameters=[
+                    emulator_params,
+                    {
+                        "px4_release": LaunchConfiguration("px4_release"),
+                        "namespaces": [LaunchConfiguration("namespace")],
+                    },
+                ],
+                condition=IfCondition(
+                    PythonExpression(
+                        [
+                            "'",
+                            LaunchConfiguration("emulator"),
+                            "' == 'true' and '",
+                            backend,
+                            "' == 'px4'",
+                        ]
+                    )
+                ),
+            ),
+            Node(
+                package="isr_sim_bridge",
+                executable="sim_bridge_node",
+                name="sim_bridge",
+                output="screen",
+                parameters=[{"num_drones": 1}],
+                condition=IfCondition(LaunchConfiguration("camera")),
+            ),
+            OpaqueFunction(function=_record),
+        ]
+    )

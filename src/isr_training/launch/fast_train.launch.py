@@ -1,0 +1,72 @@
+"""Fast-mode training: ``ros2 launch isr_training fast_train.launch.py``.
+
+Arguments: ``num_drones`` (drones per world, 0 = the config's), ``config`` (training config
+YAML, "" = none), ``preset`` (quick | standard), ``record`` (true: ``ros2 bag record -s mcap`` of
+the progress topic into ``bags/fast_train``).
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, ExecuteProcess
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+PROGRESS_TOPIC = "/isr/training_progress"
+
+
+def generate_launch_description():
+    """The launch description (see the module docstring)."""
+    params = os.path.join(get_package_share_directory("isr_training"), "config", "trainer.yaml")
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "num_drones", default_value="0", description="drones per world (0 = the config's)"
+            ),
+            DeclareLaunchArgument(
+                "config",
+                default_value="",
+                description="training config YAML (as isr train --config)",
+            ),
+            DeclareLaunchArgument(
+                "preset", default_value="quick", description="training preset: quick or standard"
+            ),
+            DeclareLaunchArgument(
+                "record",
+                default_value="false",
+                description="record the progress topic with ros2 bag (mcap)",
+            ),
+            Node(
+                package="isr_training",
+                executable="trainer_node",
+                name="trainer",
+                output="screen",
+                parameters=[
+                    params,
+                    {
+                        "num_drones": LaunchConfiguration("num_drones"),
+                        "config": LaunchConfiguration("config"),
+                        "preset": LaunchConfiguration("preset"),
+                        "progress_topic": PROGRESS_TOPIC,
+                    },
+                ],
+            ),
+            ExecuteProcess(
+                cmd=[
+                    "ros2",
+                    "bag",
+                    "record",
+                    "-s",
+                    "mcap",
+                    "-o",
+                    "bags/fast_train",
+                    PROGRESS_TOPIC,
+                ],
+                output="screen",
+                condition=IfCondition(LaunchConfiguration("record")),
+            ),
+        ]
+    )
