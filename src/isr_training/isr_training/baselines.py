@@ -114,10 +114,11 @@ class ScriptedExpert:
         p_count = self.waypoints.shape[1]
         dist = ((pos[..., None, :2] - self.waypoints[:, None]) ** 2).sum(-1)  # (W, D, P)
         n = self.env.drones_per_world
-        ar = torch.arange(p_count, device=pos.device)
-        part = ar * n // p_count  # (P,) part of each waypoint
-        first = torch.stack([ar[part == d].min() for d in range(n)]).to(pos.device)  # (D,)
-        last = torch.stack([ar[part == d].max() for d in range(n)]).to(pos.device)
+        # Part d holds the waypoints a with d <= a * D / P < d + 1; with more drones than
+        # waypoints (D > P) several drones share one waypoint (they fly at different altitudes).
+        d = torch.arange(n, device=pos.device)
+        first = ((d * p_count + n - 1) // n).clamp(max=p_count - 1)  # (D,)
+        last = torch.maximum(first, ((d + 1) * p_count + n - 1) // n - 1)
         d_first = torch.gather(dist, 2, first.expand(*dist.shape[:2]).unsqueeze(-1)).squeeze(-1)
         d_last = torch.gather(dist, 2, last.expand(*dist.shape[:2]).unsqueeze(-1)).squeeze(-1)
         forward = d_first <= d_last
