@@ -1,7 +1,7 @@
-"""``isr demo``: the main job on the embedded default (``make demo``).
+"""``isr demo``: the one-minute tour of the building blocks (``make showcase``).
 
-Until the full train -> evaluate -> video -> report pipeline exists, the demo shows what the
-workspace does today, in about a minute on 2 CPU cores: it flies the same velocity-step sequence
+The main job is the full pipeline (``isr pipeline``, ``make demo``). This tour shows the building
+blocks in about a minute on 2 CPU cores: it flies the same velocity-step sequence
 with both vehicle models (direct dynamics and the full-fidelity quadrotor with its PX4-like
 controller), renders 16 drone views of a procedural world with ground-truth boxes, runs the
 scripted expert and the random policy on the ISR task, and runs the dynamics benchmark briefly.

@@ -20,7 +20,7 @@ parity     eval        direct (reference) vs embedded (candidate) for the traine
                        the two recorded evaluations, as ``isr parity`` does (return ratio,
                        metric deltas, open-loop replay RMSE, checks): ``parity/parity.json``,
                        ``parity/replay.npz``, bags ``bags/parity_direct``,
-                       ``bags/parity_embedded``
+                       ``bags/parity_embedded`` (the first 4 episodes of each run)
 record     train       rosbag2 (MCAP) recordings with camera images, detections, odometry,
                        actions and metrics (:mod:`isr_px4_eval.recording`): one evaluation
                        episode of the trained policy on the embedded backend
@@ -93,6 +93,9 @@ VIDEOS: tuple[tuple[str, str, str, str | None], ...] = (
     ("side_by_side", "side-by-side", "parity_direct", "parity_embedded"),
 )
 """Videos: (file stem, ``isr video`` mode, bag, second bag) under ``bags/`` and ``videos/``."""
+
+PARITY_BAG_EPISODES = 4
+"""Episodes of each parity run converted to a bag (the npz recordings keep all of them)."""
 
 KEY_METRICS: tuple[str, ...] = (
     "return_mean",
@@ -573,8 +576,10 @@ def stage_parity(run: PipelineRun) -> dict[str, Any]:
         bag = run.bags_dir / f"parity_{res['backend']}"
         if bag.exists():
             shutil.rmtree(bag)
+        first = run.parity_dir / f"{role}_{res['backend']}_first{PARITY_BAG_EPISODES}.npz"
+        _first_episodes(res["_npz"], first, PARITY_BAG_EPISODES)
         npz_to_bag(
-            res["_npz"],
+            first,
             bag,
             test_name=f"parity {role}: {res['backend']} ({run.root.name})",
             phase="2",
@@ -595,6 +600,19 @@ def stage_parity(run: PipelineRun) -> dict[str, Any]:
     write_json(report, run.parity_dir / "parity.json")
     run.log.info("\n%s", format_parity(report))
     return {"passed": report["passed"], "return_ratio": report["return_ratio"]}
+
+
+def _first_episodes(src: Path, dst: Path, count: int) -> Path:
+    """Copy of an evaluation recording (``.npz``) with its first ``count`` episodes only."""
+    with np.load(src, allow_pickle=False) as z:
+        e = len(z["length"])
+        per_episode = {k for k in z.files if k not in ("control_dt_s", "image_size", "meta_json")}
+        arrays = {
+            k: z[k][:count] if k in per_episode and z[k].ndim and z[k].shape[0] == e else z[k]
+            for k in z.files
+        }
+    np.savez_compressed(dst, **arrays)
+    return dst
 
 
 def _record(run: PipelineRun, env: Any, steps: int, path: Path, test_name: str, phase: str) -> Path:
