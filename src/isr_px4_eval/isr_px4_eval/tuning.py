@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,37 +118,16 @@ class FitParams:
     def from_config(cls, cfg: DirectDynamicsConfig, control_dt_s: float) -> FitParams:
         """The parameters of a config whose ``delay_steps`` count ``control_dt_s`` steps."""
         cfg = cfg.resolved()
-        return cls(
-            tau_horizontal_s=cfg.tau_horizontal_s,
-            tau_vertical_s=cfg.tau_vertical_s,
-            tau_yaw_s=cfg.tau_yaw_s,
-            slow_fraction_horizontal=cfg.slow_fraction_horizontal,
-            tau_slow_horizontal_s=cfg.tau_slow_horizontal_s,
-            slow_fraction_vertical=cfg.slow_fraction_vertical,
-            tau_slow_vertical_s=cfg.tau_slow_vertical_s,
-            vertical_coupling=cfg.vertical_coupling,
-            max_horizontal_accel_m_s2=cfg.max_horizontal_accel_m_s2,
-            delay_s=cfg.delay_steps * control_dt_s,
-        )
+        values = {name: getattr(cfg, name) for name in FIT_PARAM_NAMES}
+        return cls(**values, delay_s=cfg.delay_steps * control_dt_s)
 
     def to_config(
         self, base: DirectDynamicsConfig | None, control_dt_s: float
     ) -> DirectDynamicsConfig:
         """``base`` (defaults when None) with these parameters; delay rounded to control steps."""
         base = (base or DirectDynamicsConfig()).resolved()
-        cfg = replace(
-            base,
-            tau_horizontal_s=round(self.tau_horizontal_s, 4),
-            tau_vertical_s=round(self.tau_vertical_s, 4),
-            tau_yaw_s=round(self.tau_yaw_s, 4),
-            slow_fraction_horizontal=round(self.slow_fraction_horizontal, 4),
-            tau_slow_horizontal_s=round(self.tau_slow_horizontal_s, 4),
-            slow_fraction_vertical=round(self.slow_fraction_vertical, 4),
-            tau_slow_vertical_s=round(self.tau_slow_vertical_s, 4),
-            vertical_coupling=round(self.vertical_coupling, 4),
-            max_horizontal_accel_m_s2=round(self.max_horizontal_accel_m_s2, 4),
-            delay_steps=int(round(self.delay_s / control_dt_s)),
-        )
+        values = {name: round(getattr(self, name), 4) for name in FIT_PARAM_NAMES}
+        cfg = replace(base, **values, delay_steps=int(round(self.delay_s / control_dt_s)))
         cfg.validate()
         return cfg
 
@@ -192,6 +171,10 @@ class FitParams:
     def rounded(self) -> dict[str, float]:
         """Plain dict, values rounded for reports."""
         return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+FIT_PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FitParams) if f.name != "delay_s")
+"""The fitted parameters other than the delay; each is also a DirectDynamicsConfig field."""
 
 
 # ---------------------------------------------------------------------------------- config
@@ -439,17 +422,7 @@ class Candidates:
     ) -> Candidates:
         """Candidates from :class:`FitParams` (delay rounded to grid steps ``dt_s``)."""
         kw: dict[str, Tensor] = {}
-        for name in (
-            "tau_horizontal_s",
-            "tau_vertical_s",
-            "tau_yaw_s",
-            "slow_fraction_horizontal",
-            "tau_slow_horizontal_s",
-            "slow_fraction_vertical",
-            "tau_slow_vertical_s",
-            "vertical_coupling",
-            "max_horizontal_accel_m_s2",
-        ):
+        for name in FIT_PARAM_NAMES:
             kw[name] = torch.tensor([getattr(p, name) for p in params], device=device)
         kw["delay_steps"] = torch.tensor(
             [int(round(p.delay_s / dt_s)) for p in params], dtype=torch.long, device=device
@@ -458,20 +431,7 @@ class Candidates:
 
     def params(self, i: int, dt_s: float) -> FitParams:
         """Candidate ``i`` as :class:`FitParams`."""
-        kw = {
-            name: float(getattr(self, name)[i])
-            for name in (
-                "tau_horizontal_s",
-                "tau_vertical_s",
-                "tau_yaw_s",
-                "slow_fraction_horizontal",
-                "tau_slow_horizontal_s",
-                "slow_fraction_vertical",
-                "tau_slow_vertical_s",
-                "vertical_coupling",
-                "max_horizontal_accel_m_s2",
-            )
-        }
+        kw = {name: float(getattr(self, name)[i]) for name in FIT_PARAM_NAMES}
         return FitParams(**kw, delay_s=int(self.delay_steps[i]) * dt_s)
 
     def direct_params(self, num_windows: int) -> DirectParams:
