@@ -64,6 +64,9 @@ key                        shape / dtype    meaning
 ``target_valid``           (E, K) bool      slot holds a target (worlds are padded)
 ``control_dt_s``           () float         control period
 ``image_size``             (2,) int64       camera width, height (pixels of the boxes)
+``camera_fov_pitch_deg``   (3,) float       horizontal FOV, vertical FOV, mount pitch down
+``coverage_range_m``       () float         ground farther than this does not count as seen
+``area_xywh_m``            (4,) float       x_min, y_min, size_x, size_y of the area (ENU)
 ``meta_json``              () str           backend, policy, settings (JSON)
 =========================  ===============  ================================================
 """
@@ -682,6 +685,13 @@ class _Recorder:
         arrays["target_valid"] = env.world.target_valid.cpu().numpy()[w_idx]
         arrays["control_dt_s"] = np.array(dt)
         arrays["image_size"] = np.array(env.perception.image_size, dtype=np.int64)
+        per = env.perception
+        arrays["camera_fov_pitch_deg"] = np.array(
+            [per.hfov_deg, per.vfov_deg, per.pitch_down_deg], dtype=np.float64
+        )
+        arrays["coverage_range_m"] = np.array(float(env._max_range_m))
+        w = env.world
+        arrays["area_xywh_m"] = np.array([w.x_min_m, w.y_min_m, w.size_x_m, w.size_y_m])
         return arrays
 
 

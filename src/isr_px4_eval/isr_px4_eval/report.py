@@ -7,10 +7,12 @@ writes), a parity report (JSON with ``checks`` and ``return_ratio``), bags (dire
 ``metadata.yaml`` or ``*.mcap``) and videos (``*.mp4``) anywhere under the directory.
 
 Sections: stages, learning curves, per-term rewards, evaluation metrics with the random and
-scripted-expert baselines, parity, trajectory map, coverage heatmap (time spent per 5 m cell of
-the recorded trajectories), videos. Plots are PNGs embedded as base64. Videos are embedded as
-base64 ``data:video/mp4`` when they total at most ``embed_video_mb`` (default 25 MiB), else
-linked by a path relative to the HTML file. A missing stage is named in the report's
+scripted-expert baselines, parity, trajectory map, coverage heatmap (the fraction of recorded
+episodes whose camera footprint covered each 2.5 m cell, computed from the recorded poses with the
+task's own footprint geometry; from a bag, which holds no camera geometry, the time spent per 5 m
+cell), videos. Plots are PNGs embedded as base64. Videos are embedded as base64
+``data:video/mp4`` when they total at most ``embed_video_mb`` (default 25 MiB), else linked by a
+path relative to the HTML file. A missing stage is named in the report's
 "Missing" list and its sections say so; the rest renders.
 """
 
@@ -313,6 +315,21 @@ class Report:
         ax.set_ylabel("north m")
         ax.set_title(f"trajectories ({len(trajs)}) from {src}", fontsize=9)
         self.add("Trajectory map", _png(fig))
+        fp = self._footprint_coverage()
+        if fp is not None:
+            frac, extent, n_ep, src = fp
+            fig, ax = _figure(5.5, 5.0)
+            im = ax.imshow(frac, origin="lower", extent=extent, cmap="magma", vmin=0.0, vmax=1.0)
+            fig.colorbar(im, ax=ax, label="fraction of episodes")
+            ax.set_xlabel("east m")
+            ax.set_ylabel("north m")
+            ax.set_title(
+                f"coverage heatmap: camera footprint, {n_ep} episodes of {src}\n"
+                f"mean cell coverage {frac.mean():.1%}",
+                fontsize=9,
+            )
+            self.add("Coverage heatmap", _png(fig))
+            return
         allp = np.concatenate([t for t in trajs if len(t)]) if trajs else np.zeros((0, 2))
         fig, ax = _figure(5.5, 5.0)
         if len(allp):
@@ -323,8 +340,58 @@ class Report:
             )
             im = ax.imshow(h.T, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), cmap="magma")
             fig.colorbar(im, ax=ax, label="steps in cell")
-        ax.set_title("coverage heatmap: time spent per 5 m cell", fontsize=9)
+        ax.set_title(
+            "coverage heatmap: time spent per 5 m cell\n(no recording with camera geometry found)",
+            fontsize=9,
+        )
         self.add("Coverage heatmap", _png(fig))
+
+    def _footprint_coverage(
+        self, cell_m: float = 2.5
+    ) -> tuple[np.ndarray, tuple[float, float, float, float], int, str] | None:
+        """Per-cell fraction of episodes whose camera footprint covered the cell (eval npz)."""
+        import torch
+
+        from isr_training.task.coverage import (
+            camera_corner_rays_body,
+            cell_centres,
+            cells_in_footprint,
+            footprint_corners,
+        )
+
+        files = sorted(self.exp.rglob("*.npz"), key=lambda p: (p.stem != "embedded", str(p)))
+        for p in files:
+            try:
+                z = np.load(p, allow_pickle=False)
+                fov = z["camera_fov_pitch_deg"]
+                rng = float(z["coverage_range_m"])
+                x0, y0, sx, sy = (float(v) for v in z["area_xywh_m"])
+                pos_all, quat_all, length = z["pos_enu_m"], z["quat_wxyz"], z["length"]
+            except (KeyError, OSError, ValueError):
+                continue
+            g = max(2, int(round(max(sx, sy) / cell_m)))
+            centres = cell_centres(x0, y0, sx, sy, g, "cpu")
+            rays = camera_corner_rays_body(float(fov[0]), float(fov[1]), float(fov[2]))
+            seen_sum = torch.zeros(g * g)
+            n_ep = 0
+            for e in range(len(length)):
+                n = int(length[e])
+                if n == 0:
+                    continue
+                pos = torch.from_numpy(pos_all[e, :n]).float()[None]
+                quat = torch.from_numpy(quat_all[e, :n]).float()[None]
+                corners = footprint_corners(pos, quat, rays, rng)
+                seen = torch.zeros(g * g, dtype=torch.bool)
+                for s in range(0, n, 128):  # chunks bound the (steps x cells) memory
+                    sl = slice(s, s + 128)
+                    seen |= cells_in_footprint(corners[:, sl], pos[:, sl], centres, rng)[0].any(0)
+                seen_sum += seen.float()
+                n_ep += 1
+            if n_ep == 0:
+                continue
+            frac = (seen_sum / n_ep).reshape(g, g).numpy()
+            return frac, (x0, x0 + sx, y0, y0 + sy), n_ep, str(p.relative_to(self.exp))
+        return None
 
     def videos(self) -> None:
         """Embedded (or linked) mp4 files."""

@@ -110,6 +110,37 @@ def test_decoded_values_equal(tiny_run):
     assert rosmsg.camera_info_to_numpy(info)["hfov_deg"] == pytest.approx(70.0)
 
 
+def test_foxglove_mcap_reader_decodes_every_message(tiny_run):
+    """Foxglove's own MCAP reader and ROS 2 decoder (mcap, mcap-ros2-support): not rosbags."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    env, path, log = tiny_run
+    (mcap_file,) = path.glob("*.mcap")
+    with open(mcap_file, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        summary = reader.get_summary()
+        assert {s.encoding for s in summary.schemas.values()} == {"ros2msg"}
+        assert {c.message_encoding for c in summary.channels.values()} == {"cdr"}
+        types = Counter()
+        odom3 = []
+        for schema, channel, _, msg in reader.iter_decoded_messages():
+            types[schema.name] += 1
+            if channel.topic == "/drone_3/odom":
+                p = msg.pose.pose.position
+                odom3.append((p.x, p.y, p.z))
+    assert (
+        sum(types.values())
+        == summary.statistics.message_count
+        == len(list(BagSource(path).messages()))
+    )
+    for name in (T_IMAGE, T_DET, T_ODOM, "sensor_msgs/msg/CameraInfo", "std_msgs/msg/Bool"):
+        assert types[name] > 0, name
+    np.testing.assert_allclose(
+        np.array(odom3[1:]), np.array(log["pos"])[:, 3], rtol=1e-6, atol=1e-5
+    )
+
+
 def test_cut_short_bag_reads_what_was_flushed(tiny_run, tmp_path):
     _, path, _ = tiny_run
     # 1) writer never closed (process killed): no metadata.yaml, no MCAP summary

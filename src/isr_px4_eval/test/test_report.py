@@ -80,3 +80,34 @@ def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 0
     page = (tmp_path / "empty" / "report.html").read_text()
     assert "no stages/data.done" in page and "evaluation results" in page
+
+
+def test_coverage_heatmap_is_the_camera_footprint(tmp_path):
+    """Two hovering drones looking straight down with a 90 deg FOV at 20 m see 40 m squares."""
+    from isr_px4_eval.report import Report
+
+    exp = tmp_path / "exp"
+    (exp / "eval").mkdir(parents=True)
+    pos = np.zeros((2, 10, 3))
+    pos[0, :] = (0.0, 0.0, 20.0)
+    pos[1, :5] = (50.0, 50.0, 20.0)
+    quat = np.zeros((2, 10, 4))
+    quat[..., 0] = 1.0
+    np.savez(
+        exp / "eval" / "embedded.npz",
+        pos_enu_m=pos,
+        quat_wxyz=quat,
+        length=np.array([10, 5]),
+        camera_fov_pitch_deg=np.array([90.0, 90.0, 90.0]),
+        coverage_range_m=np.array(80.0),
+        area_xywh_m=np.array([-100.0, -100.0, 200.0, 200.0]),
+    )
+    rep = Report(exp, tmp_path / "r.html", 25.0)
+    frac, extent, n_ep, src = rep._footprint_coverage(cell_m=2.5)
+    assert n_ep == 2 and src == "eval/embedded.npz" and extent == (-100.0, 100.0, -100.0, 100.0)
+    assert frac.shape == (80, 80)
+    # cell centres at +-1.25 ... +-18.75 m lie inside the +-20 m square: 16 x 16 cells each
+    assert np.count_nonzero(frac == 0.5) == 2 * 16 * 16 and np.count_nonzero(frac) == 2 * 256
+    assert frac[40, 40] == 0.5 and frac[60, 60] == 0.5 and frac[40, 60] == 0.0  # (row=y, col=x)
+    rep.trajectories()
+    assert any(t == "Coverage heatmap" for t, _ in rep.sections)
