@@ -94,6 +94,11 @@ class DirectDynamicsConfig:
     """Derive roll/pitch from the acceleration (a multicopter's thrust direction); off = level."""
     max_tilt_deg: float = 45.0
     """Limit of the derived tilt (PX4 ``MPC_TILTMAX_AIR``)."""
+    tilt_drag_1_s: float = 0.0
+    """Linear drag over mass, 1/s, in the derived tilt: the thrust also balances the drag, so a
+    multicopter flying level at speed ``v`` leans ``atan(c v / g)`` (PX4 SIH: ``SIH_KDV /
+    SIH_MASS`` = 1/s, i.e. 45 deg at 10 m/s). Changes only the attitude (camera), not the
+    velocity response. ``isr tune-dynamics`` fits it where the flight has attitude."""
 
     def validate(self) -> None:
         """Check ranges; raises :class:`ConfigError` naming the field."""
@@ -125,6 +130,8 @@ class DirectDynamicsConfig:
         for name in ("vel_noise_m_s_per_sqrt_s", "pos_noise_m_per_sqrt_s"):
             v = getattr(self, name)
             check(math.isfinite(v) and v >= 0, name, f"must be >= 0, got {v}")
+        v = self.tilt_drag_1_s
+        check(math.isfinite(v) and 0 <= v <= 10, "tilt_drag_1_s", f"must be in [0, 10], got {v}")
         check(
             0 < self.max_tilt_deg < 90,
             "max_tilt_deg",
@@ -222,6 +229,7 @@ def direct_step(
     has_accel_limit: bool,
     tilt: bool,
     tan_max_tilt: float,
+    tilt_drag: float = 0.0,
 ) -> tuple[Tensor, ...]:
     """One control step of the direct dynamics for all drones (pure; returns new tensors).
 
@@ -298,10 +306,13 @@ def direct_step(
     half = 0.5 * yaw
     cos_h, sin_h = torch.cos(half), torch.sin(half)
     if tilt:
-        # Body z along the thrust direction n = accel + g (tilt-limited). The attitude is
-        # q_tilt (x) q_yaw, q_tilt the shortest rotation taking world z onto n:
+        # Body z along the thrust direction n = accel + g + (drag / mass) v (tilt-limited): the
+        # thrust accelerates the vehicle, holds it up and balances the linear drag. The attitude
+        # is q_tilt (x) q_yaw, q_tilt the shortest rotation taking world z onto n:
         # q_tilt = (1 + n_z, -n_y, n_x, 0) / sqrt(2 (1 + n_z)) for a unit n.
         accel = (vel - vel_old) * (1.0 / dt)
+        if tilt_drag:
+            accel = accel + vel * tilt_drag
         nz = torch.clamp(accel[..., 2] + GRAVITY_M_S2, min=0.1 * GRAVITY_M_S2)
         nx, ny = accel[..., 0], accel[..., 1]
         scale = torch.clamp(tan_max_tilt * nz * torch.rsqrt(nx * nx + ny * ny + 1e-12), max=1.0)
@@ -411,6 +422,7 @@ class DirectDynamics(VehicleModel):
             has_accel_limit=bool((p.max_horizontal_accel_m_s2 > 0).any()),
             tilt=self.config.tilt_from_acceleration,
             tan_max_tilt=self._tan_max_tilt,
+            tilt_drag=float(self.config.tilt_drag_1_s),
         )
         self._step_fn = torch.compile(step_fn, dynamic=False) if self._compile else step_fn
         self._vel_noise_std = (p.vel_noise_m_s_per_sqrt_s * math.sqrt(dt)).unsqueeze(-1)

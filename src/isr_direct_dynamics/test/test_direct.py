@@ -273,6 +273,23 @@ def test_tilt_follows_acceleration(device):
     assert tilt_angle(state.quat_wxyz).max().item() < 1e-3  # steady speed: level again
 
 
+def test_tilt_balances_drag_at_steady_speed(device):
+    """With drag/mass c, steady level flight at v leans atan(c v / g), nose into the motion."""
+    cfg = DirectDynamicsConfig(tilt_drag_1_s=0.5)
+    model = DirectDynamics(1, 1, 0.05, device, config=cfg)
+    airborne(model)
+    for _ in range(400):
+        state = model.step(const_action(model, [0.4, 0.0, 0.0, 0.0]))  # 4 m/s east
+    v = state.vel_enu_m_s[0, 0, 0].item()
+    assert v == pytest.approx(4.0, rel=1e-3)
+    expected = math.atan(0.5 * v / 9.80665)
+    assert tilt_angle(state.quat_wxyz).item() == pytest.approx(expected, abs=1e-3)
+    body_z = quat_rotate(state.quat_wxyz, torch.tensor([0.0, 0.0, 1.0], device=device))
+    assert body_z[0, 0, 0].item() > 0.1  # leaning east: thrust pushes against the drag
+    with pytest.raises(ConfigError, match="tilt_drag_1_s"):
+        DirectDynamicsConfig(tilt_drag_1_s=-1.0).validate()
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -113,6 +114,51 @@ def run_parity(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def run_rehearse(args: argparse.Namespace) -> int:
+    """``isr px4-rehearse``: the px4 backend's whole path against the PX4 emulator, no ROS."""
+    from .loopback import run_loopback
+    from .offboard import OffboardClient, OffboardClientConfig, Phase
+    from .px4_convert import RosbagsTypes
+    from .px4_emulator import Px4Emulator, Px4EmulatorConfig
+    from .px4_pilot import make_fly_policy, pilot_episode_fields
+
+    torch.set_num_threads(max(1, args.threads))
+    fly, pilot = make_fly_policy(
+        args.policy, args.world_seed, args.seed, args.device, args.episode_seconds
+    )
+    cfg = OffboardClientConfig(takeoff_altitude_m=args.takeoff_altitude)
+    types = RosbagsTypes()  # every message goes through px4_msgs CDR, as over uXRCE-DDS
+    t0 = time.perf_counter()
+    r = run_loopback(
+        OffboardClient(fly, cfg), Px4Emulator(types, Px4EmulatorConfig()), types,
+        max_s=args.max_seconds, step_s=0.02,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    c = r.client
+    print("phases: " + " -> ".join(f"{e.phase.value}@{e.t_us * 1e-6:.1f}s" for e in c.events))
+    result: dict = {
+        "policy": args.policy,
+        "world_seed": args.world_seed,
+        "phase": c.phase.value,
+        "failure_reason": c.failure_reason,
+        "wall_s": round(wall, 2),
+        "messages": dict(r.sent_counts),
+        "bytes_on_wire": r.bytes_on_wire,
+    }
+    if pilot is not None:
+        ep = pilot_episode_fields(pilot, args.world_seed)
+        result["episode"] = ep
+        result["trajectory"] = pilot.trace
+        for k, v in ep.items():
+            print(f"  {k:28s} {v}")
+        if not ep:
+            print("  the episode did not finish within --max-seconds")
+    print(f"{c.phase.value} in {wall:.1f} s wall")
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0 if c.phase == Phase.DONE and (pilot is None or pilot.episode is not None) else 1
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, help="policy file or experiment directory")
     p.add_argument(
@@ -163,6 +209,27 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     q.add_argument("--candidate", default="embedded", choices=BACKENDS)
     q.add_argument("--tolerances", help="ParityTolerances YAML (default: package parity.yaml)")
     q.set_defaults(func=run_parity)
+
+    r = sub.add_parser(
+        "px4-rehearse",
+        help="fly a policy through the PX4 offboard client against the PX4 emulator (no ROS)",
+        description=(
+            "The px4 backend's path without ROS or PX4: the offboard state machine (heartbeat, "
+            "OFFBOARD, arm, takeoff, FLY, land) talks px4_msgs (CDR-serialized) to the PX4 "
+            "emulator flying the embedded quadrotor; during FLY the policy runs the ISR task on "
+            "the emulator's odometry (PolicyPilot). Exit 0 when it landed after a full episode."
+        ),
+    )
+    r.add_argument("--policy", required=True, help="policy file, experiment dir, hover or box")
+    r.add_argument("--world-seed", type=int, default=100000)
+    r.add_argument("--seed", type=int, default=0, help="spawn seed")
+    r.add_argument("--episode-seconds", type=float, default=None, help="default: task's")
+    r.add_argument("--takeoff-altitude", type=float, default=20.0, help="m (default 20)")
+    r.add_argument("--max-seconds", type=float, default=240.0, help="simulated time cap")
+    r.add_argument("--json", help="write episode metrics, trajectory and message counts here")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--threads", type=int, default=1)
+    r.set_defaults(func=run_rehearse)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,10 @@
   uXRCE-DDS topics (names from ``px4_release`` + ``namespace``, PX4's QoS). The same topics are
   served by ``px4_emulator_node`` for a rehearsal without PX4. Callbacks only queue messages; a
   timer at ``tick_period_s`` decodes them, ticks the client and publishes what it returns. The
-  FLY phase runs a scripted pattern (``policy: hover | box``): flying a trained ISR policy with
-  PX4's state in the loop (an ISR observation built from PX4 odometry) is not implemented yet.
+  FLY phase flies ``policy``: a trained policy file (run by
+  :class:`~isr_px4_eval.px4_pilot.PolicyPilot`: the ISR task on world ``seeds``' first seed, its
+  observation built from PX4's odometry, the task's safety filter on every command, the episode
+  scored on where PX4 flew) or a scripted pattern (``hover`` | ``box``) to check the link.
 - ``embedded``: :func:`isr_px4_eval.evaluation.evaluate_policy` flies the trained ``policy``
   file on the embedded full-fidelity model (quadrotor + PX4-like cascade) on ``seeds``.
 
@@ -34,7 +36,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "namespace": "",
     "tick_period_s": 0.05,
     "takeoff_altitude_m": 10.0,
-    "fly_duration_s": 60.0,
+    "fly_duration_s": 150.0,
     "link_timeout_s": 0.5,
     "on_link_loss": "land",
     "seeds": "0",
@@ -87,15 +89,16 @@ def make_node_class() -> type:
 
     from isr_sim_bridge.rosmsg import RclpyFactory, episode_metrics_msg, odometry_msg
 
+    from .evaluation import parse_seeds
     from .offboard import (
         OffboardClient,
         OffboardClientConfig,
         decode_inbox,
         encode_outbox,
-        scripted_policy,
     )
     from .px4_convert import RclpyTypes
     from .px4_emulator_node import MSG_CLASSES
+    from .px4_pilot import make_fly_policy, pilot_episode_fields
     from .px4_topics import PX4_IN_QOS, PX4_OUT_QOS, px4_topic_names, rclpy_qos_profile
 
     class Px4EvalNode(Node):
@@ -127,8 +130,10 @@ def make_node_class() -> type:
         def _setup_px4(self) -> None:
             p = self.p
             self.types = RclpyTypes()
+            self.world_seed = parse_seeds(str(p["seeds"]))[0]
+            fly, self.pilot = make_fly_policy(p["policy"], self.world_seed, 0, p["device"])
             self.client = OffboardClient(
-                scripted_policy(p["policy"]),
+                fly,
                 OffboardClientConfig(
                     tick_period_s=float(p["tick_period_s"]),
                     takeoff_altitude_m=float(p["takeoff_altitude_m"]),
@@ -181,12 +186,17 @@ def make_node_class() -> type:
                 self.done = True
                 reason = self.client.failure_reason or "ok"
                 self.get_logger().info(f"episode {self.client.phase.value}: {reason}")
-                self.publish_metrics([px4_episode_fields(self.client)])
+                fields = px4_episode_fields(self.client)
+                if self.pilot is not None:
+                    fields.update(pilot_episode_fields(self.pilot, self.world_seed))
+                self.publish_metrics([fields])
                 self.write_result(
                     {
                         "backend": "px4",
                         "phase": self.client.phase.value,
                         "failure_reason": self.client.failure_reason,
+                        "episode": None if self.pilot is None else self.pilot.episode,
+                        "trajectory": None if self.pilot is None else self.pilot.trace,
                         "events": [
                             {"t_us": e.t_us, "phase": e.phase.value, "note": e.note}
                             for e in self.client.events

@@ -161,9 +161,14 @@ class FlightLog:
     """Assumptions made while reading (e.g. no vehicle_status recorded)."""
     min_segment_s: float = 0.0
     """Shortest valid run kept in :attr:`segments`, seconds."""
+    thrust_dir_enu: np.ndarray | None = None  # (N, 3)
+    """Unit thrust direction (body up axis) in world ENU where the source has the attitude
+    (odometry quaternion, the embedded model); None otherwise."""
 
     def __post_init__(self) -> None:
         n = len(self.time_s)
+        if self.thrust_dir_enu is not None and self.thrust_dir_enu.shape != (n, 3):
+            raise FlightLogError(f"FlightLog.thrust_dir_enu must have shape ({n}, 3)")
         for name in ("vel_enu_m_s", "pos_enu_m", "cmd_vel_enu_m_s"):
             if getattr(self, name).shape != (n, 3):
                 raise FlightLogError(f"FlightLog.{name} must have shape ({n}, 3)")
@@ -262,6 +267,7 @@ class _Streams:
     vel_ned_m_s: np.ndarray  # (M, 3)
     heading_ned_rad: np.ndarray  # (M,)
     yawspeed_ned_rad_s: np.ndarray | None  # (M,) Euler yaw rate when the source has body rates
+    thrust_dir_ned: np.ndarray | None = field(default=None, kw_only=True)  # (M, 3) body -z, NED
     sp_t_s: np.ndarray  # (K,)
     sp_vel_ned_m_s: np.ndarray  # (K, 3)
     sp_yawspeed_ned_rad_s: np.ndarray  # (K,)
@@ -352,6 +358,12 @@ def _build(streams: _Streams, cfg: FlightLogConfig) -> FlightLog:
         yawspeed_grid = np.interp(
             grid, st_t, _heading_rate(st_t, heading, cfg.yaw_rate_smoothing_samples)
         )
+    thrust_enu = None
+    if s.thrust_dir_ned is not None:
+        td = s.thrust_dir_ned[order][finite]
+        td = np.column_stack([np.interp(grid, st_t, td[:, i]) for i in range(3)])
+        td /= np.linalg.norm(td, axis=1, keepdims=True).clip(min=1e-9)
+        thrust_enu = ned_to_enu_vector(td)
     hi = np.clip(np.searchsorted(st_t, grid, side="left"), 1, len(st_t) - 1)
     fresh_state = (st_t[hi] - st_t[hi - 1]) <= cfg.max_gap_s
 
@@ -410,6 +422,7 @@ def _build(streams: _Streams, cfg: FlightLogConfig) -> FlightLog:
         t_ref_abs_s=s.t_offset_s + t_ref,
         notes=notes,
         min_segment_s=cfg.min_segment_s,
+        thrust_dir_enu=thrust_enu,
     )
 
 
@@ -553,10 +566,13 @@ def _read_bag_streams(
         notes.append(
             f"odometry samples with unsupported velocity_frame {sorted(bad_frames)} dropped"
         )
+    thrust_dir = None
     if is_odom:
         q = st[:, 7:11]
         heading = yaw_from_quat_wxyz(q)
         yawspeed = euler_yaw_rate_from_body_rates(q, st[:, 11:14])
+        # body FRD -> NED: the thrust points along body -z
+        thrust_dir = quat_rotate_wxyz(q, np.array([0.0, 0.0, -1.0]))
     else:
         heading = st[:, 7]
         yawspeed = None
@@ -566,6 +582,7 @@ def _read_bag_streams(
         vel_ned_m_s=st[:, 4:7],
         heading_ned_rad=heading,
         yawspeed_ned_rad_s=yawspeed,
+        thrust_dir_ned=thrust_dir,
         sp_t_s=sp[:, 0],
         sp_vel_ned_m_s=sp[:, 1:4],
         sp_yaw_ned_rad=sp[:, 4],
@@ -627,6 +644,7 @@ def read_ulog(
         "vehicle_status",
         "offboard_control_mode",
         "vehicle_land_detected",
+        "vehicle_attitude",
     ]
     try:
         ulog = ULog(str(path), message_name_filter_list=wanted)
@@ -654,6 +672,13 @@ def read_ulog(
         vel[lp["v_z_valid"] == 0, 2] = np.nan
     pos = np.column_stack([lp["x"], lp["y"], lp["z"]]).astype(np.float64)
     heading = np.asarray(lp["heading"], dtype=np.float64)
+    thrust_dir = None
+    if "vehicle_attitude" in data:  # optional: the thrust direction (body -z) for the tilt fit
+        att = data["vehicle_attitude"]
+        q = np.column_stack([att[f"q[{i}]"] for i in range(4)]).astype(np.float64)
+        up = quat_rotate_wxyz(q, np.array([0.0, 0.0, -1.0]))
+        t_att = att["timestamp"] * 1e-6
+        thrust_dir = np.column_stack([np.interp(t_state, t_att, up[:, i]) for i in range(3)])
 
     sp = data[setpoint_topic]
     sp_t = sp["timestamp"] * 1e-6
@@ -689,6 +714,7 @@ def read_ulog(
         vel_ned_m_s=vel,
         heading_ned_rad=heading,
         yawspeed_ned_rad_s=None,
+        thrust_dir_ned=thrust_dir,
         sp_t_s=sp_t[in_offboard],
         sp_vel_ned_m_s=sp_vel[in_offboard],
         sp_yaw_ned_rad=sp_yaw[in_offboard],

@@ -67,6 +67,8 @@ from isr_direct_dynamics import (
     VelocityLimits,
 )
 from isr_direct_dynamics.config import ConfigError, check, to_dict
+from isr_direct_dynamics.direct import GRAVITY_M_S2
+from isr_direct_dynamics.math3d import quat_rotate
 
 from .frames import euler_yaw_rate_from_body_rates
 from .px4_logs import FlightLog, FlightLogError
@@ -741,6 +743,73 @@ class TuningResult:
         }
 
 
+TILT_FIT_MAX_DEG = 40.0
+"""Samples tilted more than this are left out of the tilt fit (PX4 saturates at 45 deg)."""
+
+
+def _tilt_samples(logs: list[FlightLog]) -> tuple[np.ndarray, ...] | None:
+    """Per valid sample with attitude: thrust direction, acceleration and velocity (ENU)."""
+    k_all, a_all, v_all = [], [], []
+    for log in logs:
+        if log.thrust_dir_enu is None:
+            continue
+        acc = np.gradient(log.vel_enu_m_s, log.dt_s, axis=0)
+        ok = log.valid.copy()
+        ok[1:] &= log.valid[:-1]  # both neighbours of the central difference valid
+        ok[:-1] &= log.valid[1:]
+        b = log.thrust_dir_enu
+        ok &= b[:, 2] > math.cos(math.radians(TILT_FIT_MAX_DEG))
+        ok &= np.all(np.isfinite(acc), axis=1) & np.all(np.isfinite(b), axis=1)
+        k_all.append(b[ok])
+        a_all.append(acc[ok])
+        v_all.append(log.vel_enu_m_s[ok])
+    if not k_all or sum(len(k) for k in k_all) < 10:
+        return None
+    return np.concatenate(k_all), np.concatenate(a_all), np.concatenate(v_all)
+
+
+def _tilt_rmse_deg(b: np.ndarray, acc: np.ndarray, vel: np.ndarray, c: float) -> float:
+    """RMS angle between the measured thrust direction and the model's ``a + g + c v``."""
+    n = acc + c * vel
+    n[:, 2] += GRAVITY_M_S2
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    cos = np.clip(np.sum(n * b, axis=1), -1.0, 1.0)
+    return float(np.degrees(np.sqrt(np.mean(np.arccos(cos) ** 2))))
+
+
+def fit_tilt_drag(
+    fit_logs: list[FlightLog], heldout_logs: list[FlightLog]
+) -> dict[str, Any] | None:
+    """Fit the direct model's ``tilt_drag_1_s`` (linear drag / mass) to measured attitude.
+
+    The direct model points the thrust along ``n = a + g z + c v``. With the measured thrust
+    direction ``b`` (body up axis), ``k = b_xy / b_z`` must equal ``n_xy / n_z``, i.e.
+    ``k (a_z + g) - a_xy = c (v_xy - k v_z)``: linear in ``c``, solved by least squares on
+    the fit logs' samples tilted less than :data:`TILT_FIT_MAX_DEG`. Returns None when no log
+    has attitude (``thrust_dir_enu``); else ``c`` and the held-out tilt-direction RMSE (deg)
+    with ``c = 0`` (tilt from acceleration only) and with the fit.
+    """
+    fit = _tilt_samples(fit_logs)
+    if fit is None:
+        return None
+    b, acc, vel = fit
+    k = b[:, :2] / b[:, 2:3]
+    lhs = k * (acc[:, 2:3] + GRAVITY_M_S2) - acc[:, :2]
+    x = vel[:, :2] - k * vel[:, 2:3]
+    c = float(np.clip(np.sum(x * lhs) / max(float(np.sum(x * x)), 1e-9), 0.0, 10.0))
+    held = _tilt_samples(heldout_logs) or fit
+    out = {
+        "tilt_drag_1_s": round(c, 4),
+        "samples_fit": len(b),
+        "samples_heldout": len(held[0]),
+        "heldout_tilt_rmse_deg": {
+            "acceleration_only": round(_tilt_rmse_deg(*held, 0.0), 3),
+            "fitted": round(_tilt_rmse_deg(*held, c), 3),
+        },
+    }
+    return out
+
+
 def tune(
     fit_logs: list[FlightLog],
     heldout_logs: list[FlightLog],
@@ -771,6 +840,9 @@ def tune(
     written = replace(slow.per_delay[written_delay])
     config = written.to_config(base, cfg.control_dt_s)
     written = FitParams.from_config(config, cfg.control_dt_s)  # the rounded values, as written
+    tilt = fit_tilt_drag(fit_logs, heldout_logs)
+    if tilt is not None:
+        config = replace(config, tilt_drag_1_s=tilt["tilt_drag_1_s"])
 
     variants = {
         "untuned": untuned,
@@ -804,6 +876,8 @@ def tune(
             "slow_pole": round(slow.seconds, 2),
         },
         "candidate_rollouts": first.candidate_evaluations + slow.candidate_evaluations,
+        "tilt": tilt
+        or "not fitted: the flight has no attitude (odometry quaternion); tilt_drag_1_s kept",
         "fit_mse_per_delay_s": {
             f"{d * dt:.2f}": [round(v, 5) for v in m] for d, m in slow.per_delay_mse.items()
         },
@@ -952,9 +1026,12 @@ def fly_embedded(
     vel = np.zeros((n, steps + 1, 3))
     yaw = np.zeros((n, steps + 1))
     yaw_rate = np.zeros((n, steps + 1))
+    thrust = np.zeros((n, steps + 1, 3))
+    up = torch.tensor([0.0, 0.0, 1.0], device=model.device)
 
     def record(k: int) -> None:
         vel[:, k] = state.vel_enu_m_s[0].cpu().numpy()
+        thrust[:, k] = quat_rotate(state.quat_wxyz[0], up).cpu().numpy()
         yaw[:, k] = state.yaw_rad[0].cpu().numpy()
         yaw_rate[:, k] = (
             euler_yaw_rate_from_body_rates(state.quat_wxyz[0], state.body_rates_flu_rad_s[0])
@@ -987,6 +1064,7 @@ def fly_embedded(
                 source=f"embedded quadrotor, sequence {i} (seed {cfg.seed})",
                 time_base="simulation time, s",
                 time_reference="start of the sequence",
+                thrust_dir_enu=thrust[i],
             )
         )
     return logs

@@ -3,8 +3,9 @@
 Arguments:
 - ``backend``: ``px4`` (the offboard client over uXRCE-DDS, PX4 SITL or hardware) or
   ``embedded`` (the trained policy on the embedded quadrotor + PX4-like cascade).
-- ``policy``: px4 backend: scripted pattern ``hover`` | ``box``; embedded: policy file or
-  experiment directory.
+- ``policy``: the trained policy file or experiment directory (px4 backend: flown through the
+  offboard client by ``PolicyPilot``, the ISR task run on PX4's odometry; also ``hover`` |
+  ``box``, scripted patterns to check the link).
 - ``px4_release``: topic-name preset (1.15, 1.16, 1.17, 1.18, main).
 - ``namespace``: PX4 vehicle namespace (``px4_1`` -> ``/px4_1/fmu/...``), "" for none.
 - ``emulator``: true starts ``px4_emulator_node`` (rehearsal without PX4; px4 backend only).
@@ -78,7 +79,9 @@ def generate_launch_description():
                 description="px4 (offboard over uXRCE-DDS) or embedded",
             ),
             DeclareLaunchArgument(
-                "policy", default_value="box", description="px4: hover|box; embedded: policy file"
+                "policy",
+                default_value="box",
+                description="policy file or experiment dir (px4: or hover|box)",
             ),
             DeclareLaunchArgument(
                 "px4_release",

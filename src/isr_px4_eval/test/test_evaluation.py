@@ -22,29 +22,9 @@ from isr_px4_eval.parity import relative_return, run_parity_check, trajectory_rm
 torch.set_num_threads(1)
 
 
-def _export(out: Path, task_version: str | None = None) -> Path:
-    from isr_training.env import EnvConfig, ISREnv
-    from isr_training.export import export_policy
-    from isr_training.models import BCPolicy
-    from isr_training.task.config import TASK_VERSION
-
-    obs_dim = ISREnv(EnvConfig(num_worlds=1)).obs_dim
-    torch.manual_seed(0)
-    policy = BCPolicy(obs_dim, 4, [16], "elu")
-    meta = {
-        "task_version": task_version or TASK_VERSION,
-        "obs_dim": obs_dim,
-        "action_dim": 4,
-        "image_shape": None,
-        "source": "test",
-    }
-    export_policy(policy, out, obs_dim, None, meta)
-    return out
-
-
 @pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(tmp_path_factory.mktemp("policy"))
+def policy_dir(tmp_path_factory: pytest.TempPathFactory, export_tiny_policy) -> Path:
+    return export_tiny_policy(tmp_path_factory.mktemp("policy"))
 
 
 def _row(ret, found, collisions=0.0, breaches=0.0, ttfd=None, length=100):
@@ -120,7 +100,7 @@ def test_policy_formats_agree(policy_dir: Path) -> None:
 
 
 def test_missing_corrupt_and_mismatched_policies(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    export_tiny_policy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cases = {str(tmp_path / "nope.pt"): "does not exist", str(tmp_path): "no exported policy"}
     for name in ("policy_torchscript.pt", "policy.onnx", "policy.pt"):
@@ -128,7 +108,7 @@ def test_missing_corrupt_and_mismatched_policies(
         bad.parent.mkdir(exist_ok=True)
         bad.write_bytes(b"\x00garbage" * 20)
         cases[str(bad)] = "corrupt"
-    old = _export(tmp_path / "old", task_version="isr-search-v0")
+    old = export_tiny_policy(tmp_path / "old", task_version="isr-search-v0")
     cases[str(old / "policy.onnx")] = "task version 'isr-search-v0'"
     cases[str(old / "policy_torchscript.pt")] = "task version 'isr-search-v0'"
     for path, message in cases.items():

@@ -22,6 +22,7 @@ from isr_px4_eval.tuning import (
     TuningConfig,
     cem_search,
     fit_from_embedded,
+    fit_tilt_drag,
     make_windows,
     replay,
     rmse_table,
@@ -194,6 +195,31 @@ def test_fit_recovers_known_parameters_within_5_percent():
         assert abs(got - true) <= 0.05 * true, f"{name}: fitted {got:.4f}, true {true}"
 
 
+def _tilt_log(c: float, seed: int, attitude: bool = True) -> FlightLog:
+    """Velocity sinusoids with the thrust direction of a + g + c v (exact derivatives)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, 40, 0.02)
+    w, ph, amp = rng.uniform(0.2, 0.8, 3), rng.uniform(0, 6, 3), np.array([5.0, 4.0, 1.0])
+    vel = amp * np.sin(w * t[:, None] + ph)
+    acc = amp * w * np.cos(w * t[:, None] + ph)
+    n = acc + c * vel + np.array([0.0, 0.0, 9.80665])
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    z, z3 = np.zeros(len(t)), np.zeros((len(t), 3))
+    return FlightLog(
+        time_s=t, vel_enu_m_s=vel, pos_enu_m=z3, yaw_enu_rad=z, yaw_rate_enu_rad_s=z,
+        cmd_vel_enu_m_s=z3, cmd_yaw_rate_enu_rad_s=z, valid=np.ones(len(t), dtype=bool),
+        thrust_dir_enu=n if attitude else None,
+    )  # fmt: skip
+
+
+def test_tilt_drag_fit_recovers_known_drag():
+    res = fit_tilt_drag([_tilt_log(0.7, 0), _tilt_log(0.7, 1)], [_tilt_log(0.7, 2)])
+    assert res["tilt_drag_1_s"] == pytest.approx(0.7, rel=0.02)
+    rmse = res["heldout_tilt_rmse_deg"]
+    assert rmse["fitted"] < 0.2 < 2.0 < rmse["acceleration_only"]
+    assert fit_tilt_drag([_tilt_log(0.7, 0, attitude=False)], []) is None
+
+
 # ------------------------------------------------------------------------------ integration
 @pytest.mark.integration
 def test_fit_on_real_bag_fixture_improves_rmse(tmp_path):
@@ -215,6 +241,13 @@ def test_fit_on_real_bag_fixture_improves_rmse(tmp_path):
     report = result.report()
     json.dumps(report)
     assert set(report["rmse_heldout"]) == {"untuned", "first_order", "slow_pole", "written"}
+    # the odometry attitude gives the drag tilt: PX4 SIH's SIH_KDV / SIH_MASS = 1 / s
+    tilt = result.info["tilt"]
+    assert 0.8 < tilt["tilt_drag_1_s"] < 1.1 and cfg.tilt_drag_1_s == tilt["tilt_drag_1_s"]
+    assert (
+        tilt["heldout_tilt_rmse_deg"]["fitted"]
+        < 0.5 * tilt["heldout_tilt_rmse_deg"]["acceleration_only"]
+    )
 
 
 @pytest.mark.integration
@@ -233,6 +266,8 @@ def test_fit_from_embedded_quadrotor_improves_rmse():
     assert r["written"]["horizontal"] < r["untuned"]["horizontal"]
     assert r["slow_pole"]["horizontal"] < r["first_order"]["horizontal"]
     assert result.info["embedded"]["num_sequences"] == 4
+    # sih_quadx: linear drag 1 N/(m/s), mass 1 kg
+    assert result.config.tilt_drag_1_s == pytest.approx(1.0, rel=0.05)
 
 
 def make_parser() -> argparse.ArgumentParser:

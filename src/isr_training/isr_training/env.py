@@ -476,6 +476,24 @@ class ISREnv:
         self.seen |= self._perceive()
         return self._observe()
 
+    def filter_action(self, action: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The safety filter on a clean action ``(W, D, 4)`` at the current state.
+
+        Returns the action the vehicle gets and the ``(W, D)`` interventions per kind. :meth:`step`
+        applies exactly this; a caller that must send the command before stepping (an external
+        vehicle such as PX4) gets the same result by calling it at the same state.
+        """
+        if not self.task.safety.enabled:
+            z = torch.zeros
+            return action, {
+                k: z(self._shape, dtype=torch.bool, device=self.device) for k in INTERVENTION_KINDS
+            }
+        w = self.world
+        return self._safety_fn(
+            action, self.vehicle.state.pos_enu_m, w.geofence_min_m, w.geofence_max_m,
+            self.keep_out, self.task.safety, self.limits, self.task.min_altitude_m,
+        )  # fmt: skip
+
     def step(self, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor, dict[str, Any]]:
         """Advance every drone one control step (see the module docstring)."""
         if tuple(action.shape) != (self.num_envs, 4):
@@ -488,14 +506,7 @@ class ISREnv:
         action = torch.where(bad.unsqueeze(-1), 0.0, action).clamp(-1.0, 1.0)
 
         w = self.world
-        st = self.vehicle.state
-        if self.task.safety.enabled:
-            action, interventions = self._safety_fn(
-                action, st.pos_enu_m, w.geofence_min_m, w.geofence_max_m, self.keep_out,
-                self.task.safety, self.limits, self.task.min_altitude_m,
-            )  # fmt: skip
-        else:
-            interventions = {k: torch.zeros_like(bad) for k in INTERVENTION_KINDS}
+        action, interventions = self.filter_action(action)
         st = self.vehicle.step(action)
         advance_targets(w, self.task.control_dt_s)
         self.step_count += 1

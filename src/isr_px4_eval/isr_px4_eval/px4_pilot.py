@@ -1,0 +1,239 @@
+"""A trained policy flying a vehicle it does not simulate: PX4 (or the emulator) over offboard.
+
+:class:`PolicyPilot` is the offboard client's FLY-phase policy (``(odometry, t) -> velocity
+setpoint``) that runs the *task* — the same :class:`~isr_training.env.ISREnv` code as training and
+``isr eval``: observation, safety filter, ground-truth perception on the world, rewards, metrics —
+with an :class:`ExternalVehicle` in place of the simulated vehicle model. Every control period
+(``task.control_dt_s``, 0.1 s) it
+
+1. stages the latest odometry as the vehicle's next state,
+2. steps the environment with the action it sent one period earlier (``ExternalVehicle.step``
+   integrates nothing: it returns the staged measurement, i.e. where PX4 actually flew), which
+   scores that period (reward terms, detections, coverage, collisions, geofence) on the real pose,
+3. asks the policy for the next action, runs the environment's own safety filter on it at the
+   measured state (:meth:`ISREnv.filter_action`, exactly what the next ``step`` applies) and
+   returns it as a world-ENU velocity / yaw-rate setpoint, held until the next decision.
+
+The episode ends as in the environment (time limit, crash, breach if so configured); the pilot
+then returns None and the client lands. :attr:`PolicyPilot.episode` holds the episode's metrics
+(the keys of ``isr eval``'s per-episode rows).
+
+Frames: PX4's local origin is where the vehicle was when its estimator started (the takeoff
+point); the world of the task has its own spawn area. At the first decision the vehicle's
+horizontal position is mapped onto the spawn the environment drew for the drone (a constant
+offset, :attr:`ExternalVehicle.offset_enu_m`); heights stay PX4's (the world's ground is z = 0
+and PX4's local z = 0 is the ground at the takeoff point). Attitude, velocity and yaw are used
+unchanged (both are ENU after :mod:`isr_px4_eval.px4_convert`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from isr_direct_dynamics import InitialState
+from isr_direct_dynamics.base import VehicleModel, scale_action
+
+from .px4_convert import OdometryENU, VelocitySetpointENU
+
+
+class ExternalVehicle(VehicleModel):
+    """A vehicle model whose state is measured, not simulated (one drone, ``(1, 1)``).
+
+    ``stage(odometry)`` sets what the next :meth:`step` returns; :meth:`step` records the command
+    (:attr:`command`, the safety-filtered normalized action) and makes the staged measurement
+    the state. ``reset`` aligns the horizontal frame so that the vehicle is at the spawn position.
+    """
+
+    name = "external"
+
+    def __init__(self, template: VehicleModel) -> None:
+        super().__init__(1, 1, template.control_dt_s, template.device)
+        self.config = template.config
+        """The replaced model's config (the env reads its velocity limits)."""
+        self.command = torch.zeros(1, 1, 4, device=self.device)
+        """Last command the environment stepped with (normalized, after the safety filter)."""
+        self.offset_enu_m = torch.zeros(3, device=self.device)
+        """Added to PX4 local positions to get world positions (horizontal only)."""
+        self._staged: OdometryENU | None = None
+        self.steps = 0
+
+    def stage(self, odom: OdometryENU) -> None:
+        """The measurement the next step (or reset) reports."""
+        self._staged = odom
+
+    def _apply(self) -> None:
+        if self._staged is None:
+            raise RuntimeError("ExternalVehicle: no odometry staged before step/reset")
+        o, st, dev = self._staged, self.state, self.device
+
+        def t(x: Any) -> Tensor:
+            return torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
+
+        st.pos_enu_m[0, 0] = t(o.pos_enu_m) + self.offset_enu_m
+        st.vel_enu_m_s[0, 0] = t(o.vel_enu_m_s)
+        st.quat_wxyz[0, 0] = t(o.quat_wxyz)
+        st.yaw_rad[0, 0] = float(o.yaw_rad)
+        st.body_rates_flu_rad_s[0, 0] = t(o.body_rates_flu_rad_s)
+        st.ground_contact[0, 0] = False
+
+    def _reset_masked(self, mask: Tensor, initial: InitialState) -> None:
+        if self._staged is None:
+            raise RuntimeError("ExternalVehicle: no odometry staged before reset")
+        spawn = initial.pos_enu_m.reshape(-1, 3)[0].to(self.device)
+        pos = torch.as_tensor(np.asarray(self._staged.pos_enu_m, dtype=np.float32))
+        self.offset_enu_m = torch.cat((spawn[:2] - pos[:2].to(self.device), spawn.new_zeros(1)))
+        self._apply()
+
+    def _step_clean(self, action: Tensor) -> None:
+        self.command = action.clone()
+        self._apply()
+        self.steps += 1
+
+
+class PolicyPilot:
+    """FLY-phase policy of :class:`~isr_px4_eval.offboard.OffboardClient` running the ISR task.
+
+    Args:
+        env: a 1-world x 1-drone :class:`~isr_training.env.ISREnv` built with ``stagger=False``
+            (e.g. :func:`isr_px4_eval.evaluation.make_eval_env`); its vehicle is replaced.
+        act: observation -> action ``(1, 4)`` in ``[-1, 1]`` (a loaded policy's ``act``).
+        seed: the environment's reset seed (spawn draw).
+    """
+
+    def __init__(self, env: Any, act: Callable[[Any], Tensor], seed: int = 0) -> None:
+        if env.num_envs != 1:
+            raise ValueError(f"PolicyPilot flies one drone; the env has {env.num_envs}")
+        if env.cfg.stagger:
+            raise ValueError("PolicyPilot needs an environment built with stagger=False")
+        self.env = env
+        self.vehicle = ExternalVehicle(env.vehicle)
+        env.vehicle = self.vehicle
+        self.act = act
+        self.seed = seed
+        self.control_dt_s = float(env.task.control_dt_s)
+        self.decisions = 0
+        """Policy decisions taken (one per control period)."""
+        self.episode: dict[str, float] | None = None
+        """Metrics of the finished episode (None while it runs)."""
+        self.trace: list[dict[str, Any]] = []
+        """Per decision: time, world position, reward, action sent."""
+        self._obs: Any = None
+        self._action: Tensor | None = None
+        self._setpoint: VelocitySetpointENU | None = None
+        self._next_s = -math.inf
+
+    def _decide(self, obs: Any) -> VelocitySetpointENU:
+        env = self.env
+        action = self.act(obs).reshape(1, 4).to(env.device, torch.float32)
+        bad = ~torch.isfinite(action).all(-1, keepdim=True)
+        action = torch.where(bad, 0.0, action).clamp(-1.0, 1.0)
+        self._action = action
+        filtered, _ = env.filter_action(action.view(1, 1, 4))
+        vel, yaw_rate = scale_action(filtered.reshape(4), env.limits)
+        self.decisions += 1
+        return VelocitySetpointENU(vel.cpu().numpy().astype(np.float64), float(yaw_rate))
+
+    @torch.no_grad()
+    def __call__(self, odom: OdometryENU, t_s: float) -> VelocitySetpointENU | None:
+        """The setpoint for this client tick (a new decision once per control period)."""
+        if self.episode is not None:
+            return None
+        if t_s < self._next_s and self._setpoint is not None:
+            return self._setpoint  # hold the setpoint between control periods
+        self._next_s = (t_s if self._next_s == -math.inf else self._next_s) + self.control_dt_s
+        self.vehicle.stage(odom)
+        env = self.env
+        if self._obs is None:
+            obs = env.reset(seed=self.seed)
+            reward = 0.0
+        else:
+            offset = self.vehicle.offset_enu_m.clone()
+            obs, r, term, trunc, info = env.step(self._action)
+            reward = float(r[0])
+            if bool(info["done"][0]):  # the env has auto-reset the drone: log the final pose
+                self.episode = {k: float(v[0]) for k, v in info["episode"].items()}
+                self.episode["terminated"] = float(term[0])
+                final = torch.as_tensor(np.asarray(odom.pos_enu_m, dtype=np.float32)) + offset
+                self._record(t_s, reward, final)
+                return None
+        self._obs = obs
+        self._setpoint = self._decide(obs)
+        self._record(t_s, reward)
+        return self._setpoint
+
+    def _record(self, t_s: float, reward: float, pos: Tensor | None = None) -> None:
+        pos = self.vehicle.state.pos_enu_m[0, 0] if pos is None else pos
+        self.trace.append(
+            {
+                "t_s": round(t_s, 3),
+                "pos_enu_m": [round(float(v), 3) for v in pos],
+                "reward": reward,
+                "setpoint": None
+                if self._setpoint is None or self.episode is not None
+                else [round(float(v), 3) for v in self._setpoint.vel_enu_m_s]
+                + [round(self._setpoint.yaw_rate_enu_rad_s, 4)],
+            }
+        )
+
+
+def make_fly_policy(
+    policy: str,
+    world_seed: int = 0,
+    seed: int = 0,
+    device: str = "cpu",
+    episode_s: float | None = None,
+) -> tuple[Callable[[OdometryENU, float], VelocitySetpointENU | None], PolicyPilot | None]:
+    """The offboard client's FLY policy for ``policy``: a scripted pattern name or a policy file.
+
+    A policy file (TorchScript, ONNX, ``policy.pt`` or an experiment directory, as ``isr eval``
+    takes) is flown by a :class:`PolicyPilot` on world ``world_seed`` with the task of the
+    policy's experiment (else the default task; ``episode_s`` shortens its episode).
+    Returns ``(fly policy, pilot or None)``.
+    """
+    from .evaluation import build_env_config, load_policy_file, load_settings, make_eval_env
+    from .offboard import SCRIPTED_POLICIES, scripted_policy
+
+    if policy in SCRIPTED_POLICIES:
+        return scripted_policy(policy), None
+    loaded = load_policy_file(policy)
+    settings = load_settings()
+    settings.drones_per_world = 1
+    settings.seed = seed
+    if episode_s is not None:
+        settings.episode_length_s = float(episode_s)
+    cfg = build_env_config(loaded, "direct", [int(world_seed)], settings)
+    pilot = PolicyPilot(make_eval_env(cfg, device), loaded.act, seed=seed)
+    return pilot, pilot
+
+
+def pilot_episode_fields(pilot: PolicyPilot, world_seed: int) -> dict[str, Any]:
+    """``isr_msgs/EpisodeMetrics`` fields of the pilot's finished episode (empty while none)."""
+    ep = pilot.episode
+    if ep is None:
+        return {}
+    dt = pilot.control_dt_s
+    out = {
+        "world_index": int(world_seed),
+        "drone_index": 0,
+        "episode_return": ep["return"],
+        "episode_length_s": ep["length"] * dt,
+        "targets_found_fraction": ep["targets_found"],
+        "coverage_fraction": ep["coverage"],
+        "collisions": int(ep["collisions"]),
+        "geofence_breaches": int(ep["geofence_breaches"]),
+        "safety_interventions": int(ep["safety_interventions"]),
+        "terminated": bool(ep["terminated"]),
+        "truncated": not bool(ep["terminated"]),
+    }
+    if math.isfinite(ep["time_to_first_detection_s"]):
+        out["time_to_first_detection_s"] = ep["time_to_first_detection_s"]
+    return out
+
+
+__all__ = ["ExternalVehicle", "PolicyPilot", "make_fly_policy", "pilot_episode_fields"]
