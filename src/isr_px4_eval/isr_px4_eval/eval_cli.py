@@ -126,6 +126,16 @@ def run_rehearse(args: argparse.Namespace) -> int:
     fly, pilot = make_fly_policy(
         args.policy, args.world_seed, args.seed, args.device, args.episode_seconds
     )
+    if args.bag:
+        if pilot is None:
+            raise ValueError(
+                "--bag needs a policy file (a scripted pattern runs no task to record)"
+            )
+        from .recording import EnvRecorder
+
+        pilot.recorder = EnvRecorder(
+            pilot.env, args.bag, test_name=f"PX4 rehearsal: {args.policy}", phase="px4 rehearsal"
+        )
     cfg = OffboardClientConfig(takeoff_altitude_m=args.takeoff_altitude)
     types = RosbagsTypes()  # every message goes through px4_msgs CDR, as over uXRCE-DDS
     t0 = time.perf_counter()
@@ -154,6 +164,9 @@ def run_rehearse(args: argparse.Namespace) -> int:
         if not ep:
             print("  the episode did not finish within --max-seconds")
     print(f"{c.phase.value} in {wall:.1f} s wall")
+    if pilot is not None and pilot.recorder is not None:
+        pilot.recorder.close()  # no-op when the episode closed it
+        print(f"bag: {pilot.recorder.path}")
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
     return 0 if c.phase == Phase.DONE and (pilot is None or pilot.episode is not None) else 1
@@ -227,6 +240,7 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     r.add_argument("--takeoff-altitude", type=float, default=20.0, help="m (default 20)")
     r.add_argument("--max-seconds", type=float, default=240.0, help="simulated time cap")
     r.add_argument("--json", help="write episode metrics, trajectory and message counts here")
+    r.add_argument("--bag", help="record the episode as a rosbag2 MCAP here (isr video reads it)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(func=run_rehearse)

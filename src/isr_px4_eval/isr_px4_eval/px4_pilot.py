@@ -123,6 +123,9 @@ class PolicyPilot:
         """Metrics of the finished episode (None while it runs)."""
         self.trace: list[dict[str, Any]] = []
         """Per decision: time, world position, reward, action sent."""
+        self.recorder: Any = None
+        """Optional :class:`~isr_px4_eval.recording.EnvRecorder` of ``env``: the episode as a
+        rosbag2 (the live graph's topics), closed when the episode ends."""
         self._obs: Any = None
         self._action: Tensor | None = None
         self._setpoint: VelocitySetpointENU | None = None
@@ -152,11 +155,17 @@ class PolicyPilot:
         if self._obs is None:
             obs = env.reset(seed=self.seed)
             reward = 0.0
+            if self.recorder is not None:
+                self.recorder.record_reset()
         else:
             offset = self.vehicle.offset_enu_m.clone()
             obs, r, term, trunc, info = env.step(self._action)
             reward = float(r[0])
-            if bool(info["done"][0]):  # the env has auto-reset the drone: log the final pose
+            if self.recorder is not None:
+                self.recorder.record_step(self._action, r, term, trunc, info)
+            if bool(info["done"][0]):
+                if self.recorder is not None:
+                    self.recorder.close()  # the env has auto-reset the drone: log the final pose
                 self.episode = {k: float(v[0]) for k, v in info["episode"].items()}
                 self.episode["terminated"] = float(term[0])
                 final = torch.as_tensor(np.asarray(odom.pos_enu_m, dtype=np.float32)) + offset

@@ -74,9 +74,9 @@ def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny
     from isr_px4_eval.cli import main
 
     policy = export_tiny_policy(tmp_path / "policy")
-    out = tmp_path / "rehearse.json"
+    out, bag = tmp_path / "rehearse.json", tmp_path / "bag"
     argv = ["px4-rehearse", "--policy", str(policy), "--world-seed", "5", "--episode-seconds",
-            "8", "--takeoff-altitude", "5", "--json", str(out)]  # fmt: skip
+            "8", "--takeoff-altitude", "5", "--json", str(out), "--bag", str(bag)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "takeoff@" in printed and "fly@" in printed and "done@" in printed
@@ -84,5 +84,13 @@ def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny
     assert res["phase"] == "done" and res["episode"]["episode_length_s"] == pytest.approx(8.0)
     assert res["messages"]["trajectory_setpoint"] > 8.0 / 0.05  # 20 Hz setpoints while flying
     assert len(res["trajectory"]) == 81  # 80 decisions and the final pose
+    # the episode as a rosbag2 of the live graph's topics; isr video renders it
+    from isr_px4_eval.recording import BagSource
+
+    src = BagSource(bag)
+    odom = [m for _, _, m in src.messages(["/drone_0/odom"])]
+    assert len(odom) == 81 and src.metadata()["phase"] == "px4 rehearsal"
+    assert main(["video", str(bag), "-o", str(tmp_path / "map.mp4"), "--mode", "map"]) == 0
+    assert (tmp_path / "map.mp4").stat().st_size > 1000
     assert main(["px4-rehearse", "--policy", str(tmp_path / "missing.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
