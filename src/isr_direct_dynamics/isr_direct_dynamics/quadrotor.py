@@ -151,6 +151,10 @@ class WindConfig:
     """Stationary standard deviation of the vertical gust component, m/s."""
     gust_time_constant_s: float = 2.0
     """Correlation time of the gust process, s (updated once per control step)."""
+    start_compensated: bool = True
+    """Airborne drones start as after hovering in the mean wind: the controller's velocity
+    integrator already cancels the mean wind's drag, as PX4's does when an offboard episode
+    begins. False starts it at zero (the vehicle first drifts downwind while it winds up)."""
 
     def validate(self, prefix: str = "") -> None:
         """Check ranges; raises :class:`ConfigError` naming the field (after ``prefix``)."""
@@ -545,6 +549,12 @@ class QuadrotorModel(VehicleModel):
         thrust = torch.where(c, 0.0, self._hover_thrust)
         rot = rotmat_from_quat(new.quat_wxyz.reshape(n, 4).t())
         self.controller.reset_masked(m, new.vel_enu_m_s.reshape(n, 3).t(), rot, thrust)
+        if self.config.wind.start_compensated:
+            # steady hover in the mean wind: integrator = -(drag / m) * wind (an acceleration)
+            ctrl = self.controller
+            comp = -(self.params.wind_mean_enu_m_s.t() * self._drag_over_m)
+            comp[2].clamp_(-self._g, self._g)
+            ctrl.vel_int = torch.where(m & ~c, comp, ctrl.vel_int)
         if self._max_delay > 0:
             self._cmd_buffer.masked_fill_(mask[None, ..., None], 0.0)
 

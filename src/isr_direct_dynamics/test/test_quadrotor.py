@@ -563,3 +563,24 @@ def test_per_drone_parameters_domain_randomization(device):
     with pytest.raises(ConfigError, match="params.max_thrust_per_rotor_n"):
         m.set_params(dataclasses.replace(p, mass_kg=mass * 3.0))
     assert isinstance(m.params, QuadrotorParams)
+
+
+@pytest.mark.parametrize("compensated", [True, False])
+def test_start_in_mean_wind_hovers_when_compensated(device, compensated):
+    """A drone reset in a steady 3 m/s wind holds position at once when the integrator starts
+    wound up (as PX4's after hovering), and drifts downwind for seconds when it starts at zero."""
+    from isr_direct_dynamics.quadrotor import WindConfig
+
+    wind = WindConfig(mean_enu_m_s=(3.0, -1.0, 0.0), start_compensated=compensated)
+    model = QuadrotorModel(1, 2, 0.1, device=device, config=QuadrotorConfig(wind=wind))
+    pos = torch.zeros(1, 2, 3, device=device)
+    pos[..., 2] = 20.0
+    model.reset(initial=InitialState(pos_enu_m=pos))
+    for _ in range(50):
+        st = model.step(torch.zeros(1, 2, 4, device=device))
+    drift = torch.linalg.vector_norm(st.pos_enu_m[0, :, :2], dim=-1)
+    if compensated:
+        assert drift.max().item() < 0.3
+    else:
+        assert drift.min().item() > 2.0  # downwind (east), still moving
+        assert st.pos_enu_m[0, 0, 0].item() > 2.0 and st.vel_enu_m_s[0, 0, 0].item() > 0.2

@@ -186,6 +186,9 @@ class TuningConfig:
 
     window_s: float = 15.0
     """Length of the scored part of each replay window, s."""
+    tilt_drag_1_s: float | None = None
+    """Fix the direct model's ``tilt_drag_1_s`` to this instead of fitting it from the attitude
+    (e.g. a calm-air fit when gusty flights bias it); None = fit where the flight has attitude."""
     burn_in_s: float = 5.0
     """Replay before the scored part of each window (not scored), s: the model's unmeasured
     states (the slow pole's share, the yaw rate) settle towards the flight's."""
@@ -234,6 +237,12 @@ class TuningConfig:
 
     def validate(self) -> None:
         """Check ranges; raises :class:`ConfigError` naming the field."""
+        c = self.tilt_drag_1_s
+        check(
+            c is None or (math.isfinite(c) and 0 <= c <= 10),
+            "tilt_drag_1_s",
+            f"must be in [0, 10] or null, got {c}",
+        )
         for name in ("window_s", "max_delay_s", "control_dt_s", "smoothing"):
             v = getattr(self, name)
             check(math.isfinite(v) and v > 0, name, f"must be > 0, got {v}")
@@ -748,9 +757,9 @@ TILT_FIT_MAX_DEG = 40.0
 
 
 def _tilt_samples(logs: list[FlightLog]) -> tuple[np.ndarray, ...] | None:
-    """Per valid sample with attitude: thrust direction, acceleration and velocity (ENU)."""
-    k_all, a_all, v_all = [], [], []
-    for log in logs:
+    """Per valid sample with attitude: thrust direction, acceleration, velocity (ENU), log index."""
+    k_all, a_all, v_all, i_all = [], [], [], []
+    for i, log in enumerate(logs):
         if log.thrust_dir_enu is None:
             continue
         acc = np.gradient(log.vel_enu_m_s, log.dt_s, axis=0)
@@ -763,14 +772,39 @@ def _tilt_samples(logs: list[FlightLog]) -> tuple[np.ndarray, ...] | None:
         k_all.append(b[ok])
         a_all.append(acc[ok])
         v_all.append(log.vel_enu_m_s[ok])
+        i_all.append(np.full(int(ok.sum()), i))
     if not k_all or sum(len(k) for k in k_all) < 10:
         return None
-    return np.concatenate(k_all), np.concatenate(a_all), np.concatenate(v_all)
+    return tuple(np.concatenate(x) for x in (k_all, a_all, v_all, i_all))
 
 
-def _tilt_rmse_deg(b: np.ndarray, acc: np.ndarray, vel: np.ndarray, c: float) -> float:
-    """RMS angle between the measured thrust direction and the model's ``a + g + c v``."""
-    n = acc + c * vel
+def _tilt_terms(b: np.ndarray, acc: np.ndarray, vel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(lhs, x)``, both ``(n, 2)``, of the tilt equation ``lhs = c x - c w_xy``."""
+    k = b[:, :2] / b[:, 2:3]
+    return k * (acc[:, 2:3] + GRAVITY_M_S2) - acc[:, :2], vel[:, :2] - k * vel[:, 2:3]
+
+
+def _per_log_mean(v: np.ndarray, log: np.ndarray) -> np.ndarray:
+    """Each row replaced by the mean of its log's rows."""
+    _, inv, counts = np.unique(log, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), v.shape[1]))
+    np.add.at(sums, inv, v)
+    return (sums / counts[:, None])[inv]
+
+
+def _tilt_rmse_deg(
+    b: np.ndarray, acc: np.ndarray, vel: np.ndarray, log: np.ndarray, c: float
+) -> float:
+    """RMS angle between the measured thrust direction and ``a + g + c (v - w_log)``.
+
+    ``w_log`` is each log's constant horizontal wind estimated with ``c`` fixed (0 when c = 0).
+    """
+    n = acc.copy()
+    if c > 0:
+        lhs, x = _tilt_terms(b, acc, vel)
+        wind = -_per_log_mean(lhs - c * x, log) / c  # (n, 2)
+        n[:, :2] += c * (vel[:, :2] - wind)
+        n[:, 2] += c * vel[:, 2]
     n[:, 2] += GRAVITY_M_S2
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     cos = np.clip(np.sum(n * b, axis=1), -1.0, 1.0)
@@ -782,24 +816,28 @@ def fit_tilt_drag(
 ) -> dict[str, Any] | None:
     """Fit the direct model's ``tilt_drag_1_s`` (linear drag / mass) to measured attitude.
 
-    The direct model points the thrust along ``n = a + g z + c v``. With the measured thrust
-    direction ``b`` (body up axis), ``k = b_xy / b_z`` must equal ``n_xy / n_z``, i.e.
-    ``k (a_z + g) - a_xy = c (v_xy - k v_z)``: linear in ``c``, solved by least squares on
-    the fit logs' samples tilted less than :data:`TILT_FIT_MAX_DEG`. Returns None when no log
-    has attitude (``thrust_dir_enu``); else ``c`` and the held-out tilt-direction RMSE (deg)
-    with ``c = 0`` (tilt from acceleration only) and with the fit.
+    The thrust points along ``n = a + g z + c (v - w)`` (``w`` the wind: the drag acts on the
+    air-relative velocity). With the measured thrust direction ``b`` (body up axis),
+    ``k = b_xy / b_z`` must equal ``n_xy / n_z``, i.e. ``k (a_z + g) - a_xy = c (v_xy - k v_z)
+    - c w_xy`` (vertical wind neglected): linear in ``c`` with one unknown constant wind per log
+    (gusts are noise), solved by least squares within each log (fixed effects) on the samples
+    tilted less than :data:`TILT_FIT_MAX_DEG`. The direct model has no wind, so only ``c`` is
+    kept. Returns None when no log has attitude (``thrust_dir_enu``); else ``c``, the mean wind
+    speed found and the held-out tilt-direction RMSE (deg) with ``c = 0`` (tilt from acceleration
+    only) and with the fit (each held-out log's constant wind estimated with ``c`` fixed).
     """
     fit = _tilt_samples(fit_logs)
     if fit is None:
         return None
-    b, acc, vel = fit
-    k = b[:, :2] / b[:, 2:3]
-    lhs = k * (acc[:, 2:3] + GRAVITY_M_S2) - acc[:, :2]
-    x = vel[:, :2] - k * vel[:, 2:3]
-    c = float(np.clip(np.sum(x * lhs) / max(float(np.sum(x * x)), 1e-9), 0.0, 10.0))
+    b, acc, vel, log = fit
+    lhs, x = _tilt_terms(b, acc, vel)
+    lhs_d, x_d = lhs - _per_log_mean(lhs, log), x - _per_log_mean(x, log)
+    c = float(np.clip(np.sum(x_d * lhs_d) / max(float(np.sum(x_d * x_d)), 1e-9), 0.0, 10.0))
+    wind = -_per_log_mean(lhs - c * x, log) / max(c, 1e-9)
     held = _tilt_samples(heldout_logs) or fit
-    out = {
+    return {
         "tilt_drag_1_s": round(c, 4),
+        "wind_speed_fit_m_s": round(float(np.mean(np.linalg.norm(wind, axis=1))), 3),
         "samples_fit": len(b),
         "samples_heldout": len(held[0]),
         "heldout_tilt_rmse_deg": {
@@ -807,7 +845,6 @@ def fit_tilt_drag(
             "fitted": round(_tilt_rmse_deg(*held, c), 3),
         },
     }
-    return out
 
 
 def tune(
@@ -832,7 +869,6 @@ def tune(
     fit_batch = make_windows(fit_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device)
     held_batch = make_windows(heldout_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device)
     dt = fit_batch.dt_s
-
     first = cem_search(fit_batch, cfg, slow_pole=False)
     slow = cem_search(fit_batch, replace(cfg, seed=cfg.seed + 1), slow_pole=True)
     written_delay = int(round(round(slow.best.delay_s / cfg.control_dt_s) * cfg.control_dt_s / dt))
@@ -840,9 +876,15 @@ def tune(
     written = replace(slow.per_delay[written_delay])
     config = written.to_config(base, cfg.control_dt_s)
     written = FitParams.from_config(config, cfg.control_dt_s)  # the rounded values, as written
+    # The drag in the tilt (attitude only): fitted from the attitude where the flight has one.
     tilt = fit_tilt_drag(fit_logs, heldout_logs)
-    if tilt is not None:
-        config = replace(config, tilt_drag_1_s=tilt["tilt_drag_1_s"])
+    if cfg.tilt_drag_1_s is not None:
+        c_tilt = cfg.tilt_drag_1_s
+        if tilt is not None:
+            tilt["fixed_by_config"] = c_tilt
+    else:
+        c_tilt = tilt["tilt_drag_1_s"] if tilt is not None else base.tilt_drag_1_s
+    config = replace(config, tilt_drag_1_s=float(c_tilt))
 
     variants = {
         "untuned": untuned,

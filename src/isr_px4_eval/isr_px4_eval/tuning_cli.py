@@ -63,6 +63,7 @@ def _tuning_config(args: argparse.Namespace) -> TuningConfig:
         control_dt_s=args.control_dt,
         seed=args.seed,
         device=args.device,
+        tilt_drag_1_s=args.tilt_drag,
     )
     cfg.validate()
     return cfg
@@ -129,6 +130,7 @@ def run_tune_dynamics(args: argparse.Namespace) -> int:
             num_fit_sequences=args.fit_sequences,
             duration_s=args.duration,
             control_dt_s=args.grid_dt,
+            max_horizontal_speed_m_s=args.max_speed,
             seed=args.seed,
         )
         result = fit_from_embedded(embedded, cfg, quad_cfg, base)
@@ -256,6 +258,18 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     p.add_argument("--fit-sequences", type=int, default=10, help="embedded: flights fitted")
     p.add_argument("--duration", type=float, default=40.0, help="embedded: flight length, s")
     p.add_argument("--quadrotor-config", help="embedded: YAML QuadrotorConfig")
+    p.add_argument(
+        "--tilt-drag",
+        type=float,
+        default=None,
+        help="fix tilt_drag_1_s (drag/mass, 1/s) instead of fitting it from the attitude",
+    )
+    p.add_argument(
+        "--max-speed",
+        type=float,
+        default=6.0,
+        help="embedded: largest random horizontal speed command, m/s (10 = the action limit)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run_tune_dynamics)

@@ -195,14 +195,14 @@ def test_fit_recovers_known_parameters_within_5_percent():
         assert abs(got - true) <= 0.05 * true, f"{name}: fitted {got:.4f}, true {true}"
 
 
-def _tilt_log(c: float, seed: int, attitude: bool = True) -> FlightLog:
-    """Velocity sinusoids with the thrust direction of a + g + c v (exact derivatives)."""
+def _tilt_log(c: float, seed: int, attitude: bool = True, wind=(0.0, 0.0)) -> FlightLog:
+    """Velocity sinusoids with the thrust direction of a + g + c (v - w) (exact derivatives)."""
     rng = np.random.default_rng(seed)
     t = np.arange(0, 40, 0.02)
     w, ph, amp = rng.uniform(0.2, 0.8, 3), rng.uniform(0, 6, 3), np.array([5.0, 4.0, 1.0])
     vel = amp * np.sin(w * t[:, None] + ph)
     acc = amp * w * np.cos(w * t[:, None] + ph)
-    n = acc + c * vel + np.array([0.0, 0.0, 9.80665])
+    n = acc + c * (vel - np.array([*wind, 0.0])) + np.array([0.0, 0.0, 9.80665])
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     z, z3 = np.zeros(len(t)), np.zeros((len(t), 3))
     return FlightLog(
@@ -218,6 +218,16 @@ def test_tilt_drag_fit_recovers_known_drag():
     rmse = res["heldout_tilt_rmse_deg"]
     assert rmse["fitted"] < 0.2 < 2.0 < rmse["acceleration_only"]
     assert fit_tilt_drag([_tilt_log(0.7, 0, attitude=False)], []) is None
+    # a constant wind per flight (unknown to the fit) does not bias it
+    windy = [_tilt_log(0.7, 3, wind=(2.0, -1.0)), _tilt_log(0.7, 4, wind=(-1.5, 0.5))]
+    res = fit_tilt_drag(windy, [_tilt_log(0.7, 5, wind=(1.0, 1.0))])
+    assert res["tilt_drag_1_s"] == pytest.approx(0.7, rel=0.02)
+    assert res["heldout_tilt_rmse_deg"]["fitted"] < 0.2
+    assert res["wind_speed_fit_m_s"] == pytest.approx(
+        (5**0.5 + (1.5**2 + 0.25) ** 0.5) / 2, rel=0.05
+    )
+    with pytest.raises(ConfigError, match="tilt_drag_1_s"):
+        TuningConfig(tilt_drag_1_s=-1.0).validate()
 
 
 # ------------------------------------------------------------------------------ integration
