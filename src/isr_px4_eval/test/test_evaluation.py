@@ -119,6 +119,23 @@ def test_missing_corrupt_and_mismatched_policies(
         assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+def test_open_loop_split_separates_model_error_from_candidate_noise() -> None:
+    """Reference 0, candidate 0.5 + unit noise (independent per replay): model error 0.5."""
+    from isr_px4_eval.parity import split_noise
+
+    rng = np.random.default_rng(0)
+    shape = (4, 20000, 3)
+    ref = np.zeros(shape)
+    c1, c2 = 0.5 + rng.normal(size=shape), 0.5 + rng.normal(size=shape)
+    valid = np.ones(shape[:2], dtype=bool)
+    raw = trajectory_rmse(ref, c1, valid)
+    split = split_noise(raw, trajectory_rmse(c1, c2, valid))
+    assert raw["x"] == pytest.approx(math.sqrt(1.25), rel=0.01)
+    assert split["model"]["x"] == pytest.approx(0.5, rel=0.03)
+    assert split["noise"]["x"] == pytest.approx(1.0, rel=0.01)
+    assert split["model"]["total"] == pytest.approx(0.5 * math.sqrt(3), rel=0.03)
+
+
 def test_parity_of_direct_with_itself_is_exact(policy_dir: Path, tmp_path: Path) -> None:
     settings = load_settings()
     settings.episode_length_s = 4.0
@@ -131,6 +148,8 @@ def test_parity_of_direct_with_itself_is_exact(policy_dir: Path, tmp_path: Path)
     for key in ("position_rmse_m", "velocity_rmse_m_s"):
         r = report["open_loop"][key]
         assert r["total"] == 0.0 and r["x"] == 0.0 and r["samples"] == 40
+        split = report["open_loop"][key.replace("_rmse", "_split")]
+        assert split["model"]["total"] == 0.0 and split["noise"]["total"] == 0.0
     assert all(v == 0.0 for v in report["metric_deltas"].values())
     replay = np.load(tmp_path / "rec" / "replay.npz")
     assert replay["reference_pos_enu_m"].shape == (1, 40, 3)

@@ -164,7 +164,10 @@ def test_phase2_parity_side_by_side_video(tmp_path, capsys):
     )  # fmt: skip
     assert rc in (0, 1)  # pass or fail of the tolerances; both are results
     report = json.loads((rec / "parity.json").read_text())
-    assert {c["name"] for c in report["checks"]} >= {"return_ratio", "open_loop_position_rmse_m"}
+    assert {c["name"] for c in report["checks"]} >= {
+        "return_ratio",
+        "open_loop_position_model_error_m",
+    }
     capsys.readouterr()
     bags = {}
     for role, backend in (("reference", "direct"), ("candidate", "embedded")):
