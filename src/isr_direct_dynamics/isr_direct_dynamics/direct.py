@@ -95,15 +95,10 @@ class DirectDynamicsConfig:
     max_tilt_deg: float = 45.0
     """Limit of the derived tilt (PX4 ``MPC_TILTMAX_AIR``)."""
     tilt_drag_1_s: float = 0.0
-    """Linear drag over mass ``c``, 1/s: the thrust also balances the drag on the air-relative
-    velocity, so a multicopter flying level at air speed ``v`` leans ``atan(c v / g)`` (PX4 SIH:
-    ``SIH_KDV / SIH_MASS`` = 1/s, i.e. 45 deg at 10 m/s). It tilts the derived attitude (camera)
-    and, with ``max_horizontal_accel_m_s2``, makes that limit one on the horizontal thrust
-    acceleration ``|dv/dt + c (v - wind)|`` (the tilt limit: slower upwind and at speed).
-    ``isr tune-dynamics`` fits it where the flight has attitude."""
-    wind_enu_m_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Mean wind the vehicle flies in (world ENU, m/s). Only the drag terms above see it (the
-    velocity loop's integrator cancels a steady wind, as PX4's does); 0 = calm."""
+    """Linear drag over mass, 1/s, in the derived tilt: the thrust also balances the drag, so a
+    multicopter flying level at speed ``v`` leans ``atan(c v / g)`` (PX4 SIH: ``SIH_KDV /
+    SIH_MASS`` = 1/s, i.e. 45 deg at 10 m/s). Changes only the attitude (camera), not the
+    velocity response. ``isr tune-dynamics`` fits it where the flight has attitude."""
 
     def validate(self) -> None:
         """Check ranges; raises :class:`ConfigError` naming the field."""
@@ -137,11 +132,6 @@ class DirectDynamicsConfig:
             check(math.isfinite(v) and v >= 0, name, f"must be >= 0, got {v}")
         v = self.tilt_drag_1_s
         check(math.isfinite(v) and 0 <= v <= 10, "tilt_drag_1_s", f"must be in [0, 10], got {v}")
-        check(
-            len(self.wind_enu_m_s) == 3 and all(math.isfinite(w) for w in self.wind_enu_m_s),
-            "wind_enu_m_s",
-            f"must be 3 finite numbers, got {self.wind_enu_m_s}",
-        )
         check(
             0 < self.max_tilt_deg < 90,
             "max_tilt_deg",
@@ -240,7 +230,6 @@ def direct_step(
     tilt: bool,
     tan_max_tilt: float,
     tilt_drag: float = 0.0,
-    wind: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> tuple[Tensor, ...]:
     """One control step of the direct dynamics for all drones (pure; returns new tensors).
 
@@ -280,19 +269,7 @@ def direct_step(
         s = torch.cat((s, s, torch.ones_like(s)), -1)
         new_fast = vel_fast + (new_fast - vel_fast) * s
         inc_fast = vel_fast * dt + (inc_fast - vel_fast * dt) * s
-    if has_accel_limit and tilt_drag:
-        # Tilt limit on the thrust: the horizontal thrust acceleration dv/dt + (drag/m)(v - wind)
-        # is bounded, so the vehicle is slower upwind and at speed, and brakes harder.
-        dv = new_fast - vel_fast
-        dx = (vel_old[..., 0] - wind[0]) * (tilt_drag * dt)
-        dy = (vel_old[..., 1] - wind[1]) * (tilt_drag * dt)
-        tx, ty = dv[..., 0] + dx, dv[..., 1] + dy
-        r = torch.clamp(c.max_dv_h * torch.rsqrt(tx * tx + ty * ty + 1e-12), max=1.0)
-        change = torch.stack((tx * r - dx - dv[..., 0], ty * r - dy - dv[..., 1]), -1)
-        change = torch.cat((change, torch.zeros_like(change[..., :1])), -1)
-        new_fast = new_fast + change
-        inc_fast = inc_fast + change * (0.5 * dt)  # the extra change accrues over the step
-    elif has_accel_limit:
+    if has_accel_limit:
         # Limit the norm of the horizontal fast-pole change to max_accel dt (tilt limit).
         dv = new_fast - vel_fast
         dv_h = torch.sqrt(dv[..., 0] * dv[..., 0] + dv[..., 1] * dv[..., 1] + 1e-12)
@@ -335,7 +312,7 @@ def direct_step(
         # q_tilt = (1 + n_z, -n_y, n_x, 0) / sqrt(2 (1 + n_z)) for a unit n.
         accel = (vel - vel_old) * (1.0 / dt)
         if tilt_drag:
-            accel = accel + (vel - vel.new_tensor(wind)) * tilt_drag
+            accel = accel + vel * tilt_drag
         nz = torch.clamp(accel[..., 2] + GRAVITY_M_S2, min=0.1 * GRAVITY_M_S2)
         nx, ny = accel[..., 0], accel[..., 1]
         scale = torch.clamp(tan_max_tilt * nz * torch.rsqrt(nx * nx + ny * ny + 1e-12), max=1.0)
@@ -446,7 +423,6 @@ class DirectDynamics(VehicleModel):
             tilt=self.config.tilt_from_acceleration,
             tan_max_tilt=self._tan_max_tilt,
             tilt_drag=float(self.config.tilt_drag_1_s),
-            wind=tuple(float(v) for v in self.config.wind_enu_m_s),
         )
         self._step_fn = torch.compile(step_fn, dynamic=False) if self._compile else step_fn
         self._vel_noise_std = (p.vel_noise_m_s_per_sqrt_s * math.sqrt(dt)).unsqueeze(-1)

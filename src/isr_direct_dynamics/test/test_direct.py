@@ -12,7 +12,6 @@ from isr_direct_dynamics import (
     DirectDynamics,
     DirectDynamicsConfig,
     InitialState,
-    VelocityLimits,
     from_dict,
     make_vehicle_model,
 )
@@ -289,31 +288,6 @@ def test_tilt_balances_drag_at_steady_speed(device):
     assert body_z[0, 0, 0].item() > 0.1  # leaning east: thrust pushes against the drag
     with pytest.raises(ConfigError, match="tilt_drag_1_s"):
         DirectDynamicsConfig(tilt_drag_1_s=-1.0).validate()
-
-
-def test_thrust_limit_with_drag_and_wind(device):
-    """|dv/dt + c (v - w)| <= a: the top ground speed is a / c + w downwind and a / c - w
-    upwind (PX4 at its tilt limit), and braking (drag helping) is faster than speeding up."""
-    cfg = DirectDynamicsConfig(
-        tau_horizontal_s=0.3, max_horizontal_accel_m_s2=6.0, tilt_drag_1_s=1.0,
-        wind_enu_m_s=(1.5, 0.0, 0.0), tilt_from_acceleration=False,
-        limits=VelocityLimits(max_velocity_m_s=20.0),
-    )  # fmt: skip
-    model = DirectDynamics(1, 2, 0.1, device, config=cfg)
-    airborne(model)
-    east_west = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]]], device=device)
-    speeds = []
-    for _ in range(150):
-        speeds.append(model.step(east_west).vel_enu_m_s[0, :, 0].clone())
-    assert speeds[-1][0].item() == pytest.approx(6.0 + 1.5, abs=0.05)  # downwind
-    assert speeds[-1][1].item() == pytest.approx(-(6.0 - 1.5), abs=0.05)  # upwind
-    rise = next(i for i, v in enumerate(speeds) if v[0] >= 0.9 * 7.5)
-    falls = []
-    for _ in range(100):
-        falls.append(model.step(torch.zeros_like(east_west)).vel_enu_m_s[0, 0, 0].item())
-    assert next(i for i, v in enumerate(falls) if v <= 0.1 * 7.5) < rise
-    with pytest.raises(ConfigError, match="wind_enu_m_s"):
-        DirectDynamicsConfig(wind_enu_m_s=(0.0, math.nan, 0.0)).validate()
 
 
 @pytest.mark.parametrize(

@@ -557,24 +557,16 @@ def build_env_config(
         # packaged training default (dynamics_config.yaml, tuned to the embedded model).
         trained = cfg.dynamics if cfg.vehicle == "direct" else None
         cfg.vehicle = "direct"
-        explicit = None
         if dynamics is not None:
-            explicit = copy.deepcopy(dynamics)
+            cfg.dynamics = copy.deepcopy(dynamics)
         elif settings.direct:
-            explicit = copy.deepcopy(settings.direct)
-        if explicit is not None:
-            cfg.dynamics = explicit
+            cfg.dynamics = copy.deepcopy(settings.direct)
         elif trained:
             cfg.dynamics = copy.deepcopy(trained)
         else:
             from isr_training.training_config import load_dynamics_config
 
             cfg.dynamics = to_dict(load_dynamics_config()["direct"])
-        # The direct model flies in the evaluation's mean wind (its drag terms see it; the policy
-        # does not), unless a tuned file or eval.yaml's `direct:` sets wind_enu_m_s itself.
-        wind = (settings.embedded.get("wind") or {}).get("mean_enu_m_s")
-        if wind is not None and "wind_enu_m_s" not in (explicit or {}):
-            cfg.dynamics = {**(cfg.dynamics or {}), "wind_enu_m_s": [float(w) for w in wind]}
     if policy.meta.get("image_shape"):
         cfg.camera = True
     if perception not in ("gt", "yolo"):

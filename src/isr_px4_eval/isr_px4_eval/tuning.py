@@ -309,10 +309,6 @@ class ReplayBatch:
     """Log times of the samples (NaN in the padding), s."""
     log_index: np.ndarray  # (W,)
     """Index of the source log (in the list given to :func:`make_windows`) of each window."""
-    tilt_drag_1_s: float = 0.0
-    """The replay model's ``tilt_drag_1_s`` (drag in the thrust limit; fixed before the search)."""
-    wind_enu_m_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """The replay model's mean wind (known for embedded flights, else calm)."""
 
     @property
     def num_windows(self) -> int:
@@ -489,12 +485,7 @@ def replay(
             f"a candidate's delay ({int(cand.delay_steps.max())} steps) exceeds the windows' "
             f"command history ({batch.history} steps)"
         )
-    cfg = DirectDynamicsConfig(
-        limits=_REPLAY_LIMITS,
-        tilt_from_acceleration=False,
-        tilt_drag_1_s=batch.tilt_drag_1_s,
-        wind_enu_m_s=batch.wind_enu_m_s,
-    )
+    cfg = DirectDynamicsConfig(limits=_REPLAY_LIMITS, tilt_from_acceleration=False)
     model = DirectDynamics(w, p, batch.dt_s, dev, config=cfg, terrain_height_fn=_no_ground)
     model.set_params(cand.direct_params(w))
     vel0 = batch.vel[:, 0].unsqueeze(1).expand(w, p, 3).contiguous()
@@ -878,18 +869,6 @@ def tune(
     fit_batch = make_windows(fit_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device)
     held_batch = make_windows(heldout_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device)
     dt = fit_batch.dt_s
-    # The drag first (from the attitude where the flight has one): the replay's acceleration
-    # limit bounds the thrust acceleration dv/dt + c (v - wind) with it.
-    tilt = fit_tilt_drag(fit_logs, heldout_logs)
-    if cfg.tilt_drag_1_s is not None:
-        c_tilt = cfg.tilt_drag_1_s
-        if tilt is not None:
-            tilt["fixed_by_config"] = c_tilt
-    else:
-        c_tilt = tilt["tilt_drag_1_s"] if tilt is not None else base.tilt_drag_1_s
-    for b in (fit_batch, held_batch):
-        b.tilt_drag_1_s, b.wind_enu_m_s = float(c_tilt), tuple(base.wind_enu_m_s)
-
     first = cem_search(fit_batch, cfg, slow_pole=False)
     slow = cem_search(fit_batch, replace(cfg, seed=cfg.seed + 1), slow_pole=True)
     written_delay = int(round(round(slow.best.delay_s / cfg.control_dt_s) * cfg.control_dt_s / dt))
@@ -897,6 +876,14 @@ def tune(
     written = replace(slow.per_delay[written_delay])
     config = written.to_config(base, cfg.control_dt_s)
     written = FitParams.from_config(config, cfg.control_dt_s)  # the rounded values, as written
+    # The drag in the tilt (attitude only): fitted from the attitude where the flight has one.
+    tilt = fit_tilt_drag(fit_logs, heldout_logs)
+    if cfg.tilt_drag_1_s is not None:
+        c_tilt = cfg.tilt_drag_1_s
+        if tilt is not None:
+            tilt["fixed_by_config"] = c_tilt
+    else:
+        c_tilt = tilt["tilt_drag_1_s"] if tilt is not None else base.tilt_drag_1_s
     config = replace(config, tilt_drag_1_s=float(c_tilt))
 
     variants = {
@@ -1138,11 +1125,6 @@ def fit_from_embedded(
     logs = fly_embedded(embedded, model_config, cfg.device)
     fly_s = time.perf_counter() - t0
     k = embedded.num_fit_sequences
-    wind = getattr(getattr(model_config, "wind", None), "mean_enu_m_s", None)
-    if wind is not None:  # the replay flies in the embedded flights' (known) mean wind
-        base_config = replace(
-            base_config or DirectDynamicsConfig(), wind_enu_m_s=tuple(float(w) for w in wind)
-        )
     result = tune(
         logs[:k],
         logs[k:],

@@ -13,7 +13,6 @@ import torch
 from isr_px4_eval.eval_cli import main as px4_eval_main
 from isr_px4_eval.evaluation import (
     aggregate_metrics,
-    build_env_config,
     load_policy_file,
     load_settings,
     parse_seeds,
@@ -118,22 +117,6 @@ def test_missing_corrupt_and_mismatched_policies(
         assert rc == 2, path
         assert err.startswith("error: ") and message in err and path in err, err
         assert "Traceback" not in err and len(err.splitlines()) == 1
-
-
-def test_direct_backend_flies_in_the_evaluation_wind(policy_dir: Path) -> None:
-    settings = load_settings()
-    wind = [float(w) for w in settings.embedded["wind"]["mean_enu_m_s"]]
-    assert any(wind)  # the embedded preset has a mean wind
-    policy = load_policy_file(policy_dir)
-    cfg = build_env_config(policy, "direct", [100000], settings)
-    assert cfg.vehicle == "direct" and cfg.dynamics["wind_enu_m_s"] == wind
-    assert cfg.dynamics["tilt_drag_1_s"] > 0  # packaged training dynamics
-    own = build_env_config(
-        policy, "direct", [100000], settings, dynamics={"wind_enu_m_s": [0, 0, 0]}
-    )
-    assert own.dynamics["wind_enu_m_s"] == [0, 0, 0]
-    emb = build_env_config(policy, "embedded", [100000], settings)
-    assert emb.vehicle == "quadrotor" and emb.dynamics["wind"]["mean_enu_m_s"] == wind
 
 
 def test_open_loop_split_separates_model_error_from_candidate_noise() -> None:
