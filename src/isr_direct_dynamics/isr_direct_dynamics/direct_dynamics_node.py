@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .ros_node import run_node
+
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "num_drones": 4,
     "model": "direct",
@@ -55,15 +57,14 @@ def make_node_class() -> type:
 
     from . import InitialState, make_vehicle_model
     from .math3d import quat_rotate_inverse
+    from .ros_node import declare_parameters
 
     class DirectDynamicsNode(Node):
         """Integrates per-drone velocity commands with a batched vehicle model."""
 
         def __init__(self) -> None:
             super().__init__("direct_dynamics")
-            for name, value in DEFAULT_PARAMETERS.items():
-                self.declare_parameter(name, value)
-            p = {name: self.get_parameter(name).value for name in DEFAULT_PARAMETERS}
+            p = declare_parameters(self, DEFAULT_PARAMETERS)
             self.p = p
             n = int(p["num_drones"])
             self.model = make_vehicle_model(
@@ -132,18 +133,7 @@ def make_node_class() -> type:
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``direct_dynamics_node``."""
-    import rclpy
-
-    rclpy.init(args=args)
-    node = make_node_class()()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(make_node_class(), args)
 
 
 __all__ = ["DEFAULT_PARAMETERS", "main", "make_node_class", "normalized_action"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from isr_direct_dynamics.ros_node import run_node
+
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "px4_release": "1.15",
     "namespaces": [""],
@@ -47,6 +49,8 @@ def make_node_class() -> type:
     """The rclpy ``Node`` subclass (imports rclpy)."""
     from rclpy.node import Node
 
+    from isr_direct_dynamics.ros_node import declare_parameters
+
     from .px4_convert import RclpyTypes
     from .px4_emulator import Px4Emulator, Px4EmulatorConfig
     from .px4_topics import EMULATOR_OUT_QOS, PX4_IN_QOS, px4_topic_names, rclpy_qos_profile
@@ -56,9 +60,7 @@ def make_node_class() -> type:
 
         def __init__(self) -> None:
             super().__init__("px4_emulator")
-            for name, value in DEFAULT_PARAMETERS.items():
-                self.declare_parameter(name, value)
-            p = {name: self.get_parameter(name).value for name in DEFAULT_PARAMETERS}
+            p = declare_parameters(self, DEFAULT_PARAMETERS)
             namespaces = list(p["namespaces"]) or [""]
             self.types = RclpyTypes()
             self.core = Px4Emulator(
@@ -109,18 +111,7 @@ def make_node_class() -> type:
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``px4_emulator_node``."""
-    import rclpy
-
-    rclpy.init(args=args)
-    node = make_node_class()()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(make_node_class(), args)
 
 
 __all__ = ["DEFAULT_PARAMETERS", "IN_KEYS", "MSG_CLASSES", "OUT_KEYS", "main", "make_node_class"]

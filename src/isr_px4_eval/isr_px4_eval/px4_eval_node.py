@@ -29,6 +29,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from isr_direct_dynamics.ros_node import run_node
+
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "backend": "px4",
     "policy": "box",
@@ -87,6 +89,7 @@ def make_node_class() -> type:
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+    from isr_direct_dynamics.ros_node import declare_parameters
     from isr_sim_bridge.rosmsg import RclpyFactory, episode_metrics_msg, odometry_msg
 
     from .evaluation import parse_seeds
@@ -106,9 +109,7 @@ def make_node_class() -> type:
 
         def __init__(self) -> None:
             super().__init__("px4_eval")
-            for name, value in DEFAULT_PARAMETERS.items():
-                self.declare_parameter(name, value)
-            self.p = p = {name: self.get_parameter(name).value for name in DEFAULT_PARAMETERS}
+            self.p = p = declare_parameters(self, DEFAULT_PARAMETERS)
             if p["backend"] not in BACKENDS:
                 raise ValueError(f"backend must be one of {BACKENDS}, got '{p['backend']}'")
             self.factory = RclpyFactory()
@@ -236,23 +237,17 @@ def make_node_class() -> type:
     return Px4EvalNode
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console script ``px4_eval_node``: spins until the evaluation is done."""
+def _flush(node: Any) -> None:
+    """2 s more after the episode: the link-loss land commands and the metrics go out."""
     import rclpy
 
-    rclpy.init(args=args)
-    node = make_node_class()()
-    try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        for _ in range(40):  # 2 s more: the link-loss land commands and the metrics go out
-            rclpy.spin_once(node, timeout_sec=0.05)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    for _ in range(40):
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console script ``px4_eval_node``: spins until the evaluation is done."""
+    run_node(make_node_class(), args, until_done=True, finish=_flush)
 
 
 __all__ = [

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from isr_direct_dynamics.ros_node import run_node
+
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "num_drones": 4,
     "world_seed": 0,
@@ -41,6 +43,8 @@ def make_node_class() -> type:
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
 
+    from isr_direct_dynamics.ros_node import declare_parameters
+
     from . import rosmsg
     from .camera import CameraConfig, TiledCamera
     from .detections import GroundTruthDetector
@@ -52,9 +56,7 @@ def make_node_class() -> type:
 
         def __init__(self) -> None:
             super().__init__("sim_bridge")
-            for name, value in DEFAULT_PARAMETERS.items():
-                self.declare_parameter(name, value)
-            self.p = p = {name: self.get_parameter(name).value for name in DEFAULT_PARAMETERS}
+            self.p = p = declare_parameters(self, DEFAULT_PARAMETERS)
             n = int(p["num_drones"])
             self.f = rosmsg.RclpyFactory()
             world = generate_worlds(WorldSpec(), [int(p["world_seed"])], p["device"])
@@ -136,18 +138,7 @@ def make_node_class() -> type:
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``sim_bridge_node``."""
-    import rclpy
-
-    rclpy.init(args=args)
-    node = make_node_class()()
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(make_node_class(), args)
 
 
 __all__ = ["DEFAULT_PARAMETERS", "main", "make_node_class"]

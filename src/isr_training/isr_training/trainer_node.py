@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any
 
+from isr_direct_dynamics.ros_node import run_node
+
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "preset": "quick",
     "config": "",
@@ -57,6 +59,8 @@ def make_node_class() -> type:
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+    from isr_direct_dynamics.ros_node import declare_parameters
+
     from .pipeline import STAGES, Experiment, resolve_config, run_pipeline
 
     class TrainerNode(Node):
@@ -64,9 +68,7 @@ def make_node_class() -> type:
 
         def __init__(self) -> None:
             super().__init__("trainer")
-            for name, value in DEFAULT_PARAMETERS.items():
-                self.declare_parameter(name, value)
-            p = {name: self.get_parameter(name).value for name in DEFAULT_PARAMETERS}
+            p = declare_parameters(self, DEFAULT_PARAMETERS)
             from isr_msgs.msg import TrainingProgress
 
             self.msg_cls = TrainingProgress
@@ -119,24 +121,15 @@ def make_node_class() -> type:
     return TrainerNode
 
 
+def _finish(node: Any) -> None:
+    node.publish_progress()
+    if node.error:
+        node.get_logger().error(node.error)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console script ``trainer_node``."""
-    import rclpy
-
-    rclpy.init(args=args)
-    node = make_node_class()()
-    try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.2)
-        node.publish_progress()
-        if node.error:
-            node.get_logger().error(node.error)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(make_node_class(), args, until_done=True, spin_timeout_s=0.2, finish=_finish)
 
 
 __all__ = ["DEFAULT_PARAMETERS", "build_overrides", "main", "make_node_class", "progress_fields"]
