@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +38,22 @@ def check(condition: bool, field: str, message: str) -> None:
     """Raise :class:`ConfigError` naming ``field`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"invalid config field '{field}': {message}", field, message)
+
+
+def run_command(func: Callable[[Any], Any], args: Any, interrupted: str = "interrupted") -> int:
+    """Run a command-line action ``func(args)`` and return the exit status.
+
+    Its own status (None = 0); 2 after one ``error: ...`` line for a user error (bad config, bad
+    value, missing file); 130 after ``interrupted`` on Ctrl-C.
+    """
+    try:
+        return int(func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
 
 
 def validate_tree(obj: Any, prefix: str = "") -> None:

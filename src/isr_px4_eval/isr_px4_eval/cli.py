@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from isr_direct_dynamics.config import ConfigError
+from isr_direct_dynamics.config import run_command
 
 COMMAND_MODULES: tuple[str, ...] = (
     "isr_direct_dynamics.cli",
@@ -50,14 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``isr`` console script."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

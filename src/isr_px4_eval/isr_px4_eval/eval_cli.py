@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from isr_direct_dynamics.config import ConfigError
+from isr_direct_dynamics.config import ConfigError, run_command
 
 from .evaluation import (
     BACKENDS,
@@ -64,21 +64,24 @@ def _setup(args: argparse.Namespace) -> None:
         raise ConfigError(f"--device {args.device} but CUDA is not available")
 
 
+def _run_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments ``isr eval`` and ``isr parity`` pass alike."""
+    return {
+        "perception": args.perception,
+        "detector": args.detector,
+        "dynamics_config": args.dynamics_config,
+        "record_dir": args.record_dir,
+        "device": args.device,
+        "progress": not args.no_progress,
+    }
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """``isr eval``: evaluate, print the table, write the JSON."""
     _setup(args)
     seeds = parse_seeds(args.world_seeds)
     result = evaluate_policy(
-        args.policy,
-        args.backend,
-        seeds,
-        _settings(args),
-        perception=args.perception,
-        detector=args.detector,
-        dynamics_config=args.dynamics_config,
-        record_dir=args.record_dir,
-        device=args.device,
-        progress=not args.no_progress,
+        args.policy, args.backend, seeds, _settings(args), **_run_options(args)
     )
     print(format_table(result))
     if args.json:
@@ -101,12 +104,7 @@ def run_parity(args: argparse.Namespace) -> int:
         load_tolerances(args.tolerances),
         reference=args.reference,
         candidate=args.candidate,
-        perception=args.perception,
-        detector=args.detector,
-        dynamics_config=args.dynamics_config,
-        record_dir=args.record_dir,
-        device=args.device,
-        progress=not args.no_progress,
+        **_run_options(args),
     )
     print(format_parity(report))
     if args.json:
@@ -122,7 +120,7 @@ def run_rehearse(args: argparse.Namespace) -> int:
     from .px4_emulator import Px4Emulator, Px4EmulatorConfig
     from .px4_pilot import make_fly_policy, pilot_episode_fields
 
-    torch.set_num_threads(max(1, args.threads))
+    _setup(args)
     fly, pilot = make_fly_policy(
         args.policy, args.world_seed, args.seed, args.device, args.episode_seconds
     )
@@ -261,14 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help=argparse.SUPPRESS)
     register(sub, bench.add_subparsers(dest="bench_target", metavar="TARGET"))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

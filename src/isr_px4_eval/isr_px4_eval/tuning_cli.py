@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from isr_direct_dynamics import DirectDynamicsConfig
-from isr_direct_dynamics.config import ConfigError, load_yaml
+from isr_direct_dynamics.config import ConfigError, load_yaml, run_command
 
 from .px4_logs import BagTopics, FlightLog, FlightLogConfig, read_bag, read_ulog
 from .tuning import (
@@ -290,11 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="benchmarks that print one JSON object")
     register(sub, bench.add_subparsers(dest="bench_target", required=True, metavar="TARGET"))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from isr_direct_dynamics.config import ConfigError, apply_overrides, from_dict, to_dict
+from isr_direct_dynamics.config import ConfigError, apply_overrides, from_dict, run_command, to_dict
 
 CLASS_RGB: tuple[tuple[int, int, int], ...] = ((255, 42, 42), (255, 230, 0), (255, 77, 255))
 """Box colour of each target class (index = class id) in ``isr yolo predict`` grids."""
@@ -288,11 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub, None)  # type: ignore[arg-type]
     args = parser.parse_args(["yolo", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from isr_direct_dynamics.config import ConfigError
+from isr_direct_dynamics.config import ConfigError, run_command
 
 from .pipeline import STAGES
 
@@ -249,14 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_train_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return _train(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (resume with --resume EXP_DIR)", file=sys.stderr)
-        return 130
+    return run_command(_train, args, interrupted="interrupted (resume with --resume EXP_DIR)")
 
 
 if __name__ == "__main__":
