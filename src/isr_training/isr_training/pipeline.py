@@ -206,6 +206,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
 _WORLD_CACHE: dict[tuple[str, int], Any] = {}
 
 
+def make_training_env(cfg: TrainingConfig) -> ISREnv:
+    """The RL stages' environment (PPO and SB3 alike).
+
+    ``cfg.env``'s worlds (its ``world_seeds``, else ``num_worlds`` seeds from ``env.seed``), drones
+    per world and staggering.
+    """
+    env_cfg = cfg.env
+    seeds = (
+        list(env_cfg.world_seeds)
+        if env_cfg.world_seeds is not None
+        else [env_cfg.seed + i for i in range(env_cfg.num_worlds)]
+    )
+    return make_env(
+        env_cfg, seeds, env_cfg.drones_per_world, env_cfg.stagger, seed=env_cfg.seed,
+        device=cfg.device,
+    )  # fmt: skip
+
+
 def make_env(
     base: EnvConfig,
     seeds: list[int],
@@ -456,20 +474,8 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
 
     cfg, log = exp.cfg, exp.logger("rl")
     rl = cfg.rl
-    env_seeds = (
-        list(cfg.env.world_seeds)
-        if cfg.env.world_seeds is not None
-        else [cfg.env.seed + i for i in range(cfg.env.num_worlds)]
-    )
     t0 = time.perf_counter()
-    env = make_env(
-        cfg.env,
-        env_seeds,
-        cfg.env.drones_per_world,
-        cfg.env.stagger,
-        seed=cfg.env.seed,
-        device=cfg.device,
-    )
+    env = make_training_env(cfg)
     log.info(
         "built %d worlds x %d drones in %.1f s",
         env.num_worlds,
@@ -636,15 +642,7 @@ def _stage_rl_sb3(exp: Experiment) -> dict[str, Any]:
     rl = cfg.rl
     sb3cfg = copy.deepcopy(rl.sb3)
     sb3cfg.algorithm = "sac" if rl.algorithm == "sb3_sac" else "ppo"
-    env_seeds = [cfg.env.seed + i for i in range(cfg.env.num_worlds)]
-    env = make_env(
-        cfg.env,
-        env_seeds,
-        cfg.env.drones_per_world,
-        cfg.env.stagger,
-        seed=cfg.env.seed,
-        device=cfg.device,
-    )
+    env = make_training_env(cfg)
     venv = ISRSB3VecEnv(env=env)
     model, wrapped = build_sb3_model(
         venv, sb3cfg, seed=cfg.seed, tensorboard_log=str(exp.tensorboard_dir), device=cfg.device
