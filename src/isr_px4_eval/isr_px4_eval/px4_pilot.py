@@ -60,17 +60,21 @@ class ExternalVehicle(VehicleModel):
         """Last command the environment stepped with (normalized, after the safety filter)."""
         self.offset_enu_m = torch.zeros(3, device=self.device)
         """Added to PX4 local positions to get world positions (horizontal only)."""
+        self.stepped_pos_enu_m = torch.zeros(3, device=self.device)
+        """World position the last step reported (kept when the env then auto-resets)."""
         self._staged: OdometryENU | None = None
-        self.steps = 0
 
     def stage(self, odom: OdometryENU) -> None:
         """The measurement the next step (or reset) reports."""
         self._staged = odom
 
-    def _apply(self) -> None:
+    def _measured(self) -> OdometryENU:
         if self._staged is None:
             raise RuntimeError("ExternalVehicle: no odometry staged before step/reset")
-        o, st, dev = self._staged, self.state, self.device
+        return self._staged
+
+    def _apply(self) -> None:
+        o, st, dev = self._measured(), self.state, self.device
 
         def t(x: Any) -> Tensor:
             return torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
@@ -83,17 +87,15 @@ class ExternalVehicle(VehicleModel):
         st.ground_contact[0, 0] = False
 
     def _reset_masked(self, mask: Tensor, initial: InitialState) -> None:
-        if self._staged is None:
-            raise RuntimeError("ExternalVehicle: no odometry staged before reset")
         spawn = initial.pos_enu_m.reshape(-1, 3)[0].to(self.device)
-        pos = torch.as_tensor(np.asarray(self._staged.pos_enu_m, dtype=np.float32))
+        pos = torch.as_tensor(np.asarray(self._measured().pos_enu_m, dtype=np.float32))
         self.offset_enu_m = torch.cat((spawn[:2] - pos[:2].to(self.device), spawn.new_zeros(1)))
         self._apply()
 
     def _step_clean(self, action: Tensor) -> None:
         self.command = action.clone()
         self._apply()
-        self.steps += 1
+        self.stepped_pos_enu_m = self.state.pos_enu_m[0, 0].clone()
 
 
 class PolicyPilot:
@@ -158,7 +160,6 @@ class PolicyPilot:
             if self.recorder is not None:
                 self.recorder.record_reset()
         else:
-            offset = self.vehicle.offset_enu_m.clone()
             obs, r, term, trunc, info = env.step(self._action)
             reward = float(r[0])
             if self.recorder is not None:
@@ -168,8 +169,7 @@ class PolicyPilot:
                     self.recorder.close()  # the env has auto-reset the drone: log the final pose
                 self.episode = {k: float(v[0]) for k, v in info["episode"].items()}
                 self.episode["terminated"] = float(term[0])
-                final = torch.as_tensor(np.asarray(odom.pos_enu_m, dtype=np.float32)) + offset
-                self._record(t_s, reward, final)
+                self._record(t_s, reward, self.vehicle.stepped_pos_enu_m)
                 return None
         self._obs = obs
         self._setpoint = self._decide(obs)
