@@ -97,6 +97,7 @@ from torch import Tensor
 
 from isr_direct_dynamics.config import ConfigError, check
 from isr_direct_dynamics.math3d import quat_to_rotmat
+from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.world_batch import WorldBatch
 
 RESOLUTION_PRESETS: dict[str, tuple[int, int]] = {
@@ -166,6 +167,11 @@ class CameraConfig:
     """Compile the kernels with ``torch.compile`` (10-20x faster on CPU for big batches, but the
     first render then takes tens of seconds). ``None`` = automatic: compile when one render holds
     at least :data:`COMPILE_AUTO_MIN_PIXELS` pixels (all drones together)."""
+    cpu_kernels: bool | None = None
+    """On CPU, run the setup and box pass as one numba kernel parallel over drones
+    (:func:`isr_sim_bridge.cpu_kernels.render_boxes`, the same float32 arithmetic as the torch
+    kernels) instead of torch's binning, sort and layer loop. ``None`` = automatic: on CPU
+    whenever numba can be imported; ignored on CUDA."""
     mip_levels: int = 8
     """Maximum number of ground-texture mip levels (1 = no mip-mapping)."""
     mip_bias: float = 0.0
@@ -883,6 +889,16 @@ class TiledCamera:
             bool(cfg.compile) if cfg.compile is not None else pixels >= COMPILE_AUTO_MIN_PIXELS
         )
         """Whether the kernels are compiled (``CameraConfig.compile``, resolved)."""
+        want_numba = cfg.cpu_kernels is None or bool(cfg.cpu_kernels)
+        if cfg.cpu_kernels and not cpu_kernels.AVAILABLE:
+            warnings.warn(
+                "CameraConfig.cpu_kernels=True but numba cannot be imported; using torch",
+                stacklevel=2,
+            )
+        self.numba_box_pass = dev.type == "cpu" and want_numba and cpu_kernels.AVAILABLE
+        """Whether the setup and box pass run as the numba CPU kernel
+        (``CameraConfig.cpu_kernels``)."""
+        self._corner_signs = torch.tensor(CORNER_SIGNS, dtype=torch.float32).numpy()
         self._setup_fn = maybe_compile(_setup_kernel, self.compiled)
         self._layer_fn = maybe_compile(_layer_kernel, self.compiled, dynamic=None)
         self._shade_fn = maybe_compile(_shade_kernel, self.compiled)
@@ -967,23 +983,27 @@ class TiledCamera:
         t0 = clock()
         pos = pos_enu_m.to(self.device, torch.float32)
         quat = quat_wxyz.to(self.device, torch.float32)
-        rot, org, table, tile_rect = self._setup_fn(
-            self._spec,
-            pos,
-            quat,
-            self._mount_rot,
-            self._mount_off,
-            self._bld_center,
-            self._bld_half,
-            self._bld_valid,
-            wb.target_pos_enu_m,
-            wb.target_size_m,
-            wb.target_yaw_rad,
-            wb.target_valid,
-        )
-        t1 = clock()
-        self._zbuf.fill_(math.inf)
-        self._box_pass(table, self._colors, tile_rect)
+        if self.numba_box_pass:
+            rot, org = self._render_boxes_numba(pos, quat)
+            t1 = clock()
+        else:
+            rot, org, table, tile_rect = self._setup_fn(
+                self._spec,
+                pos,
+                quat,
+                self._mount_rot,
+                self._mount_off,
+                self._bld_center,
+                self._bld_half,
+                self._bld_valid,
+                wb.target_pos_enu_m,
+                wb.target_size_m,
+                wb.target_yaw_rad,
+                wb.target_valid,
+            )
+            t1 = clock()
+            self._zbuf.fill_(math.inf)
+            self._box_pass(table, self._colors, tile_rect)
         t2 = clock()
         rgba, depth = self._shade_fn(
             self._spec,
@@ -1023,11 +1043,59 @@ class TiledCamera:
             detections=det,
         )
 
+    def _render_boxes_numba(self, pos: Tensor, quat: Tensor) -> tuple[Tensor, Tensor]:
+        """Setup + box pass as one numba kernel (:func:`isr_sim_bridge.cpu_kernels.render_boxes`).
+
+        Returns the camera rotations ``(N, 9)`` and origins ``(N, 3)`` for the shading pass.
+        """
+        wb = self.world
+        pose = camera_pose(pos, quat, self._mount_rot, self._mount_off)
+        n = self.num_drones
+        rot = pose.rot_world_from_cam.reshape(n, 3, 3).contiguous()
+        org = pose.pos_enu_m.reshape(n, 3).contiguous()
+        center = torch.cat((self._bld_center, wb.target_pos_enu_m), dim=1)
+        half = torch.cat((self._bld_half, 0.5 * wb.target_size_m), dim=1)
+        yaw = torch.cat((torch.zeros_like(self._bld_center[..., 0]), wb.target_yaw_rad), dim=1)
+        valid = torch.cat((self._bld_valid, wb.target_valid), dim=1)
+        fx, fy, cx, cy = self.intrinsics
+        self.last_work_items = int(
+            cpu_kernels.render_boxes(
+                rot.numpy(),
+                org.numpy(),
+                center.numpy(),
+                half.numpy(),
+                torch.cos(yaw).numpy(),
+                torch.sin(yaw).numpy(),
+                valid.numpy(),
+                self._colors.numpy(),
+                self._corner_signs,
+                self._tile_ray_x.numpy(),
+                self._tile_ray_y.numpy(),
+                self._zbuf.numpy(),
+                self._cbuf.numpy(),
+                self.drones_per_world,
+                self.tiles_x,
+                self.tiles_y,
+                TILE_WIDTH_PX,
+                TILE_HEIGHT_PX,
+                fx,
+                fy,
+                cx,
+                cy,
+                self._spec.near_clip_m,
+                self._spec.far_clip_m,
+                self.width_px,
+                self.height_px,
+            )
+        )
+        return rot.view(n, 9), org
+
     def _box_pass(self, table: Tensor, colors: Tensor, tile_rect: Tensor) -> None:
         """Exact box hits of all (drone, tile, box) work items into the z and colour buffers.
 
         A work item's layer is its rank among the items of the same drone tile, so no layer
-        touches a tile twice.
+        touches a tile twice. (On CPU with numba, :meth:`_render_boxes_numba` replaces the setup
+        kernel and this pass.)
         """
         p = self.num_boxes
         tx0, ty0, tw, count = tile_rect.unbind(0)

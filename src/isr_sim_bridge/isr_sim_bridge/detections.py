@@ -26,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from isr_direct_dynamics.config import check
+from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.camera import (
     CORNER_SIGNS,
     CameraConfig,
@@ -57,6 +59,12 @@ class DetectionConfig:
     """Occlusion samples per box axis: ``n**3`` points per target (1 = the centre only)."""
     sample_inset: float = 0.8
     """The sample grid spans ``+-sample_inset`` of the half extents (0 < inset <= 1)."""
+    cpu_kernels: bool | None = None
+    """On CPU, compute the detections with one numba kernel parallel over cameras
+    (:func:`isr_sim_bridge.cpu_kernels.detect_targets`, the same float32 arithmetic as
+    :func:`detect_targets`, reading each world's occluders in place instead of gathering them per
+    candidate pair). ``None`` = automatic: on CPU whenever numba can be imported; ignored on
+    CUDA."""
     compile: bool | None = None
     """Compile the kernel with ``torch.compile`` (faster for many drones; slow first call).
     ``None`` = automatic: compile when ``W * D * T`` (cameras times target slots) is at least
@@ -396,6 +404,11 @@ class GroundTruthDetector:
         grid = sample_grid(self.config.samples_per_axis, self.config.sample_inset)
         self._samples = tuple(tuple(float(v) for v in row) for row in grid.tolist())
         compiled = self.config.compile is not False
+        want = self.config.cpu_kernels is None or bool(self.config.cpu_kernels)
+        self.cpu_kernel = self.device.type == "cpu" and want and cpu_kernels.AVAILABLE
+        """Whether detections run as the numba kernel (``DetectionConfig.cpu_kernels``)."""
+        self._samples_np = np.asarray(self._samples, dtype=np.float32).reshape(-1, 3)
+        self._corner_signs = np.asarray(CORNER_SIGNS, dtype=np.float32)
         self._compiled_fn = maybe_compile(project_targets, True) if compiled else None
         self._compiled_occlusion = (
             maybe_compile(occlusion_kernel, True, dynamic=True) if compiled else None
@@ -420,6 +433,8 @@ class GroundTruthDetector:
             pos_enu_m=pose.pos_enu_m.to(self.device, torch.float32),
             rot_world_from_cam=pose.rot_world_from_cam.to(self.device, torch.float32),
         )
+        if self.cpu_kernel:
+            return self._detect_numba(pose)
         return detect_targets(
             pose,
             wb.target_pos_enu_m,
@@ -434,4 +449,47 @@ class GroundTruthDetector:
             self.config,
             self._samples,
             *self._kernels(pairs),
+        )
+
+    def _detect_numba(self, pose: CameraPose) -> Detections:
+        """:meth:`detect` with :func:`isr_sim_bridge.cpu_kernels.detect_targets` (CPU)."""
+        wb = self.world
+        cam = self.camera
+        w, d = pose.pos_enu_m.shape[0], pose.pos_enu_m.shape[1]
+        t = wb.target_pos_enu_m.shape[1]
+        width, height = parse_resolution(cam.resolution)
+        fx, fy, cx, cy = camera_intrinsics(cam)
+        boxes = torch.empty((w, d, t, 4), dtype=torch.float32)
+        in_front = torch.empty((w, d, t), dtype=torch.bool)
+        visible = torch.empty((w, d, t), dtype=torch.bool)
+        frac = torch.empty((w, d, t), dtype=torch.float32)
+        depth = torch.empty((w, d, t), dtype=torch.float32)
+        cls = torch.empty((w, d, t), dtype=torch.int64)
+        cfg = self.config
+        cpu_kernels.detect_targets(
+            pose.pos_enu_m.contiguous().numpy(),
+            pose.rot_world_from_cam.contiguous().numpy(),
+            wb.target_pos_enu_m.contiguous().numpy(),
+            wb.target_size_m.contiguous().numpy(),
+            torch.cos(wb.target_yaw_rad).numpy(),
+            torch.sin(wb.target_yaw_rad).numpy(),
+            wb.target_class.contiguous().numpy(),
+            wb.target_valid.contiguous().numpy(),
+            wb.box_min_m.contiguous().numpy(),
+            wb.box_max_m.contiguous().numpy(),
+            wb.box_valid.contiguous().numpy(),
+            self._samples_np,
+            self._corner_signs,
+            fx, fy, cx, cy, cam.near_clip_m, cam.far_clip_m, width, height,
+            float(cfg.min_box_size_px), float(cfg.min_visible_fraction),
+            boxes.numpy(), in_front.numpy(), visible.numpy(), frac.numpy(), depth.numpy(),
+            cls.numpy(),
+        )  # fmt: skip
+        return Detections(
+            boxes_xyxy=boxes,
+            class_id=cls,
+            target_id=torch.arange(t).expand(w, d, t),
+            visible=visible,
+            visible_fraction=frac,
+            depth_m=depth,
         )

@@ -1,0 +1,429 @@
+"""Numba CPU kernels for the parts of the camera that torch cannot batch cheaply on a CPU.
+
+The camera's box pass (:meth:`isr_sim_bridge.camera.TiledCamera._box_pass`) is a scatter of
+(drone, tile, box) work items into a z-buffer. In torch it needs a sort, a rank computation and a
+Python loop over layers (so no two items of a layer write the same tile); on a 2-core CPU that
+bookkeeping costs more than the ray/box tests themselves. The ground-truth detections gather
+every candidate pair's occluders before testing them. Here both are single loop nests, parallel
+over cameras (``numba.prange``: each camera's outputs belong to one thread, so no atomics and the
+result does not depend on the thread count):
+
+- :func:`render_boxes`: the camera's setup kernel (box constants, projected bounds, covered
+  tiles) and box pass, per drone;
+- :func:`detect_targets`: projection, candidate culling and occlusion samples of
+  :mod:`isr_sim_bridge.detections`.
+
+They compute exactly what the torch kernels compute (same float32 operations in the same order,
+boxes in index order per pixel with a strict ``<`` depth test so ties keep the earlier box, NaN
+propagation of ``torch.minimum``/``maximum``): the tests compare both paths bit for bit. Measured
+on the 2-core build machine (``isr bench camera --drones 256 --resolution 80x80``): setup + box
+pass 2.9 -> 1.9 ms, detections 3.6 -> 1.0 ms per render of 256 views.
+
+These kernels are used on CPU only (``CameraConfig.cpu_kernels``, ``DetectionConfig.cpu_kernels``);
+on CUDA the torch kernels run.
+``numba`` is a dependency of the workspace; where it cannot be imported, :data:`AVAILABLE` is
+False and the camera falls back to torch. Compiled code is cached on disk (``cache=True``: the
+package's ``__pycache__`` or numba's user cache directory), so only the first run of a new
+install pays the ~2-5 s compilation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # pragma: no branch - numba is in requirements.txt
+    import numba
+    from numba import njit, prange
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    numba = None
+    AVAILABLE = False
+
+    def njit(*args, **kwargs):  # type: ignore[no-redef]
+        """Stand-in decorator: the kernel stays a plain Python function (never called)."""
+
+        def wrap(fn):
+            return fn
+
+        return wrap
+
+    prange = range  # type: ignore[assignment]
+
+
+@njit(inline="always", cache=True)
+def _fmin(a, b):
+    """``torch.minimum`` for float32 scalars (NaN if either is NaN), branch-free."""
+    m = a if a < b else b
+    return m if a == a else a
+
+
+@njit(inline="always", cache=True)
+def _fmax(a, b):
+    """``torch.maximum`` for float32 scalars (NaN if either is NaN), branch-free."""
+    m = a if a > b else b
+    return m if a == a else a
+
+
+@njit(inline="always", cache=True)
+def _project_clipped(x, y, z, fx, fy, u_off, v_off, near, out):
+    """``camera.project_clipped_soa`` for one box: corners ``x, y, z`` (8,) in the optical frame.
+
+    Writes ``u0, v0, u1, v1, in_front (0/1), min_depth`` into ``out`` (6,).
+    """
+    inf = np.float32(np.inf)
+    u0, v0, u1, v1 = inf, inf, -inf, -inf
+    front = False
+    zmin = z[0]
+    for i in range(8):
+        if z[i] < zmin:
+            zmin = z[i]
+        if z[i] >= near:
+            front = True
+            u = fx * x[i] / z[i] + u_off
+            v = fy * y[i] / z[i] + v_off
+            u0 = min(u0, u)
+            u1 = max(u1, u)
+            v0 = min(v0, v)
+            v1 = max(v1, v)
+    for i in range(8):  # the 12 edges: corners i and i | bit k
+        for k in range(3):
+            j = i | (1 << k)
+            if j == i:
+                continue
+            if (z[i] - near) * (z[j] - near) < 0:
+                t = (near - z[i]) / (z[j] - z[i])
+                u = fx * (x[i] + t * (x[j] - x[i])) / near + u_off
+                v = fy * (y[i] + t * (y[j] - y[i])) / near + v_off
+                u0 = min(u0, u)
+                u1 = max(u1, u)
+                v0 = min(v0, v)
+                v1 = max(v1, v)
+    out[0] = u0
+    out[1] = v0
+    out[2] = u1
+    out[3] = v1
+    out[4] = 1.0 if front else 0.0
+    out[5] = zmin
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def render_boxes(
+    rot,
+    org,
+    center,
+    half,
+    cos_yaw,
+    sin_yaw,
+    valid,
+    colors,
+    corner_signs,
+    tile_ray_x,
+    tile_ray_y,
+    zbuf,
+    cbuf,
+    drones_per_world,
+    tiles_x,
+    tiles_y,
+    tile_w,
+    tile_h,
+    fx,
+    fy,
+    cx,
+    cy,
+    near_clip_m,
+    far_clip_m,
+    width,
+    height,
+):
+    """Setup and box pass of the camera for every drone: nearest box hit per pixel, in place.
+
+    The loop-nest form of ``camera._setup_kernel`` (per (drone, box): camera -> box frame, slab
+    constants, exact projected bounds and the screen tiles they cover) followed by the exact
+    ray/box slab test of ``camera._layer_kernel`` at every pixel of those tiles, with the same
+    float32 arithmetic and NaN propagation. Boxes are visited in index order and the depth test
+    is strict, so ties keep the earlier box as in torch. Parallel over drones; each drone's
+    buffer rows belong to one thread (no atomics, result independent of the thread count).
+
+    Args (NumPy arrays sharing memory with the camera's tensors):
+        rot, org: ``(N, 3, 3)`` world-from-camera rotations and ``(N, 3)`` optical centres.
+        center, half: ``(W, P, 3)`` box centres and half extents (buildings, then targets);
+            cos_yaw, sin_yaw, valid: ``(W, P)``.
+        colors: ``(W * P, 8)`` int32 packed RGBA face colours.
+        corner_signs: ``(8, 3)`` float32 :data:`~isr_sim_bridge.camera.CORNER_SIGNS`.
+        tile_ray_x, tile_ray_y: ``(T, S)`` float32 camera-frame rays of every tile's pixels.
+        zbuf, cbuf: ``(N * T, S)`` float32 / int32 nearest depth and its colour (overwritten).
+
+    Returns the number of (drone, tile, box) work items.
+    """
+    n = rot.shape[0]
+    num_boxes = center.shape[1]
+    num_tiles = tiles_x * tiles_y
+    s_count = tile_ray_x.shape[1]
+    f32 = np.float32
+    near = f32(near_clip_m)
+    far = f32(far_clip_m)
+    fx_, fy_ = f32(fx), f32(fy)
+    u_off, v_off = f32(cx + 0.5), f32(cy + 0.5)
+    wf, hf = f32(width), f32(height)
+    inv_tw, inv_th = f32(1.0 / tile_w), f32(1.0 / tile_h)
+    one, zero = f32(1.0), f32(0.0)
+    inf = f32(np.inf)
+    items = np.zeros(n, dtype=np.int64)
+    for i in prange(n):
+        for r in range(i * num_tiles, (i + 1) * num_tiles):
+            for s in range(s_count):
+                zbuf[r, s] = inf
+        world = i // drones_per_world
+        xs = np.empty(8, dtype=np.float32)
+        ys = np.empty(8, dtype=np.float32)
+        zs = np.empty(8, dtype=np.float32)
+        proj = np.empty(6, dtype=np.float32)
+        done = 0
+        for b in range(num_boxes):
+            if not valid[world, b]:
+                continue
+            cs = cos_yaw[world, b]
+            sn = sin_yaw[world, b]
+            # rows of camera -> box: box axis k in camera coordinates
+            m00 = cs * rot[i, 0, 0] + sn * rot[i, 1, 0]
+            m01 = cs * rot[i, 0, 1] + sn * rot[i, 1, 1]
+            m02 = cs * rot[i, 0, 2] + sn * rot[i, 1, 2]
+            m10 = cs * rot[i, 1, 0] - sn * rot[i, 0, 0]
+            m11 = cs * rot[i, 1, 1] - sn * rot[i, 0, 1]
+            m12 = cs * rot[i, 1, 2] - sn * rot[i, 0, 2]
+            m20 = rot[i, 2, 0]
+            m21 = rot[i, 2, 1]
+            m22 = rot[i, 2, 2]
+            r0 = org[i, 0] - center[world, b, 0]
+            r1 = org[i, 1] - center[world, b, 1]
+            r2 = org[i, 2] - center[world, b, 2]
+            ob0 = cs * r0 + sn * r1  # camera in the box frame
+            ob1 = cs * r1 - sn * r0
+            ob2 = r2
+            h0, h1, h2 = half[world, b, 0], half[world, b, 1], half[world, b, 2]
+            # corners in camera coordinates
+            cc0 = -(m00 * ob0 + m10 * ob1 + m20 * ob2)
+            cc1 = -(m01 * ob0 + m11 * ob1 + m21 * ob2)
+            cc2 = -(m02 * ob0 + m12 * ob1 + m22 * ob2)
+            for c in range(8):
+                s0, s1, s2 = corner_signs[c, 0], corner_signs[c, 1], corner_signs[c, 2]
+                xs[c] = cc0 + s0 * (h0 * m00) + s1 * (h1 * m10) + s2 * (h2 * m20)
+                ys[c] = cc1 + s0 * (h0 * m01) + s1 * (h1 * m11) + s2 * (h2 * m21)
+                zs[c] = cc2 + s0 * (h0 * m02) + s1 * (h1 * m12) + s2 * (h2 * m22)
+            _project_clipped(xs, ys, zs, fx_, fy_, u_off, v_off, near, proj)
+            u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
+            if not (proj[4] > 0 and proj[5] <= far and u1 > 0 and u0 < wf and v1 > 0 and v0 < hf):
+                continue
+            tx0 = int(np.floor(min(max(u0, zero), wf - one) * inv_tw))
+            tx1 = int(np.floor(min(max(u1, zero), wf - one) * inv_tw))
+            ty0 = int(np.floor(min(max(v0, zero), hf - one) * inv_th))
+            ty1 = int(np.floor(min(max(v1, zero), hf - one) * inv_th))
+            span = tx1 - tx0 + 1
+            cnt = span * (ty1 - ty0 + 1)
+            done += cnt
+            lo_x, lo_y, lo_z = -h0 - ob0, -h1 - ob1, -h2 - ob2
+            hi_x, hi_y, hi_z = h0 - ob0, h1 - ob1, h2 - ob2
+            crow = world * num_boxes + b
+            col_px, col_nx = colors[crow, 0], colors[crow, 1]
+            col_py, col_ny = colors[crow, 2], colors[crow, 3]
+            col_pz, col_nz = colors[crow, 4], colors[crow, 5]
+            for k in range(cnt):
+                tile = (ty0 + k // span) * tiles_x + tx0 + k % span
+                row = i * num_tiles + tile
+                # branch-free body (selects only) so that LLVM vectorizes the pixel loop
+                for s in range(s_count):
+                    rx = tile_ray_x[tile, s]
+                    ry = tile_ray_y[tile, s]
+                    dx = m00 * rx + m01 * ry + m02
+                    dy = m10 * rx + m11 * ry + m12
+                    dz = m20 * rx + m21 * ry + m22
+                    ix = one / dx
+                    iy = one / dy
+                    iz = one / dz
+                    ax = lo_x * ix
+                    bx = hi_x * ix
+                    ay = lo_y * iy
+                    by = hi_y * iy
+                    az = lo_z * iz
+                    bz = hi_z * iz
+                    nx = _fmin(ax, bx)
+                    ny = _fmin(ay, by)
+                    nz = _fmin(az, bz)
+                    t_yz = _fmax(ny, nz)
+                    t_in = _fmax(nx, t_yz)
+                    t_out = _fmin(_fmin(_fmax(ax, bx), _fmax(ay, by)), _fmax(az, bz))
+                    # torch.clamp(t_in, min=near): NaN stays NaN
+                    t_hit = near if t_in < near else t_in
+                    old = zbuf[row, s]
+                    upd = (t_out >= t_hit) & (t_hit <= far) & (t_hit < old)
+                    cx_ = col_nx if dx > 0 else col_px
+                    cy_ = col_ny if dy > 0 else col_py
+                    cz_ = col_nz if dz > 0 else col_pz
+                    color = cx_ if nx >= t_yz else (cy_ if ny >= nz else cz_)
+                    zbuf[row, s] = t_hit if upd else old
+                    cbuf[row, s] = color if upd else cbuf[row, s]
+        items[i] = done
+    return items.sum()
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def detect_targets(
+    org,
+    rot,
+    target_pos,
+    target_size,
+    cos_yaw,
+    sin_yaw,
+    target_class,
+    target_valid,
+    box_min,
+    box_max,
+    box_valid,
+    samples,
+    corner_signs,
+    fx,
+    fy,
+    cx,
+    cy,
+    near,
+    far,
+    width,
+    height,
+    min_box_size_px,
+    min_visible_fraction,
+    boxes,
+    in_front,
+    visible,
+    frac,
+    depth,
+    cls,
+):
+    """Ground-truth detections of every (camera, target) pair, written into the outputs.
+
+    The loop-nest form of :func:`isr_sim_bridge.detections.project_targets` and
+    :func:`~isr_sim_bridge.detections.occlusion_kernel` (same float32 arithmetic), parallel over
+    cameras, reading each world's occluders in place. Shapes: ``org (W, D, 3)``,
+    ``rot (W, D, 3, 3)`` (world from camera), targets ``(W, T, 3)`` / ``(W, T)`` (``cos_yaw``,
+    ``sin_yaw`` precomputed), occluders ``(W, B, 3)`` / ``(W, B)``, ``samples (S, 3)``;
+    outputs ``boxes (W, D, T, 4)``, ``in_front``/``visible`` bool, ``frac``/``depth`` float32,
+    ``cls`` int64, all ``(W, D, T)``.
+    """
+    nw, nd = org.shape[0], org.shape[1]
+    nt = target_pos.shape[1]
+    nb = box_min.shape[1]
+    ns = samples.shape[0]
+    f32 = np.float32
+    fx_, fy_ = f32(fx), f32(fy)
+    u_off, v_off = f32(cx + 0.5), f32(cy + 0.5)
+    near_, far_ = f32(near), f32(far)
+    far_margin = f32(far + 1e-3 * (1.0 + far))
+    eps = f32(1e-3)
+    wf, hf = f32(width), f32(height)
+    w_hi, h_hi = f32(width + 1e-3), f32(height + 1e-3)
+    min_box = f32(min_box_size_px)
+    min_vis = f32(min_visible_fraction)
+    one, zero, half_ = f32(1.0), f32(0.0), f32(0.5)
+    inv_s = f32(1.0 / ns)
+    for flat in prange(nw * nd):
+        w = flat // nd
+        d = flat % nd
+        o0, o1, o2 = org[w, d, 0], org[w, d, 1], org[w, d, 2]
+        xs = np.empty(8, dtype=np.float32)
+        ys = np.empty(8, dtype=np.float32)
+        zs = np.empty(8, dtype=np.float32)
+        proj = np.empty(6, dtype=np.float32)
+        for t in range(nt):
+            cs = cos_yaw[w, t]
+            sn = sin_yaw[w, t]
+            h0 = half_ * target_size[w, t, 0]
+            h1 = half_ * target_size[w, t, 1]
+            h2 = half_ * target_size[w, t, 2]
+            c0, c1, c2 = target_pos[w, t, 0], target_pos[w, t, 1], target_pos[w, t, 2]
+            for c in range(8):
+                a0 = corner_signs[c, 0] * h0
+                a1 = corner_signs[c, 1] * h1
+                a2 = corner_signs[c, 2] * h2
+                # box axes: local x = (cs, sn, 0), y = (-sn, cs, 0), z = (0, 0, 1)
+                r0 = c0 + ((a0 * cs + a1 * -sn) + a2 * zero) - o0
+                r1 = c1 + ((a0 * sn + a1 * cs) + a2 * zero) - o1
+                r2 = c2 + ((a0 * zero + a1 * zero) + a2 * one) - o2
+                xs[c] = r0 * rot[w, d, 0, 0] + r1 * rot[w, d, 1, 0] + r2 * rot[w, d, 2, 0]
+                ys[c] = r0 * rot[w, d, 0, 1] + r1 * rot[w, d, 1, 1] + r2 * rot[w, d, 2, 1]
+                zs[c] = r0 * rot[w, d, 0, 2] + r1 * rot[w, d, 1, 2] + r2 * rot[w, d, 2, 2]
+            _project_clipped(xs, ys, zs, fx_, fy_, u_off, v_off, near_, proj)
+            u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
+            front = proj[4] > 0
+            valid = target_valid[w, t]
+            cand = (
+                valid
+                and front
+                and proj[5] <= far_margin
+                and u1 >= -eps
+                and u0 <= w_hi
+                and v1 >= -eps
+                and v0 <= h_hi
+            )
+            u0 = min(max(u0, zero), wf)
+            u1 = min(max(u1, zero), wf)
+            v0 = min(max(v0, zero), hf)
+            v1 = min(max(v1, zero), hf)
+            if front:
+                boxes[w, d, t, 0] = u0
+                boxes[w, d, t, 1] = v0
+                boxes[w, d, t, 2] = u1
+                boxes[w, d, t, 3] = v1
+            else:
+                boxes[w, d, t, 0] = zero
+                boxes[w, d, t, 1] = zero
+                boxes[w, d, t, 2] = zero
+                boxes[w, d, t, 3] = zero
+            size_ok = (u1 - u0) >= min_box and (v1 - v0) >= min_box
+            depth[w, d, t] = ((c0 - o0) * rot[w, d, 0, 2] + (c1 - o1) * rot[w, d, 1, 2]) + (
+                c2 - o2
+            ) * rot[w, d, 2, 2]
+            in_front[w, d, t] = front
+            cls[w, d, t] = target_class[w, t] if valid else -1
+            count = 0
+            if cand:
+                for s in range(ns):
+                    a0 = samples[s, 0] * h0
+                    a1 = samples[s, 1] * h1
+                    a2 = samples[s, 2] * h2
+                    s0 = c0 + ((a0 * cs + a1 * -sn) + a2 * zero) - o0
+                    s1 = c1 + ((a0 * sn + a1 * cs) + a2 * zero) - o1
+                    s2 = c2 + ((a0 * zero + a1 * zero) + a2 * one) - o2
+                    x = (s0 * rot[w, d, 0, 0] + s1 * rot[w, d, 1, 0]) + s2 * rot[w, d, 2, 0]
+                    y = (s0 * rot[w, d, 0, 1] + s1 * rot[w, d, 1, 1]) + s2 * rot[w, d, 2, 1]
+                    z = (s0 * rot[w, d, 0, 2] + s1 * rot[w, d, 1, 2]) + s2 * rot[w, d, 2, 2]
+                    zs_ = z if z > zero else one
+                    u = fx_ * x / zs_ + u_off
+                    v = fy_ * y / zs_ + v_off
+                    if not (z >= near_ and z <= far_ and u >= zero and u < wf and v >= zero
+                            and v < hf):  # fmt: skip
+                        continue
+                    i0, i1, i2 = one / s0, one / s1, one / s2
+                    blocked = False
+                    for b in range(nb):
+                        if not box_valid[w, b]:
+                            continue
+                        ta = (box_min[w, b, 0] - o0) * i0
+                        tb = (box_max[w, b, 0] - o0) * i0
+                        t_in = _fmin(ta, tb)
+                        t_out = _fmax(ta, tb)
+                        ta = (box_min[w, b, 1] - o1) * i1
+                        tb = (box_max[w, b, 1] - o1) * i1
+                        t_in = _fmax(t_in, _fmin(ta, tb))
+                        t_out = _fmin(t_out, _fmax(ta, tb))
+                        ta = (box_min[w, b, 2] - o2) * i2
+                        tb = (box_max[w, b, 2] - o2) * i2
+                        t_in = _fmax(t_in, _fmin(ta, tb))
+                        t_out = _fmin(t_out, _fmax(ta, tb))
+                        if t_in <= t_out and t_out > zero and t_in < one:
+                            blocked = True
+                            break
+                    if not blocked:
+                        count += 1
+            fr = f32(count) * inv_s
+            frac[w, d, t] = fr
+            visible[w, d, t] = valid and front and size_ok and fr >= min_vis and fr > zero
