@@ -574,11 +574,10 @@ class ISREnv:
             obs = self._observe()
         else:  # no perception this step: seen, found and detections (the tail) are unchanged
             obs = self._assemble(self._observe_head(), self._obs_tail)
+        # The reset below changes no tensor of ``obs`` in place (the state vector is rebuilt by
+        # _assemble and the image is not re-rendered), so the last observation needs no copy.
         final_obs = obs
         if bool(done.any()):
-            final_obs = (
-                {k: v.clone() for k, v in obs.items()} if isinstance(obs, dict) else obs.clone()
-            )
             self._reset_drones(done)
             # Only the kinematic part changes for the others; the perception part of a reset
             # drone is all zeros (see _observe_tail), so it is not recomputed.
