@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
         "--threads", type=int, default=None, help="torch.set_num_threads (default: keep)"
     )
     b.add_argument("--no-compile", action="store_true", help="run the kernels eagerly")
+    b.add_argument(
+        "--torch-kernels",
+        action="store_true",
+        help="on CPU, run the torch kernels instead of the numba ones (for comparison)",
+    )
     b.add_argument("--no-detections", action="store_true", help="rendering only")
     b.add_argument("--depth", action="store_true", help="also output depth images")
     b.add_argument("--world-seed", type=int, default=0, help="seed of the first world")
@@ -164,14 +169,19 @@ def bench_main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     num_worlds = args.drones // args.drones_per_world
     compile_ = not args.no_compile
-    cfg = CameraConfig(resolution=args.resolution, compile=compile_, depth=args.depth)
+    numba = False if args.torch_kernels else None
+    cfg = CameraConfig(
+        resolution=args.resolution, compile=compile_, depth=args.depth, cpu_kernels=numba
+    )
     cfg.validate()
     t0 = time.perf_counter()
     world = _make_worlds(args.world_seed, num_worlds, args.unique_worlds, args.device)
     t_world = time.perf_counter() - t0
     det = None
     if not args.no_detections:
-        det = GroundTruthDetector(world, cfg, DetectionConfig(compile=compile_), device)
+        det = GroundTruthDetector(
+            world, cfg, DetectionConfig(compile=compile_, cpu_kernels=numba), device
+        )
     cam = TiledCamera(world, args.drones_per_world, cfg, device, detector=det)
     pos0, quat = place_drones(world, args.drones_per_world, args.world_seed, tilt_deg=5.0)
     vel = torch.randn(pos0.shape, generator=torch.Generator().manual_seed(1)).to(device)
@@ -220,6 +230,7 @@ def bench_main(args: argparse.Namespace) -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "compiled": compile_,
+        "cpu_kernels": cam.numba_kernels,
         "gt_boxes": det is not None,
         "depth": bool(args.depth),
         "steps": len(times),
