@@ -900,13 +900,14 @@ class TiledCamera:
                 stacklevel=2,
             )
         self.numba_kernels = dev.type == "cpu" and want_numba and cpu_kernels.AVAILABLE
-        """Whether the setup and box pass run as the numba CPU kernel
-        (``CameraConfig.cpu_kernels``)."""
+        """Whether setup, box pass and shading run as the numba CPU kernels
+        (``CameraConfig.cpu_kernels``); the torch kernels are then not compiled."""
         self._corner_signs = torch.tensor(CORNER_SIGNS, dtype=torch.float32).numpy()
         self._no_depth = torch.zeros((1, 1, 1), dtype=torch.float32)
-        self._setup_fn = maybe_compile(_setup_kernel, self.compiled)
-        self._layer_fn = maybe_compile(_layer_kernel, self.compiled, dynamic=None)
-        self._shade_fn = maybe_compile(_shade_kernel, self.compiled)
+        torch_compiled = self.compiled and not self.numba_kernels
+        self._setup_fn = maybe_compile(_setup_kernel, torch_compiled)
+        self._layer_fn = maybe_compile(_layer_kernel, torch_compiled, dynamic=None)
+        self._shade_fn = maybe_compile(_shade_kernel, torch_compiled)
 
         self._step_count = 0
         self._last: CameraOutput | None = None

@@ -403,16 +403,25 @@ class GroundTruthDetector:
         self.world = world if world.device == self.device else world.to(self.device)
         grid = sample_grid(self.config.samples_per_axis, self.config.sample_inset)
         self._samples = tuple(tuple(float(v) for v in row) for row in grid.tolist())
-        compiled = self.config.compile is not False
         want = self.config.cpu_kernels is None or bool(self.config.cpu_kernels)
         self.cpu_kernel = self.device.type == "cpu" and want and cpu_kernels.AVAILABLE
         """Whether detections run as the numba kernel (``DetectionConfig.cpu_kernels``)."""
+        # the torch kernels (and torch.compile's import, ~3 s) are not needed with the numba one
+        compiled = self.config.compile is not False and not self.cpu_kernel
         self._samples_np = np.asarray(self._samples, dtype=np.float32).reshape(-1, 3)
         self._corner_signs = np.asarray(CORNER_SIGNS, dtype=np.float32)
         self._compiled_fn = maybe_compile(project_targets, True) if compiled else None
         self._compiled_occlusion = (
             maybe_compile(occlusion_kernel, True, dynamic=True) if compiled else None
         )
+        if self.cpu_kernel:  # load (or compile) the numba kernel now, not on the first frame
+            w = self.world.num_worlds
+            self._detect_numba(
+                CameraPose(
+                    pos_enu_m=torch.zeros(w, 1, 3),
+                    rot_world_from_cam=torch.eye(3).expand(w, 1, 3, 3),
+                )
+            )
 
     def _kernels(self, pairs: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """The two stages, compiled when configured (or automatic and ``pairs`` is large).

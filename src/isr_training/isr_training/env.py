@@ -323,6 +323,12 @@ class ISREnv:
         self.ep_first_detection = torch.full(shape, float("nan"), device=self.device)
         self.nonfinite_action_count = z((), dtype=torch.long, device=self.device)
         self._obs_tail: Tensor | None = None  # perception part of the last observation
+        # Pay the first call's one-time costs of the footprint ops (~0.4 s of lazy library
+        # initialization in torch) here rather than in the first perception step.
+        _cells_in_view(
+            self.vehicle.state.pos_enu_m, self.vehicle.state.quat_wxyz, self._rays_body,
+            self._centres, self._max_range_m,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
     def _flat(self, x: Tensor) -> Tensor:
