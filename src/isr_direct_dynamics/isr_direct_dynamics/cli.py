@@ -96,6 +96,7 @@ def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
         "drone_steps_per_s": args.drones * steps / elapsed,
         "threads": torch.get_num_threads(),
         "compiled": bool(kwargs),
+        "cpu_kernels": bool(getattr(model, "numba_physics", False)),
         "torch": torch.__version__,
     }
     physics = getattr(model, "physics_steps_per_control", None)

@@ -250,7 +250,8 @@ class QuadrotorConfig:
     (fused kernels). Measured on 2 busy CPU cores, 16 drones, 250 Hz: 22-25 ms -> 5-6 ms per
     control step after a one-time compilation of 25-60 s; the same model up to float32 rounding
     (closed-loop trajectories drift apart by ~1e-6 m per second, more through saturation
-    switches). Worth it for long evaluations, not for short runs or tests."""
+    switches). Worth it for long evaluations, not for short runs or tests. Applies to the torch
+    physics only (CUDA, or ``cpu_kernels=False``): the numba kernel is faster on CPU."""
 
     def vehicle_params(self) -> VehicleParams:
         """The preset with this config's overrides applied."""

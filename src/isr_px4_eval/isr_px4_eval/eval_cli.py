@@ -193,7 +193,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile-physics",
         action="store_true",
-        help="embedded: torch.compile the quadrotor physics (long runs; compiles 25-60 s first)",
+        help=(
+            "embedded on CUDA (on CPU the numba physics kernel runs instead): torch.compile the "
+            "quadrotor physics (long runs; compiles 25-60 s first)"
+        ),
     )
 
 
