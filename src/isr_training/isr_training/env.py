@@ -62,7 +62,7 @@ from .task.rewards import (
     time_term,
     weighted_sum,
 )
-from .task.safety import INTERVENTION_KINDS, build_keep_out, safety_filter
+from .task.safety import INTERVENTION_KINDS, build_keep_out, safety_filter, safety_filter_cpu
 
 COVERAGE_RANGE_M = 80.0
 """Ground farther than this from the drone does not count as covered."""
@@ -136,6 +136,11 @@ class EnvConfig:
     """Seed of every random stream (spawns, dynamics noise, stagger)."""
     stagger: bool = True
     """Stagger initial episode lengths at reset."""
+    cpu_kernels: bool | None = None
+    """On CPU, run the task's per-step kernels (safety filter, ...) as numba loop nests
+    (:mod:`isr_training.cpu_kernels`, the same results as the torch code, which CUDA runs).
+    ``None`` = automatic: on CPU whenever numba can be imported. The camera, the ground-truth
+    detections and the quadrotor have their own ``cpu_kernels`` settings (automatic too)."""
     compile: bool = False
     """Compile the per-step task kernels (safety filter, collisions) with ``torch.compile``:
     faster at thousands of drones, a slow first step (compilation), results equal to the eager
@@ -267,7 +272,14 @@ class ISREnv:
         self.keep_out = build_keep_out(self.world, self.task.safety)
         from isr_sim_bridge.camera import maybe_compile
 
-        self._safety_fn = maybe_compile(safety_filter, cfg.compile)
+        from . import cpu_kernels
+
+        want = cfg.cpu_kernels is None or bool(cfg.cpu_kernels)
+        self.cpu_kernels = self.device.type == "cpu" and want and cpu_kernels.AVAILABLE
+        """Whether the task's numba kernels run (``EnvConfig.cpu_kernels``)."""
+        self._safety_fn = (
+            safety_filter_cpu if self.cpu_kernels else maybe_compile(safety_filter, cfg.compile)
+        )
         # (the coverage footprint stays eager: its compiled version is slower than the GEMM)
         self._collisions_fn = maybe_compile(self._collisions, cfg.compile)
         oc = self.task.observation

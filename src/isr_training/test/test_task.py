@@ -133,6 +133,43 @@ def test_safety_filter_never_lets_a_drone_leave_the_geofence(device):
     assert worst < 0.0, f"a drone got {worst:.2f} m past the geofence"
 
 
+def test_safety_filter_cpu_kernel_matches_torch():
+    """The numba safety filter (CPU) gives the torch code's (CUDA's) actions and flags."""
+    from isr_sim_bridge.world import WorldSpec, generate_worlds
+    from isr_training import cpu_kernels
+    from isr_training.task.safety import build_keep_out, safety_filter_cpu
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+    world = generate_worlds(WorldSpec(), [1, 2], "cpu")
+    cfg = SafetyConfig()
+    keep = build_keep_out(world, cfg)
+    gen = torch.Generator().manual_seed(0)
+    n = 512
+    # positions: anywhere in the fence (and a bit beyond), low and high, and in every rectangle
+    lo, hi = world.geofence_min_m[:, None], world.geofence_max_m[:, None]
+    pos = lo - 5.0 + (hi - lo + 10.0) * torch.rand(2, n, 3, generator=gen)
+    rect_c = 0.5 * (keep.min_xy + keep.max_xy)  # (W, R, 2)
+    m = min(rect_c.shape[1], n // 4)
+    pos[:, :m, :2] = rect_c[:, :m] + torch.randn(2, m, 2, generator=gen)
+    pos[:, :m, 2] = 2.0 + 10.0 * torch.rand(2, m, generator=gen)
+    counts = {}
+    for trial in range(3):
+        action = torch.rand(2, n, 4, generator=gen) * 2 - 1
+        if trial == 2:
+            action = torch.sign(action)  # full speed, straight at walls and zones
+        a, ha = safety_filter(action, pos, world.geofence_min_m, world.geofence_max_m, keep, cfg,
+                              LIMITS, 5.0)  # fmt: skip
+        b, hb = safety_filter_cpu(action, pos, world.geofence_min_m, world.geofence_max_m, keep,
+                                  cfg, LIMITS, 5.0)  # fmt: skip
+        torch.testing.assert_close(b, a, rtol=0, atol=2e-6)
+        assert set(ha) == set(hb)
+        for kind in ha:
+            assert torch.equal(ha[kind], hb[kind]), kind
+            counts[kind] = counts.get(kind, 0) + int(ha[kind].sum())
+    assert all(c > 10 for c in counts.values()), counts  # every kind of intervention happened
+
+
 def test_corner_rays_point_forward_and_down():
     rays = camera_corner_rays_body(90.0, 90.0, 45.0)
     assert rays.shape == (4, 3)

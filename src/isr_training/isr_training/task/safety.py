@@ -153,3 +153,45 @@ def safety_filter(
     yaw_norm = yaw_rate / (limits.max_yaw_rate_deg_s * torch.pi / 180.0)
     filtered = torch.cat(((clamped / scale).clamp(-1.0, 1.0), yaw_norm.unsqueeze(-1)), -1)
     return filtered, out
+
+
+def safety_filter_cpu(
+    action: Tensor,
+    pos_enu_m: Tensor,
+    geofence_min_m: Tensor,
+    geofence_max_m: Tensor,
+    keep_out: KeepOutRects,
+    cfg: SafetyConfig,
+    limits: VelocityLimits,
+    min_altitude_m: float,
+    nearest_k: int = 2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`safety_filter` as the numba kernel (CPU tensors; same arguments and results).
+
+    See :func:`isr_training.cpu_kernels.safety_filter`.
+    """
+    from isr_training import cpu_kernels
+
+    vel, yaw_rate = scale_action(action, limits)
+    shape = pos_enu_m.shape[:2]
+    out = torch.empty_like(action)
+    flags = [torch.empty(shape, dtype=torch.bool) for _ in range(4)]
+
+    def a(t: Tensor):
+        return t.detach().contiguous().numpy()
+
+    cpu_kernels.safety_filter(
+        a(vel), a(yaw_rate), a(pos_enu_m), a(geofence_min_m), a(geofence_max_m),
+        a(keep_out.min_xy), a(keep_out.max_xy), a(keep_out.top_z), a(keep_out.is_nfz),
+        a(keep_out.valid), float(cfg.horizon_s), float(cfg.geofence_margin_m),
+        float(cfg.altitude_margin_m), float(min_altitude_m), float(limits.max_velocity_m_s),
+        float(limits.max_vertical_velocity_m_s), limits.max_yaw_rate_deg_s * torch.pi / 180.0,
+        int(nearest_k), out.numpy(), *(f.numpy() for f in flags),
+    )  # fmt: skip
+    geofence, altitude, nfz, obstacle = flags
+    return out, {
+        "no_fly_zone": nfz,
+        "obstacle": obstacle,
+        "geofence": geofence,
+        "altitude": altitude,
+    }

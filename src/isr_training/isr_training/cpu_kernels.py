@@ -1,0 +1,171 @@
+"""Numba CPU kernels of the task's per-step work (the torch code runs on CUDA).
+
+A control step of the ISR task is dozens of small tensor operations; with few drones (an
+evaluation flies 20) their per-call overhead, not the arithmetic, sets the step time. The kernels
+here compute the same results as one loop nest over drones (``numba.prange``):
+
+- :func:`safety_filter`: :func:`isr_training.task.safety.safety_filter` after the action scaling
+  (the nearest keep-out rectangles as velocity half-spaces, then the geofence and altitude clamps),
+  in float32 like the torch code.
+
+The tests compare them with the torch code on random and constructed situations. Used on CPU
+(``EnvConfig.cpu_kernels``); compiled code is cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # pragma: no branch - numba is in requirements.txt
+    from numba import njit, prange
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    AVAILABLE = False
+
+    def njit(*args, **kwargs):  # type: ignore[no-redef]
+        """Stand-in decorator: the kernel stays a plain Python function (never called)."""
+
+        def wrap(fn):
+            return fn
+
+        return wrap
+
+    prange = range  # type: ignore[assignment]
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def safety_filter(
+    vel,
+    yaw_rate,
+    pos,
+    geofence_min,
+    geofence_max,
+    rect_min,
+    rect_max,
+    rect_top,
+    rect_nfz,
+    rect_valid,
+    horizon_s,
+    geofence_margin_m,
+    altitude_margin_m,
+    min_altitude_m,
+    max_velocity_m_s,
+    max_vertical_velocity_m_s,
+    max_yaw_rate_rad_s,
+    nearest_k,
+    out_action,
+    hit_geofence,
+    hit_altitude,
+    hit_nfz,
+    hit_obstacle,
+):
+    """The safety filter of every drone (see :func:`isr_training.task.safety.safety_filter`).
+
+    Shapes: ``vel (W, D, 3)`` and ``yaw_rate (W, D)`` (the scaled action), ``pos (W, D, 3)``,
+    ``geofence_min/max (W, 3)``, keep-out rectangles (margins included) ``rect_min/max (W, R, 2)``,
+    ``rect_top, rect_nfz, rect_valid (W, R)``. Outputs ``out_action (W, D, 4)`` (normalized) and
+    the ``(W, D)`` bool intervention flags. Of the active rectangles (valid, drone below their
+    top) the ``nearest_k`` with the smallest signed clearance are applied in that order.
+    """
+    nw, nd = pos.shape[0], pos.shape[1]
+    nr = rect_min.shape[1]
+    f32 = np.float32
+    h = f32(horizon_s)
+    inf = f32(np.inf)
+    zero, one, half_ = f32(0.0), f32(1.0), f32(0.5)
+    tiny_in = f32(1e-6)
+    tiny_n = f32(1e-9)
+    tol = f32(1e-4)
+    m_xy, m_z = f32(geofence_margin_m), f32(altitude_margin_m)
+    min_alt = f32(min_altitude_m)
+    s_xy, s_z = f32(max_velocity_m_s), f32(max_vertical_velocity_m_s)
+    s_yaw = f32(max_yaw_rate_rad_s)
+    k_eff = min(nearest_k, nr)
+    for flat in prange(nw * nd):
+        w = flat // nd
+        d = flat % nd
+        px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
+        vx, vy, vz = vel[w, d, 0], vel[w, d, 1], vel[w, d, 2]
+        nfz_hit = False
+        obs_hit = False
+        prev_d = -inf
+        prev_r = -1
+        for _ in range(k_eff):
+            # the next nearest active rectangle: clearances in increasing order, ties by index
+            best = -1
+            best_d = inf
+            for r in range(nr):
+                if not rect_valid[w, r] or not pz < rect_top[w, r]:
+                    continue
+                lo0, lo1 = rect_min[w, r, 0], rect_min[w, r, 1]
+                hi0, hi1 = rect_max[w, r, 0], rect_max[w, r, 1]
+                dx = max(min(px, hi0), lo0) - px
+                dy = max(min(py, hi1), lo1) - py
+                dist = np.sqrt(dx * dx + dy * dy)
+                if dist <= tiny_in:
+                    pen = min(min(px - lo0, hi0 - px), min(py - lo1, hi1 - py))
+                    dist = -pen
+                after_prev = dist > prev_d or (dist == prev_d and r > prev_r)
+                if after_prev and (dist < best_d or (dist == best_d and best < 0)):
+                    best_d = dist
+                    best = r
+            if best < 0:
+                break
+            prev_d, prev_r = best_d, best
+            lo0, lo1 = rect_min[w, best, 0], rect_min[w, best, 1]
+            hi0, hi1 = rect_max[w, best, 0], rect_max[w, best, 1]
+            dx = max(min(px, hi0), lo0) - px
+            dy = max(min(py, hi1), lo1) - py
+            dist = np.sqrt(dx * dx + dy * dy)
+            if dist <= tiny_in:  # inside: push out through the nearest edge
+                p0, p1, p2, p3 = px - lo0, hi0 - px, py - lo1, hi1 - py
+                e = 0
+                m = p0
+                if p1 < m:
+                    e, m = 1, p1
+                if p2 < m:
+                    e, m = 2, p2
+                if p3 < m:
+                    e, m = 3, p3
+                nx = one if e == 0 else (-one if e == 1 else zero)
+                ny = one if e == 2 else (-one if e == 3 else zero)
+            else:
+                inv = max(dist, tiny_n)
+                nx, ny = dx / inv, dy / inv
+            excess = (vx * nx + vy * ny) - best_d / h
+            if excess > zero:
+                vx = vx - excess * nx
+                vy = vy - excess * ny
+                if rect_nfz[w, best]:
+                    nfz_hit = True
+                else:
+                    obs_hit = True
+        # geofence walls, ceiling and the minimum altitude (exact clamps on the velocity)
+        g_out = False
+        a_out = False
+        for a in range(3):
+            v = vx if a == 0 else (vy if a == 1 else vz)
+            p = px if a == 0 else (py if a == 1 else pz)
+            m = m_xy if a < 2 else m_z
+            lo_wall = geofence_min[w, a]
+            if a == 2:
+                lo_wall = max(lo_wall, min_alt)
+            lo = ((lo_wall + m) - p) / h
+            hi = ((geofence_max[w, a] - m) - p) / h
+            mid = half_ * (lo + hi)
+            lo = min(lo, mid)
+            hi = max(hi, mid)
+            c = min(max(v, lo), hi)
+            if abs(c - v) > tol:
+                if a < 2:
+                    g_out = True
+                else:
+                    a_out = True
+            s = s_xy if a < 2 else s_z
+            out_action[w, d, a] = min(max(c / s, -one), one)
+        out_action[w, d, 3] = yaw_rate[w, d] / s_yaw
+        hit_geofence[w, d] = g_out
+        hit_altitude[w, d] = a_out
+        hit_nfz[w, d] = nfz_hit
+        hit_obstacle[w, d] = obs_hit
