@@ -564,3 +564,68 @@ def shade(
                     )
                     if with_depth:
                         depth[i, v, u] = t_g if ground else (zb if box_hit else inf)
+
+
+@njit(inline="always", cache=True)
+def _remainder(a, b):
+    """``torch.remainder`` of floats (ATen's CPU form: fmod, then the divisor's sign)."""
+    mod = np.fmod(a, b)
+    if mod != 0 and ((b < 0) != (mod < 0)):
+        mod += b
+    return mod
+
+
+@njit(cache=True, error_model="numpy", boundscheck=False)
+def advance_targets(path, path_len, speed, valid, path_s, pos, yaw, dt_s):
+    """:func:`isr_sim_bridge.world.advance_targets` as a loop over (world, target), in place.
+
+    Shapes: ``path (W, T, P, 2)``, ``path_len (W, T)`` int, ``speed (W, T)``, ``valid (W, T)``
+    bool; updated: ``path_s (W, T)`` (arc-length state), ``pos (W, T, 3)`` (x, y), ``yaw
+    (W, T)``. The torch code's float32 arithmetic (its cumulative sum accumulates in float64, as
+    ATen's does); ``atan2`` may differ in the last bit.
+    """
+    nw, nt, npts = path.shape[0], path.shape[1], path.shape[2]
+    f32 = np.float32
+    pi = f32(np.pi)
+    two_pi = f32(2.0 * np.pi)
+    dt = f32(dt_s)
+    zero, one = f32(0.0), f32(1.0)
+    for w in range(nw):
+        for t in range(nt):
+            n_pts = path_len[w, t]
+            n_seg = min(n_pts - 1, npts - 1)
+            acc = 0.0
+            for k in range(max(n_seg, 0)):
+                dx = path[w, t, k + 1, 0] - path[w, t, k, 0]
+                dy = path[w, t, k + 1, 1] - path[w, t, k, 1]
+                acc += np.sqrt(dx * dx + dy * dy)
+            total = f32(acc)
+            if not (valid[w, t] and speed[w, t] > 0 and n_pts >= 2 and total > 0):
+                continue
+            period = max(f32(2.0) * total, f32(1e-6))
+            s = _remainder(path_s[w, t] + speed[w, t] * dt, period)
+            forward = s < total
+            d = s if forward else period - s
+            # segment k: the number of segments ending at or before d, clamped to the last one
+            acc = 0.0
+            k = 0
+            end = zero
+            seg = zero
+            for j in range(n_seg):
+                dx = path[w, t, j + 1, 0] - path[w, t, j, 0]
+                dy = path[w, t, j + 1, 1] - path[w, t, j, 1]
+                seg = np.sqrt(dx * dx + dy * dy)
+                acc += seg
+                end = f32(acc)
+                k = j
+                if not end <= d:
+                    break
+            start = end - seg
+            vx = path[w, t, k + 1, 0] - path[w, t, k, 0]
+            vy = path[w, t, k + 1, 1] - path[w, t, k, 1]
+            frac = min(max((d - start) / max(seg, f32(1e-9)), zero), one)
+            path_s[w, t] = s
+            pos[w, t, 0] = path[w, t, k, 0] + frac * vx
+            pos[w, t, 1] = path[w, t, k, 1] + frac * vy
+            a = np.arctan2(vy, vx) + (zero if forward else pi)
+            yaw[w, t] = _remainder(a + pi, two_pi) - pi

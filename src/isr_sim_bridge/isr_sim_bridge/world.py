@@ -1385,7 +1385,7 @@ def generate_worlds(
 # -------------------------------------------------------------------------------- target motion
 
 
-def advance_targets(batch: WorldBatch, dt_s: float) -> None:
+def advance_targets(batch: WorldBatch, dt_s: float, cpu_kernel: bool = False) -> None:
     """Move the moving targets ``dt_s`` seconds along their back-and-forth paths, in place.
 
     A target moves when it is valid, has a speed > 0 and a path of at least two waypoints. Its
@@ -1393,8 +1393,19 @@ def advance_targets(batch: WorldBatch, dt_s: float) -> None:
     ``[0, 2 * path length)``; the first half of that period drives the path forward, the second
     half backward. Position (x, y) and ``target_yaw_rad`` (heading of travel) are updated; z and
     static targets are left alone. ``dt_s = 0`` re-derives the poses from the state. Batched over
-    worlds and targets, no Python loop and no host synchronisation.
+    worlds and targets, no Python loop and no host synchronisation. ``cpu_kernel`` (CPU tensors):
+    the same as one numba loop (:func:`isr_sim_bridge.cpu_kernels.advance_targets`).
     """
+    if cpu_kernel:
+        from isr_sim_bridge import cpu_kernels
+
+        cpu_kernels.advance_targets(
+            batch.target_path_xy_m.numpy(), batch.target_path_len.numpy(),
+            batch.target_speed_m_s.numpy(), batch.target_valid.numpy(),
+            batch.target_path_s_m.numpy(), batch.target_pos_enu_m.numpy(),
+            batch.target_yaw_rad.numpy(), float(dt_s),
+        )  # fmt: skip
+        return
     path = batch.target_path_xy_m  # (W, T, P, 2)
     n_pts = batch.target_path_len  # (W, T)
     n_seg = path.shape[2] - 1

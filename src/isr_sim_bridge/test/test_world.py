@@ -569,3 +569,28 @@ def test_cli_show_writes_png(tmp_path, worlds):
     args = _parser().parse_args(["world", "show", "--out", str(tmp_path / "m2.png")])
     with pytest.raises(ValueError):
         args.func(args)
+
+
+def test_advance_targets_numba_matches_torch(batch):
+    """The CPU kernel moves the targets as the torch code does (long run, turnarounds, bends)."""
+    from isr_sim_bridge import cpu_kernels
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+    src = batch.to("cpu")
+    a, b = (
+        type(src)(**{f: (v.clone() if torch.is_tensor(v) else v) for f, v in vars(src).items()})
+        for _ in range(2)
+    )
+    start = src.target_pos_enu_m.clone()
+    moving = a.target_valid & (a.target_speed_m_s > 0)
+    assert bool(moving.any())
+    for k in range(300):
+        dt = 0.1 if k < 200 else 3.7  # many control steps, then big jumps through turnarounds
+        advance_targets(a, dt)
+        advance_targets(b, dt, cpu_kernel=True)
+        torch.testing.assert_close(b.target_path_s_m, a.target_path_s_m, rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(b.target_pos_enu_m, a.target_pos_enu_m, rtol=0, atol=1e-3)
+        dyaw = torch.remainder(b.target_yaw_rad - a.target_yaw_rad + math.pi, 2 * math.pi) - math.pi
+        assert float(dyaw.abs().max()) < 1e-4
+    assert bool(((a.target_pos_enu_m - start).abs().sum(-1) > 1.0)[moving].all())  # all moved

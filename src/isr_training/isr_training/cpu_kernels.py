@@ -169,3 +169,63 @@ def safety_filter(
         hit_altitude[w, d] = a_out
         hit_nfz[w, d] = nfz_hit
         hit_obstacle[w, d] = obs_hit
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def cells_in_view(pos, quat, rays_body, centres, max_range_m, out):
+    """Coverage cells inside each drone's ground footprint and in range, into ``out``.
+
+    The loop-nest form of :func:`isr_training.task.coverage.footprint_corners` +
+    :func:`~isr_training.task.coverage.cells_in_footprint`: the 4 corner rays rotated into the
+    world, cut at the ground or at ``max_range_m`` horizontally, and every cell centre tested
+    against the quad's edges (either winding) and the range disc. Shapes: ``pos (W, D, 3)``,
+    ``quat (W, D, 4)`` wxyz, ``rays_body (4, 3)``, ``centres (C, 2)``, ``out (W, D, C)`` bool.
+    The torch code evaluates the same half-planes through a matrix product, so a cell centre
+    within rounding of an edge can come out differently.
+    """
+    nw, nd = pos.shape[0], pos.shape[1]
+    nc = centres.shape[0]
+    r = max_range_m
+    for flat in prange(nw * nd):
+        w = flat // nd
+        d = flat % nd
+        px, py, pz = float(pos[w, d, 0]), float(pos[w, d, 1]), float(pos[w, d, 2])
+        qw, qx, qy, qz = quat[w, d, 0], quat[w, d, 1], quat[w, d, 2], quat[w, d, 3]
+        cx = np.empty(4)
+        cy = np.empty(4)
+        h = max(pz, 0.0)
+        for k in range(4):
+            vx, vy, vz = rays_body[k, 0], rays_body[k, 1], rays_body[k, 2]
+            # v + qw t + qv x t, t = 2 qv x v
+            tx = 2.0 * (qy * vz - qz * vy)
+            ty = 2.0 * (qz * vx - qx * vz)
+            tz = 2.0 * (qx * vy - qy * vx)
+            rx = vx + qw * tx + (qy * tz - qz * ty)
+            ry = vy + qw * ty + (qz * tx - qx * tz)
+            rz = vz + qw * tz + (qx * ty - qy * tx)
+            down = max(-rz, 1e-6)
+            hn = max(np.sqrt(rx * rx + ry * ry), 1e-6)
+            reach = min(h / down * hn, r)
+            cx[k] = px + rx / hn * reach
+            cy[k] = py + ry / hn * reach
+        area = 0.0
+        for k in range(4):
+            j = (k + 3) % 4
+            area += cx[j] * cy[k] - cx[k] * cy[j]
+        sign = 1.0 if area >= 0 else -1.0
+        a = np.empty(4)
+        b = np.empty(4)
+        c = np.empty(4)
+        for k in range(4):
+            j = (k + 1) % 4
+            ex, ey = cx[j] - cx[k], cy[j] - cy[k]
+            a[k] = -ey * sign
+            b[k] = ex * sign
+            c[k] = (ey * cx[k] - ex * cy[k]) * sign
+        r2 = r * r
+        for i in range(nc):
+            x, y = centres[i, 0], centres[i, 1]
+            ok = (x - px) * (x - px) + (y - py) * (y - py) <= r2
+            for k in range(4):
+                ok = ok and (a[k] * x + b[k] * y + c[k] >= 0.0)
+            out[w, d, i] = ok

@@ -211,9 +211,28 @@ def detection_features(
 
 
 def _cells_in_view(
-    pos_enu_m: Tensor, quat_wxyz: Tensor, rays_body: Tensor, centres: Tensor, max_range_m: float
+    pos_enu_m: Tensor,
+    quat_wxyz: Tensor,
+    rays_body: Tensor,
+    centres: Tensor,
+    max_range_m: float,
+    cpu_kernel: bool = False,
 ) -> Tensor:
-    """Coverage cells ``(W, D, G*G)`` inside each drone's ground footprint (and in range)."""
+    """Coverage cells ``(W, D, G*G)`` inside each drone's ground footprint (and in range).
+
+    ``cpu_kernel`` (CPU tensors): the numba loop nest :func:`isr_training.cpu_kernels.
+    cells_in_view` instead of the batched torch code.
+    """
+    if cpu_kernel:
+        from . import cpu_kernels
+
+        out = torch.empty(*pos_enu_m.shape[:2], centres.shape[0], dtype=torch.bool)
+        cpu_kernels.cells_in_view(
+            pos_enu_m.contiguous().numpy(), quat_wxyz.contiguous().numpy(),
+            rays_body.contiguous().numpy(), centres.contiguous().numpy(), float(max_range_m),
+            out.numpy(),
+        )  # fmt: skip
+        return out
     corners = footprint_corners(pos_enu_m, quat_wxyz, rays_body, max_range_m)
     return cells_in_footprint(corners, pos_enu_m, centres, max_range_m)
 
@@ -280,6 +299,13 @@ class ISREnv:
         self._safety_fn = (
             safety_filter_cpu if self.cpu_kernels else maybe_compile(safety_filter, cfg.compile)
         )
+        # the numba target motion updates the world's tensors in place through NumPy views
+        wt = self.world
+        self._targets_numba = self.cpu_kernels and all(
+            t.is_contiguous()
+            for t in (wt.target_path_xy_m, wt.target_path_len, wt.target_speed_m_s,
+                      wt.target_valid, wt.target_path_s_m, wt.target_pos_enu_m, wt.target_yaw_rad)
+        )  # fmt: skip
         # (the coverage footprint stays eager: its compiled version is slower than the GEMM)
         self._collisions_fn = maybe_compile(self._collisions, cfg.compile)
         oc = self.task.observation
@@ -339,7 +365,7 @@ class ISREnv:
         # initialization in torch) here rather than in the first perception step.
         _cells_in_view(
             self.vehicle.state.pos_enu_m, self.vehicle.state.quat_wxyz, self._rays_body,
-            self._centres, self._max_range_m,
+            self._centres, self._max_range_m, self.cpu_kernels,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
@@ -390,8 +416,9 @@ class ISREnv:
         if out.image is not None and self.image is not None:
             self.image = out.image
         return _cells_in_view(
-            st.pos_enu_m, st.quat_wxyz, self._rays_body, self._centres, self._max_range_m
-        )
+            st.pos_enu_m, st.quat_wxyz, self._rays_body, self._centres, self._max_range_m,
+            self.cpu_kernels,
+        )  # fmt: skip
 
     def _observe(self) -> Tensor | dict[str, Tensor]:
         self._obs_tail = self._observe_tail()
@@ -526,7 +553,7 @@ class ISREnv:
         w = self.world
         action, interventions = self.filter_action(action)
         st = self.vehicle.step(action)
-        advance_targets(w, self.task.control_dt_s)
+        advance_targets(w, self.task.control_dt_s, cpu_kernel=self._targets_numba)
         self.step_count += 1
         self.global_step += 1
 

@@ -170,6 +170,33 @@ def test_safety_filter_cpu_kernel_matches_torch():
     assert all(c > 10 for c in counts.values()), counts  # every kind of intervention happened
 
 
+def test_cells_in_view_cpu_kernel_matches_torch():
+    """The numba footprint/coverage kernel (CPU) marks the torch code's (CUDA's) cells."""
+    from isr_training import cpu_kernels
+    from isr_training.env import _cells_in_view
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+    gen = torch.Generator().manual_seed(0)
+    w, d = 4, 32
+    pos = (torch.rand(w, d, 3, generator=gen) * 2 - 1) * 100
+    pos[..., 2] = torch.rand(w, d, generator=gen) * 80  # 0-80 m, some on the ground
+    quat = quat_from_euler(
+        0.4 * torch.randn(w, d, generator=gen),
+        0.4 * torch.randn(w, d, generator=gen),
+        torch.rand(w, d, generator=gen) * 6.3,
+    )
+    rays = camera_corner_rays_body(90.0, 90.0, 45.0)
+    centres = cell_centres(-100.0, -100.0, 200.0, 200.0, 40, "cpu")
+    a = _cells_in_view(pos, quat, rays, centres, 60.0)
+    b = _cells_in_view(pos, quat, rays, centres, 60.0, cpu_kernel=True)
+    assert a.shape == b.shape == (w, d, 1600)
+    assert int(a.sum()) > 1000 and bool((a.sum(-1) == 0).any())  # footprints of all sizes
+    # the torch code evaluates the half-planes through a matrix product: only cells within
+    # rounding of an edge may differ
+    assert float((a != b).float().mean()) < 1e-3, int((a != b).sum())
+
+
 def test_corner_rays_point_forward_and_down():
     rays = camera_corner_rays_body(90.0, 90.0, 45.0)
     assert rays.shape == (4, 3)
