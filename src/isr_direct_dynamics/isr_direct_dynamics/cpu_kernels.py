@@ -20,14 +20,18 @@ code runs. Compiled code is cached on disk (``cache=True``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
 try:  # pragma: no branch - numba is in requirements.txt
+    import numba
     from numba import njit, prange
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised only without numba
+    numba = None
     AVAILABLE = False
 
     def njit(*args, **kwargs):  # type: ignore[no-redef]
@@ -40,6 +44,26 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
     prange = range  # type: ignore[assignment]
 
+
+@contextmanager
+def threads_for(work_items: int, min_parallel: int) -> Iterator[None]:
+    """Run the numba kernels in this block on one thread when there is little work.
+
+    Waking numba's worker threads costs tens of microseconds per parallel region; below
+    ``min_parallel`` work items (drones, cameras, ...) a kernel is faster serial. Used by every
+    kernel wrapper of the workspace (the setting is numba's, per calling thread).
+    """
+    if numba is None or work_items >= min_parallel or numba.get_num_threads() == 1:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 # Layout of the packed float64 constants (``consts``) of :func:`quadrotor_control_step`.
 (
     C_DT, C_G, C_VEL_DT, C_VELD_ALPHA, C_G_TAN_TILT, C_ARW_GAIN, C_THR_MAX_SQ, C_THR_MIN,
@@ -47,6 +71,9 @@ except ImportError:  # pragma: no cover - exercised only without numba
     C_GYRO_B0, C_GYRO_A1, C_GYRO_A2, C_DGYRO_B0, C_DGYRO_A1, C_DGYRO_A2,
 ) = range(20)  # fmt: skip
 NUM_CONSTS = 20
+MIN_PARALLEL_DRONES = 48
+"""Below this many drones :func:`quadrotor_control_step` runs on one thread (see
+:func:`threads_for`; a drone's control step is ~8 us of work)."""
 # Rows of the packed per-axis constants (``axis_consts``, (ROWS, 3)).
 (
     A_VEL_P, A_VEL_I_DT, A_VEL_NEG_D, A_ATT_2P, A_RATE_MAX, A_RATE_P, A_RATE_I_DT, A_RATE_NEG_D,
@@ -90,7 +117,7 @@ def _desaturate(u, d, inv_d, hi, reduce_only):
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def quadrotor_control_step(
-    pos, vel, quat, rates, motor, ang_accel, contact, contact_any, motor_cmd,
+    pos, vel, quat, rates, yaw_out, motor, ang_accel, contact, contact_any, motor_cmd,
     vel_int, vel_prev, vel_dot, rate_int, sat_lo, sat_hi, att_sp, thrust_sp, yaw_rate_state,
     landed, flying, rate_sp_out, torque_sp_out, gyro_d1, gyro_d2, dgyro_d1, dgyro_d2,
     vel_sp, yaw_rate_sp, climb, acc_ext, ground, noise, vel_noise_std, gyro_noise_std,
@@ -100,22 +127,24 @@ def quadrotor_control_step(
 ):  # fmt: skip
     """All physics steps of one control step for every drone, updating the state in place.
 
-    Arrays are the model's and controller's tensors (component-major, float32 unless said):
-    vehicle state ``pos, vel, rates, ang_accel (3, N)``, ``quat (4, N)`` wxyz, ``motor,
-    motor_cmd (4, N)``, ``contact (N,)`` bool (latest step), ``contact_any (N,)`` bool (any step,
-    output); controller state ``vel_int, vel_prev, vel_dot, rate_int, sat_lo, sat_hi (3, N)``,
-    ``att_sp (3, 2, N)``, ``thrust_sp, yaw_rate_state (N,)``, ``landed (N,)`` bool, ``flying
-    (N,)``, ``rate_sp_out, torque_sp_out (3, N)``, biquad delays ``gyro_d1 ... dgyro_d2 (3, N)``;
-    inputs ``vel_sp (3, N)`` (already limited), ``yaw_rate_sp (N,)``, ``climb (N,)`` bool,
-    ``acc_ext (3, N)`` (gravity + wind drag), ``ground (N,)``, ``noise (steps, 2, 3, N)`` standard
-    normal draws (velocity, gyro; unused without ``F_NOISE``); per-drone parameters
-    ``hover_thrust, alpha_down, alpha_diff, neg_drag_over_m (N,)``, ``force_scale (4, N)``,
-    ``neg_damp_over_i, neg_gyro_coef (3, N)``; the allocation ``force_map (4, 4)``, ``mix (4, 4)``
-    (motors x axes), ``inv_d (4 axes, 4 motors)``, ``eff (3, 4)``; ``consts`` / ``axis_consts``
-    float64 packed as the ``C_*`` / ``A_*`` indices; ``flags`` the ``F_*`` bits; the velocity loop
-    runs at physics tick ``tick0 + k`` when it is a multiple of ``decimation``.
+    Arrays are the model's and controller's tensors (float32 unless said). Vehicle state (views
+    of the model's ``VehicleState``, updated in place): ``pos, vel, rates (N, 3)``, ``quat (N, 4)``
+    wxyz, ``yaw_out (N,)`` (output, wrapped to ``[-pi, pi)``). Internal state, component-major:
+    ``ang_accel (3, N)``, ``motor, motor_cmd (4, N)``, ``contact (N,)`` bool (latest step),
+    ``contact_any (N,)`` bool (any step, output). Controller state: ``vel_int, vel_prev, vel_dot,
+    rate_int, sat_lo, sat_hi (3, N)``, ``att_sp (3, 2, N)``, ``thrust_sp, yaw_rate_state (N,)``,
+    ``landed (N,)`` bool, ``flying (N,)``, ``rate_sp_out, torque_sp_out (3, N)``, biquad delays
+    ``gyro_d1 ... dgyro_d2 (3, N)``. Inputs: ``vel_sp (3, N)`` (already limited), ``yaw_rate_sp
+    (N,)``, ``climb (N,)`` bool, ``acc_ext (3, N)`` (gravity + wind drag), ``ground (N,)``,
+    ``noise (steps, 2, 3, N)`` standard normal draws (velocity, gyro; unused without
+    ``F_NOISE``). Per-drone parameters: ``hover_thrust, alpha_down, alpha_diff, neg_drag_over_m
+    (N,)``, ``force_scale (4, N)``, ``neg_damp_over_i, neg_gyro_coef (3, N)``. Allocation:
+    ``force_map (4, 4)``, ``mix (4, 4)`` (motors x axes), ``inv_d (4 axes, 4 motors)``, ``eff (3,
+    4)``. ``consts`` / ``axis_consts``: float64 packed as the ``C_*`` / ``A_*`` indices;
+    ``flags``: the ``F_*`` bits. The velocity loop runs at physics tick ``tick0 + k`` when that
+    is a multiple of ``decimation``.
     """
-    n = pos.shape[1]
+    n = pos.shape[0]
     dt = consts[C_DT]
     g = consts[C_G]
     half_dt = 0.5 * dt
@@ -160,9 +189,9 @@ def quadrotor_control_step(
         f = np.empty(4)
         colm = np.empty(4)
         for k in range(3):
-            p[k] = pos[k, i]
-            v[k] = vel[k, i]
-            w[k] = rates[k, i]
+            p[k] = pos[i, k]
+            v[k] = vel[i, k]
+            w[k] = rates[i, k]
             aa[k] = ang_accel[k, i]
             vi[k] = vel_int[k, i]
             vp[k] = vel_prev[k, i]
@@ -181,7 +210,7 @@ def quadrotor_control_step(
             rsp[k] = rate_sp_out[k, i]
             tq[k] = torque_sp_out[k, i]
         for k in range(4):
-            q[k] = quat[k, i]
+            q[k] = quat[i, k]
             mot[k] = motor[k, i]
             u[k] = motor_cmd[k, i]
         in_contact = contact[i]
@@ -413,9 +442,9 @@ def quadrotor_control_step(
             any_contact = any_contact or in_contact
 
         for k in range(3):
-            pos[k, i] = p[k]
-            vel[k, i] = v[k]
-            rates[k, i] = w[k]
+            pos[i, k] = p[k]
+            vel[i, k] = v[k]
+            rates[i, k] = w[k]
             ang_accel[k, i] = aa[k]
             vel_int[k, i] = vi[k]
             vel_prev[k, i] = vp[k]
@@ -432,11 +461,13 @@ def quadrotor_control_step(
             rate_sp_out[k, i] = rsp[k]
             torque_sp_out[k, i] = tq[k]
         for k in range(4):
-            quat[k, i] = q[k]
+            quat[i, k] = q[k]
             motor[k, i] = mot[k]
             motor_cmd[k, i] = u[k]
         contact[i] = in_contact
         contact_any[i] = any_contact
+        yaw = math.atan2(2.0 * (q[0] * q[3] + q[1] * q[2]), 1.0 - 2.0 * (q[2] * q[2] + q[3] * q[3]))
+        yaw_out[i] = yaw - 2.0 * math.pi if yaw >= math.pi else yaw
         thrust_sp[i] = thr_sp
         yaw_rate_state[i] = yr_state
         landed[i] = is_landed

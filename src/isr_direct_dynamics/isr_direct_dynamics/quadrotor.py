@@ -474,6 +474,7 @@ class QuadrotorModel(VehicleModel):
         self._cmd_buffer = torch.zeros(self._max_delay + 1, *self.shape, 4, device=dev)
         self._buffer_pos = 0
         self._numba_consts: tuple[np.ndarray, ...] | None = None
+        self._views: dict[tuple[int, str], tuple[Tensor, np.ndarray]] = {}
         self._no_noise = torch.zeros(1, 2, 3, 1)
         self.set_params(QuadrotorParams.from_vehicle(vp, wind, n, dev))
         self.reset()
@@ -703,65 +704,68 @@ class QuadrotorModel(VehicleModel):
         eff = ctrl.effectiveness[:3].double().cpu().numpy()
         return consts, axis, flags, force_map, mix, inv_d, eff
 
+    def _numpy_view(self, obj: object, name: str) -> np.ndarray:
+        """NumPy view of the tensor ``obj.<name>`` that the kernel updates in place.
+
+        Made contiguous (and stored back) if needed; cached while the attribute holds the same
+        tensor (resets and ``set_params`` replace tensors, which refreshes the view).
+        """
+        t = getattr(obj, name)
+        key = (id(obj), name)
+        hit = self._views.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        if not t.is_contiguous():
+            t = t.contiguous()
+            setattr(obj, name, t)
+        view = t.detach().numpy()
+        self._views[key] = (t, view)
+        return view
+
     def _physics_numba(
         self,
-        pos: Tensor,
-        vel: Tensor,
-        quat: Tensor,
-        rates: Tensor,
         vel_sp: Tensor,
         yaw_rate_sp: Tensor,
         climb: Tensor,
         acc_ext: Tensor,
         ground: Tensor,
         noise: Tensor | None,
-    ) -> Tensor:
-        """All physics steps of one control step with the numba kernel; state updated in place.
+    ) -> None:
+        """All physics steps of one control step with the numba kernel, in place.
 
-        ``pos, vel, rates (3, N)`` and ``quat (4, N)`` are contiguous copies the kernel updates;
-        the model's and the controller's own state tensors are updated in place. Returns
-        ``contact_any (N,)``.
+        The kernel reads and writes the ``VehicleState`` tensors (position, velocity, attitude,
+        rates, yaw, ground contact), the model's motor / contact state and the controller's
+        state directly.
         """
         if self._numba_consts is None:
             self._numba_consts = self._numba_constants()
         consts, axis, flags, force_map, mix, inv_d, eff = self._numba_consts
-        ctrl, ck = self.controller, cpu_kernels
+        ctrl, ck, st = self.controller, cpu_kernels, self.state
         flags |= ck.F_QUADRATIC * self._quadratic | ck.F_ASYM_MOTOR * self._asym_motor
         flags |= ck.F_NOISE * (noise is not None)
-        for name in ("motor_state", "motor_command", "_ang_accel", "_contact"):
-            setattr(self, name, getattr(self, name).contiguous())
-        for name in (
-            "vel_int", "vel_prev", "vel_dot", "rate_int", "sat_lo", "sat_hi", "att_sp_zx",
-            "thrust_sp", "yaw_rate_sp", "landed", "_flying", "rate_sp", "torque_sp",
-        ):  # fmt: skip
-            setattr(ctrl, name, getattr(ctrl, name).contiguous())
-        for lp in (ctrl._gyro_lp, ctrl._dgyro_lp):
-            lp.d1, lp.d2 = lp.d1.contiguous(), lp.d2.contiguous()
-        contact_any = torch.empty_like(self._contact)
-        if noise is None:
-            noise = self._no_noise
-        steps = self.physics_steps_per_control
-
-        def a(t: Tensor) -> np.ndarray:
-            return t.detach().contiguous().numpy()
-
-        ck.quadrotor_control_step(
-            a(pos), a(vel), a(quat), a(rates), a(self.motor_state), a(self._ang_accel),
-            a(self._contact), a(contact_any), a(self.motor_command),
-            a(ctrl.vel_int), a(ctrl.vel_prev), a(ctrl.vel_dot), a(ctrl.rate_int),
-            a(ctrl.sat_lo), a(ctrl.sat_hi), a(ctrl.att_sp_zx), a(ctrl.thrust_sp),
-            a(ctrl.yaw_rate_sp), a(ctrl.landed), a(ctrl._flying), a(ctrl.rate_sp),
-            a(ctrl.torque_sp), a(ctrl._gyro_lp.d1), a(ctrl._gyro_lp.d2), a(ctrl._dgyro_lp.d1),
-            a(ctrl._dgyro_lp.d2),
-            a(vel_sp), a(yaw_rate_sp), a(climb), a(acc_ext), a(ground), a(noise),
-            float(self._vel_noise_std), float(self._gyro_noise_std),
-            a(self._hover_thrust), a(self._alpha_down), a(self._alpha_diff),
-            a(self._force_scale), a(self._neg_drag_over_m), a(self._neg_damp_over_i),
-            a(self._neg_gyro_coef), force_map, mix, inv_d, eff, consts, axis, int(flags),
-            steps, self._tick, self._decimation,
-        )  # fmt: skip
-        self._tick += steps
-        return contact_any
+        n = self.num_drones
+        v = self._numpy_view
+        with ck.threads_for(n, ck.MIN_PARALLEL_DRONES):
+            ck.quadrotor_control_step(
+                v(st, "pos_enu_m").reshape(n, 3), v(st, "vel_enu_m_s").reshape(n, 3),
+                v(st, "quat_wxyz").reshape(n, 4), v(st, "body_rates_flu_rad_s").reshape(n, 3),
+                v(st, "yaw_rad").reshape(n), v(self, "motor_state"), v(self, "_ang_accel"),
+                v(self, "_contact"), v(st, "ground_contact").reshape(n), v(self, "motor_command"),
+                v(ctrl, "vel_int"), v(ctrl, "vel_prev"), v(ctrl, "vel_dot"), v(ctrl, "rate_int"),
+                v(ctrl, "sat_lo"), v(ctrl, "sat_hi"), v(ctrl, "att_sp_zx"), v(ctrl, "thrust_sp"),
+                v(ctrl, "yaw_rate_sp"), v(ctrl, "landed"), v(ctrl, "_flying"), v(ctrl, "rate_sp"),
+                v(ctrl, "torque_sp"), v(ctrl._gyro_lp, "d1"), v(ctrl._gyro_lp, "d2"),
+                v(ctrl._dgyro_lp, "d1"), v(ctrl._dgyro_lp, "d2"),
+                vel_sp.contiguous().numpy(), yaw_rate_sp.contiguous().numpy(),
+                climb.contiguous().numpy(), acc_ext.contiguous().numpy(),
+                ground.contiguous().numpy(), (self._no_noise if noise is None else noise).numpy(),
+                float(self._vel_noise_std), float(self._gyro_noise_std),
+                v(self, "_hover_thrust"), v(self, "_alpha_down"), v(self, "_alpha_diff"),
+                v(self, "_force_scale"), v(self, "_neg_drag_over_m"), v(self, "_neg_damp_over_i"),
+                v(self, "_neg_gyro_coef"), force_map, mix, inv_d, eff, consts, axis, int(flags),
+                self.physics_steps_per_control, self._tick, self._decimation,
+            )  # fmt: skip
+        self._tick += self.physics_steps_per_control
 
     @torch.no_grad()
     def _step_clean(self, action: Tensor) -> None:
@@ -783,11 +787,6 @@ class QuadrotorModel(VehicleModel):
         # Constant part of the acceleration over the step: gravity + drag of the wind.
         acc_ext = torch.addcmul(self._gravity, wind, self._drag_over_m)
         ground = self.terrain_height_fn(st.pos_enu_m).reshape(n)
-
-        pos = st.pos_enu_m.reshape(n, 3).t().contiguous()  # (3, N)
-        vel = st.vel_enu_m_s.reshape(n, 3).t().contiguous()  # (3, N)
-        quat = st.quat_wxyz.reshape(n, 4).t().contiguous()  # (4, N)
-        rates = st.body_rates_flu_rad_s.reshape(n, 3).t().contiguous()  # (3, N)
         steps = self.physics_steps_per_control
         # standard normal draws of every physics step: (steps, velocity / gyro, 3, N)
         noise = (
@@ -795,29 +794,32 @@ class QuadrotorModel(VehicleModel):
             if self._noise
             else None
         )
-        if self.numba_physics:
-            contact_any = self._physics_numba(
-                pos, vel, quat, rates, vel_sp, yaw_rate_sp, climb, acc_ext, ground, noise
-            )
-        else:
-            x = (pos, vel, quat, rates, self.motor_state, self._ang_accel, self._contact)
-            u = self.motor_command
-            contact_any = torch.zeros_like(self._contact)
-            vel_noise = gyro_noise = None
-            for k in range(steps):
-                run_velocity_loop = self._tick % self._decimation == 0
-                if noise is not None:
-                    vel_noise = self._vel_noise_std * noise[k, 0]
-                    gyro_noise = self._gyro_noise_std * noise[k, 1]
-                x, u = self._substep_fn(
-                    x, vel_sp, yaw_rate_sp, climb, acc_ext, ground, run_velocity_loop,
-                    vel_noise, gyro_noise,
-                )  # fmt: skip
-                contact_any |= x[6]
-                self._tick += 1
-            pos, vel, quat, rates, motor, ang_accel, contact = x
-            self.motor_state, self.motor_command = motor, u
-            self._ang_accel, self._contact = ang_accel, contact
+        if self.numba_physics:  # updates the VehicleState's tensors in place
+            self._physics_numba(vel_sp, yaw_rate_sp, climb, acc_ext, ground, noise)
+            return
+
+        pos = st.pos_enu_m.reshape(n, 3).t().contiguous()  # (3, N)
+        vel = st.vel_enu_m_s.reshape(n, 3).t().contiguous()  # (3, N)
+        quat = st.quat_wxyz.reshape(n, 4).t().contiguous()  # (4, N)
+        rates = st.body_rates_flu_rad_s.reshape(n, 3).t().contiguous()  # (3, N)
+        x = (pos, vel, quat, rates, self.motor_state, self._ang_accel, self._contact)
+        u = self.motor_command
+        contact_any = torch.zeros_like(self._contact)
+        vel_noise = gyro_noise = None
+        for k in range(steps):
+            run_velocity_loop = self._tick % self._decimation == 0
+            if noise is not None:
+                vel_noise = self._vel_noise_std * noise[k, 0]
+                gyro_noise = self._gyro_noise_std * noise[k, 1]
+            x, u = self._substep_fn(
+                x, vel_sp, yaw_rate_sp, climb, acc_ext, ground, run_velocity_loop,
+                vel_noise, gyro_noise,
+            )  # fmt: skip
+            contact_any |= x[6]
+            self._tick += 1
+        pos, vel, quat, rates, motor, ang_accel, contact = x
+        self.motor_state, self.motor_command = motor, u
+        self._ang_accel, self._contact = ang_accel, contact
         st.pos_enu_m.copy_(pos.t().reshape(*shape, 3))
         st.vel_enu_m_s.copy_(vel.t().reshape(*shape, 3))
         st.quat_wxyz.copy_(quat.t().reshape(*shape, 4))

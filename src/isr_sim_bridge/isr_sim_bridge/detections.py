@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from isr_direct_dynamics.config import check
+from isr_direct_dynamics.cpu_kernels import threads_for
 from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.camera import (
     CORNER_SIGNS,
@@ -475,25 +476,26 @@ class GroundTruthDetector:
         depth = torch.empty((w, d, t), dtype=torch.float32)
         cls = torch.empty((w, d, t), dtype=torch.int64)
         cfg = self.config
-        cpu_kernels.detect_targets(
-            pose.pos_enu_m.contiguous().numpy(),
-            pose.rot_world_from_cam.contiguous().numpy(),
-            wb.target_pos_enu_m.contiguous().numpy(),
-            wb.target_size_m.contiguous().numpy(),
-            torch.cos(wb.target_yaw_rad).numpy(),
-            torch.sin(wb.target_yaw_rad).numpy(),
-            wb.target_class.contiguous().numpy(),
-            wb.target_valid.contiguous().numpy(),
-            wb.box_min_m.contiguous().numpy(),
-            wb.box_max_m.contiguous().numpy(),
-            wb.box_valid.contiguous().numpy(),
-            self._samples_np,
-            self._corner_signs,
-            fx, fy, cx, cy, cam.near_clip_m, cam.far_clip_m, width, height,
-            float(cfg.min_box_size_px), float(cfg.min_visible_fraction),
-            boxes.numpy(), in_front.numpy(), visible.numpy(), frac.numpy(), depth.numpy(),
-            cls.numpy(),
-        )  # fmt: skip
+        with threads_for(w * d, 96):  # ~1-3 us per camera: serial below
+            cpu_kernels.detect_targets(
+                pose.pos_enu_m.contiguous().numpy(),
+                pose.rot_world_from_cam.contiguous().numpy(),
+                wb.target_pos_enu_m.contiguous().numpy(),
+                wb.target_size_m.contiguous().numpy(),
+                torch.cos(wb.target_yaw_rad).numpy(),
+                torch.sin(wb.target_yaw_rad).numpy(),
+                wb.target_class.contiguous().numpy(),
+                wb.target_valid.contiguous().numpy(),
+                wb.box_min_m.contiguous().numpy(),
+                wb.box_max_m.contiguous().numpy(),
+                wb.box_valid.contiguous().numpy(),
+                self._samples_np,
+                self._corner_signs,
+                fx, fy, cx, cy, cam.near_clip_m, cam.far_clip_m, width, height,
+                float(cfg.min_box_size_px), float(cfg.min_visible_fraction),
+                boxes.numpy(), in_front.numpy(), visible.numpy(), frac.numpy(), depth.numpy(),
+                cls.numpy(),
+            )  # fmt: skip
         return Detections(
             boxes_xyxy=boxes,
             class_id=cls,

@@ -224,14 +224,17 @@ def _cells_in_view(
     cells_in_view` instead of the batched torch code.
     """
     if cpu_kernel:
+        from isr_direct_dynamics.cpu_kernels import threads_for
+
         from . import cpu_kernels
 
         out = torch.empty(*pos_enu_m.shape[:2], centres.shape[0], dtype=torch.bool)
-        cpu_kernels.cells_in_view(
-            pos_enu_m.contiguous().numpy(), quat_wxyz.contiguous().numpy(),
-            rays_body.contiguous().numpy(), centres.contiguous().numpy(), float(max_range_m),
-            out.numpy(),
-        )  # fmt: skip
+        with threads_for(pos_enu_m.shape[0] * pos_enu_m.shape[1], 128):
+            cpu_kernels.cells_in_view(
+                pos_enu_m.contiguous().numpy(), quat_wxyz.contiguous().numpy(),
+                rays_body.contiguous().numpy(), centres.contiguous().numpy(), float(max_range_m),
+                out.numpy(),
+            )  # fmt: skip
         return out
     corners = footprint_corners(pos_enu_m, quat_wxyz, rays_body, max_range_m)
     return cells_in_footprint(corners, pos_enu_m, centres, max_range_m)
