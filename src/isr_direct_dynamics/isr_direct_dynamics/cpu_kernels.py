@@ -68,9 +68,10 @@ def threads_for(work_items: int, min_parallel: int) -> Iterator[None]:
 (
     C_DT, C_G, C_VEL_DT, C_VELD_ALPHA, C_G_TAN_TILT, C_ARW_GAIN, C_THR_MAX_SQ, C_THR_MIN,
     C_THR_MAX, C_THR_XY_MARG, C_HALF_YAW_W, C_NEG_I_FACTOR_SQ, C_YAW_MAX, C_THR_FAC,
-    C_GYRO_B0, C_GYRO_A1, C_GYRO_A2, C_DGYRO_B0, C_DGYRO_A1, C_DGYRO_A2,
-) = range(20)  # fmt: skip
-NUM_CONSTS = 20
+    C_GYRO_B0, C_GYRO_A1, C_GYRO_A2, C_DGYRO_B0, C_DGYRO_A1, C_DGYRO_A2, C_MAX_V, C_MAX_VZ,
+    C_MAX_YAW_RATE, C_CLIP_NORM, C_XY_VEL_MAX, C_Z_VEL_UP, C_Z_VEL_DN,
+) = range(27)  # fmt: skip
+NUM_CONSTS = 27
 MIN_PARALLEL_DRONES = 48
 """Below this many drones :func:`quadrotor_control_step` runs on one thread (see
 :func:`threads_for`; a drone's control step is ~8 us of work)."""
@@ -120,7 +121,7 @@ def quadrotor_control_step(
     pos, vel, quat, rates, yaw_out, motor, ang_accel, contact, contact_any, motor_cmd,
     vel_int, vel_prev, vel_dot, rate_int, sat_lo, sat_hi, att_sp, thrust_sp, yaw_rate_state,
     landed, flying, rate_sp_out, torque_sp_out, gyro_d1, gyro_d2, dgyro_d1, dgyro_d2,
-    vel_sp, yaw_rate_sp, climb, acc_ext, ground, noise, vel_noise_std, gyro_noise_std,
+    action, wind_mean, gust, drag_over_m, ground, noise, vel_noise_std, gyro_noise_std,
     hover_thrust, alpha_down, alpha_diff, force_scale, neg_drag_over_m, neg_damp_over_i,
     neg_gyro_coef, force_map, mix, inv_d, eff, consts, axis_consts, flags, steps, tick0,
     decimation,
@@ -134,11 +135,13 @@ def quadrotor_control_step(
     ``contact_any (N,)`` bool (any step, output). Controller state: ``vel_int, vel_prev, vel_dot,
     rate_int, sat_lo, sat_hi (3, N)``, ``att_sp (3, 2, N)``, ``thrust_sp, yaw_rate_state (N,)``,
     ``landed (N,)`` bool, ``flying (N,)``, ``rate_sp_out, torque_sp_out (3, N)``, biquad delays
-    ``gyro_d1 ... dgyro_d2 (3, N)``. Inputs: ``vel_sp (3, N)`` (already limited), ``yaw_rate_sp
-    (N,)``, ``climb (N,)`` bool, ``acc_ext (3, N)`` (gravity + wind drag), ``ground (N,)``,
-    ``noise (steps, 2, 3, N)`` standard normal draws (velocity, gyro; unused without
-    ``F_NOISE``). Per-drone parameters: ``hover_thrust, alpha_down, alpha_diff, neg_drag_over_m
-    (N,)``, ``force_scale (4, N)``, ``neg_damp_over_i, neg_gyro_coef (3, N)``. Allocation:
+    ``gyro_d1 ... dgyro_d2 (3, N)``. Inputs: ``action (N, 4)`` (clean, normalized; scaled with
+    the workspace's limits and PX4's ``MPC_*_VEL_MAX`` here, as ``scale_action`` and
+    ``limit_velocity_setpoint``), ``wind_mean (N, 3)``, ``gust (3, N)``, ``drag_over_m (N,)``,
+    ``ground (N,)``, ``noise (steps, 2, 3, N)`` standard normal draws (velocity, gyro; unused
+    without ``F_NOISE``). Per-drone parameters: ``hover_thrust, alpha_down, alpha_diff,
+    neg_drag_over_m (N,)``, ``force_scale (4, N)``, ``neg_damp_over_i, neg_gyro_coef (3, N)``.
+    Allocation:
     ``force_map (4, 4)``, ``mix (4, 4)`` (motors x axes), ``inv_d (4 axes, 4 motors)``, ``eff (3,
     4)``. ``consts`` / ``axis_consts``: float64 packed as the ``C_*`` / ``A_*`` indices;
     ``flags``: the ``F_*`` bits. The velocity loop runs at physics tick ``tick0 + k`` when that
@@ -205,14 +208,25 @@ def quadrotor_control_step(
             g2[k] = gyro_d2[k, i]
             h1[k] = dgyro_d1[k, i]
             h2[k] = dgyro_d2[k, i]
-            vsp[k] = vel_sp[k, i]
-            aext[k] = acc_ext[k, i]
+            aext[k] = -g if k == 2 else 0.0
+            aext[k] += (wind_mean[i, k] + gust[k, i]) * drag_over_m[i]
             rsp[k] = rate_sp_out[k, i]
             tq[k] = torque_sp_out[k, i]
         for k in range(4):
             q[k] = quat[i, k]
             mot[k] = motor[k, i]
             u[k] = motor_cmd[k, i]
+        # setpoints: the workspace's action scaling, then PX4's velocity limits
+        sx = action[i, 0] * consts[C_MAX_V]
+        sy = action[i, 1] * consts[C_MAX_V]
+        if consts[C_CLIP_NORM] > 0.0:
+            fac = min(consts[C_MAX_V] / max(math.hypot(sx, sy), 1e-9), 1.0)
+            sx, sy = sx * fac, sy * fac
+        fac = min(consts[C_XY_VEL_MAX] / max(math.hypot(sx, sy), 1e-9), 1.0)
+        vsp[0], vsp[1] = sx * fac, sy * fac
+        vsp[2] = min(max(action[i, 2] * consts[C_MAX_VZ], -consts[C_Z_VEL_DN]), consts[C_Z_VEL_UP])
+        yr_cmd = action[i, 3] * consts[C_MAX_YAW_RATE]
+        wants_climb = vsp[2] > 0.0
         in_contact = contact[i]
         any_contact = False
         thr_sp = float(thrust_sp[i])
@@ -244,7 +258,7 @@ def quadrotor_control_step(
 
             # ---- velocity loop (PX4ControllerConfig.velocity_loop_decimation)
             if (tick0 + step) % decimation == 0:
-                landed_now = in_contact and not climb[i]
+                landed_now = in_contact and not wants_climb
                 for k in range(3):
                     vm = v[k] + vel_noise_std * noise[step, 0, k, i] if use_noise else v[k]
                     if has_vel_d:
@@ -298,7 +312,7 @@ def quadrotor_control_step(
                 xn = 1.0 / math.sqrt(x0 * x0 + x1 * x1 + x2_ * x2_)
                 xd[0], xd[1], xd[2] = x0 * xn, x1 * xn, x2_ * xn
                 thr_sp = 1.0 / inv_t
-                yr_state = yaw_rate_sp[i]
+                yr_state = yr_cmd
                 is_landed = landed_now
 
             # ---- attitude loop: d = R^T z_d, b = R^T x_d in the current body frame

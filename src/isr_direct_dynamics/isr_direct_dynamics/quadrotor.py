@@ -683,6 +683,14 @@ class QuadrotorModel(VehicleModel):
         gl, dl = ctrl._gyro_lp, ctrl._dgyro_lp
         consts[[ck.C_GYRO_B0, ck.C_GYRO_A1, ck.C_GYRO_A2]] = (gl.b0, gl.a1, gl.a2)
         consts[[ck.C_DGYRO_B0, ck.C_DGYRO_A1, ck.C_DGYRO_A2]] = (dl.b0, dl.a1, dl.a2)
+        lim = self.config.limits
+        consts[ck.C_MAX_V] = lim.max_velocity_m_s
+        consts[ck.C_MAX_VZ] = lim.max_vertical_velocity_m_s
+        consts[ck.C_MAX_YAW_RATE] = math.radians(lim.max_yaw_rate_deg_s)
+        consts[ck.C_CLIP_NORM] = float(lim.clip_horizontal_norm)
+        consts[ck.C_XY_VEL_MAX] = c.xy_vel_max_m_s
+        consts[ck.C_Z_VEL_UP] = c.z_vel_max_up_m_s
+        consts[ck.C_Z_VEL_DN] = c.z_vel_max_dn_m_s
         axis = np.zeros((ck.NUM_AXIS_CONSTS, 3))
         for row, t in (
             (ck.A_VEL_P, ctrl._vel_p), (ck.A_VEL_I_DT, ctrl._vel_i_dt),
@@ -722,28 +730,37 @@ class QuadrotorModel(VehicleModel):
         self._views[key] = (t, view)
         return view
 
-    def _physics_numba(
-        self,
-        vel_sp: Tensor,
-        yaw_rate_sp: Tensor,
-        climb: Tensor,
-        acc_ext: Tensor,
-        ground: Tensor,
-        noise: Tensor | None,
-    ) -> None:
-        """All physics steps of one control step with the numba kernel, in place.
+    def _update_gusts(self) -> None:
+        """Advance the Ornstein-Uhlenbeck gusts by one control step (one draw per drone)."""
+        if self._has_gusts:
+            z = torch.randn(3, self.num_drones, generator=self.generator, device=self.device)
+            self._gust = torch.addcmul(self._gust * self._gust_phi, z, self._gust_innov_std)
 
-        The kernel reads and writes the ``VehicleState`` tensors (position, velocity, attitude,
-        rates, yaw, ground contact), the model's motor / contact state and the controller's
-        state directly.
+    def _draw_noise(self) -> Tensor | None:
+        """Standard normal draws of every physics step ``(steps, velocity / gyro, 3, N)``."""
+        if not self._noise:
+            return None
+        shape = (self.physics_steps_per_control, 2, 3, self.num_drones)
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def _physics_numba(self, action: Tensor) -> None:
+        """One control step with the numba kernel, in place.
+
+        Action scaling, PX4's setpoint limits, wind and all physics steps. The kernel reads and
+        writes the ``VehicleState`` tensors (position, velocity, attitude, rates, yaw, ground
+        contact), the model's motor / contact state and the controller's state directly. Random
+        draws happen here in the torch code's order (gusts, then noise).
         """
+        n = self.num_drones
+        self._update_gusts()
+        ground = self.terrain_height_fn(self.state.pos_enu_m).reshape(n)
+        noise = self._draw_noise()
         if self._numba_consts is None:
             self._numba_consts = self._numba_constants()
         consts, axis, flags, force_map, mix, inv_d, eff = self._numba_consts
         ctrl, ck, st = self.controller, cpu_kernels, self.state
         flags |= ck.F_QUADRATIC * self._quadratic | ck.F_ASYM_MOTOR * self._asym_motor
         flags |= ck.F_NOISE * (noise is not None)
-        n = self.num_drones
         v = self._numpy_view
         with ck.threads_for(n, ck.MIN_PARALLEL_DRONES):
             ck.quadrotor_control_step(
@@ -756,8 +773,8 @@ class QuadrotorModel(VehicleModel):
                 v(ctrl, "yaw_rate_sp"), v(ctrl, "landed"), v(ctrl, "_flying"), v(ctrl, "rate_sp"),
                 v(ctrl, "torque_sp"), v(ctrl._gyro_lp, "d1"), v(ctrl._gyro_lp, "d2"),
                 v(ctrl._dgyro_lp, "d1"), v(ctrl._dgyro_lp, "d2"),
-                vel_sp.contiguous().numpy(), yaw_rate_sp.contiguous().numpy(),
-                climb.contiguous().numpy(), acc_ext.contiguous().numpy(),
+                action.detach().reshape(n, 4).contiguous().numpy(),
+                v(self.params, "wind_mean_enu_m_s"), v(self, "_gust"), v(self, "_drag_over_m"),
                 ground.contiguous().numpy(), (self._no_noise if noise is None else noise).numpy(),
                 float(self._vel_noise_std), float(self._gyro_noise_std),
                 v(self, "_hover_thrust"), v(self, "_alpha_down"), v(self, "_alpha_diff"),
@@ -775,28 +792,21 @@ class QuadrotorModel(VehicleModel):
         ctrl = self.controller
         if self._max_delay > 0:
             action = self._delayed(action)
+        if self.numba_physics:  # scales the action and updates the VehicleState in place
+            self._physics_numba(action)
+            return
         vel_sp, yaw_rate_sp = scale_action(action, self.config.limits)
         vel_sp = ctrl.limit_velocity_setpoint(vel_sp.reshape(n, 3).t())
         yaw_rate_sp = yaw_rate_sp.reshape(n)
         climb = vel_sp[2] > 0.0  # offboard takeoff request (vz setpoint up)
 
-        if self._has_gusts:
-            z = torch.randn(3, n, generator=self.generator, device=self.device)
-            self._gust = torch.addcmul(self._gust * self._gust_phi, z, self._gust_innov_std)
+        self._update_gusts()
         wind = self.params.wind_mean_enu_m_s.t() + self._gust  # (3, N)
         # Constant part of the acceleration over the step: gravity + drag of the wind.
         acc_ext = torch.addcmul(self._gravity, wind, self._drag_over_m)
         ground = self.terrain_height_fn(st.pos_enu_m).reshape(n)
         steps = self.physics_steps_per_control
-        # standard normal draws of every physics step: (steps, velocity / gyro, 3, N)
-        noise = (
-            torch.randn(steps, 2, 3, n, generator=self.generator, device=self.device)
-            if self._noise
-            else None
-        )
-        if self.numba_physics:  # updates the VehicleState's tensors in place
-            self._physics_numba(vel_sp, yaw_rate_sp, climb, acc_ext, ground, noise)
-            return
+        noise = self._draw_noise()
 
         pos = st.pos_enu_m.reshape(n, 3).t().contiguous()  # (3, N)
         vel = st.vel_enu_m_s.reshape(n, 3).t().contiguous()  # (3, N)

@@ -229,3 +229,121 @@ def cells_in_view(pos, quat, rays_body, centres, max_range_m, out):
             for k in range(4):
                 ok = ok and (a[k] * x + b[k] * y + c[k] >= 0.0)
             out[w, d, i] = ok
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def observe_head(
+    pos,
+    vel,
+    yaw,
+    step_count,
+    max_steps,
+    area_centre,
+    area_half,
+    alt_scale,
+    max_velocity,
+    geofence_min,
+    geofence_max,
+    nfz_min,
+    nfz_max,
+    nfz_valid,
+    out,
+):
+    """The kinematic part of the observation ``out (W, D, 18)`` (``ISREnv._observe_head``).
+
+    Position relative to the area (2), altitude (1), velocity (3), sin/cos of yaw (2), altitude
+    again (the height-above-ground slot), time left (1), distances to the 6 fence planes, the
+    vector to the nearest point of the nearest no-fly zone (2), scaled as the torch code (float32;
+    sin/cos may differ in the last bit).
+    """
+    nw, nd = pos.shape[0], pos.shape[1]
+    nz = nfz_min.shape[1]
+    f32 = np.float32
+    one = f32(1.0)
+    half_max = max(area_half[0], area_half[1])
+    alt_s = f32(alt_scale)
+    v_s = f32(max_velocity)
+    t_max = f32(max_steps)
+    inf = f32(np.inf)
+    for flat in prange(nw * nd):
+        w = flat // nd
+        d = flat % nd
+        px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
+        out[w, d, 0] = (px - area_centre[0]) / area_half[0]
+        out[w, d, 1] = (py - area_centre[1]) / area_half[1]
+        alt = pz / alt_s
+        out[w, d, 2] = alt
+        for k in range(3):
+            out[w, d, 3 + k] = vel[w, d, k] / v_s
+        out[w, d, 6] = np.sin(yaw[w, d])
+        out[w, d, 7] = np.cos(yaw[w, d])
+        out[w, d, 8] = alt
+        out[w, d, 9] = one - f32(step_count[w, d]) / t_max
+        for k in range(3):
+            out[w, d, 10 + k] = (pos[w, d, k] - geofence_min[w, k]) / half_max
+            out[w, d, 13 + k] = (geofence_max[w, k] - pos[w, d, k]) / half_max
+        best = -1
+        best_d = inf
+        bx = f32(0.0)
+        by = f32(0.0)
+        for z in range(nz):
+            if not nfz_valid[w, z]:
+                continue
+            dx = max(min(px, nfz_max[w, z, 0]), nfz_min[w, z, 0]) - px
+            dy = max(min(py, nfz_max[w, z, 1]), nfz_min[w, z, 1]) - py
+            dist = np.sqrt(dx * dx + dy * dy)
+            if best < 0 or dist < best_d:
+                best, best_d, bx, by = z, dist, dx, dy
+        out[w, d, 16] = bx / half_max if best >= 0 else f32(0.0)
+        out[w, d, 17] = by / half_max if best >= 0 else f32(0.0)
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def crashes_and_breaches(
+    pos, ground_contact, box_min, box_max, box_valid, geofence_min, geofence_max, radius_m,
+    crashed, breached,
+):  # fmt: skip
+    """Crash and geofence-breach flags ``(W, D)`` (``ISREnv._collisions`` and ``_breach``).
+
+    Crash: at or below the drone radius, ground contact, inside a building/obstacle box grown by
+    the radius, or closer than two radii to another drone of its world. Breach: outside the
+    fence horizontally or above its ceiling. Comparisons of the same float32 values as the torch
+    code, so the flags are identical.
+    """
+    nw, nd = pos.shape[0], pos.shape[1]
+    nb = box_min.shape[1]
+    f32 = np.float32
+    r = f32(radius_m)
+    r2 = f32((2.0 * radius_m) ** 2)
+    for flat in prange(nw * nd):
+        w = flat // nd
+        d = flat % nd
+        px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
+        hit = pz <= r or ground_contact[w, d]
+        for b in range(nb):
+            if hit:
+                break
+            if (
+                box_valid[w, b]
+                and box_min[w, b, 0] - r <= px <= box_max[w, b, 0] + r
+                and box_min[w, b, 1] - r <= py <= box_max[w, b, 1] + r
+                and box_min[w, b, 2] - r <= pz <= box_max[w, b, 2] + r
+            ):
+                hit = True
+        for o in range(nd):
+            if hit:
+                break
+            if o != d:
+                dx = px - pos[w, o, 0]
+                dy = py - pos[w, o, 1]
+                dz = pz - pos[w, o, 2]
+                if dx * dx + dy * dy + dz * dz < r2:
+                    hit = True
+        crashed[w, d] = hit
+        breached[w, d] = (
+            px < geofence_min[w, 0]
+            or py < geofence_min[w, 1]
+            or px > geofence_max[w, 0]
+            or py > geofence_max[w, 1]
+            or pz > geofence_max[w, 2]
+        )

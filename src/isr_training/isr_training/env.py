@@ -357,7 +357,9 @@ class ISREnv:
             if cfg.camera else None
         )  # fmt: skip
         self.ep_return = z(shape, device=self.device)
-        self.ep_terms = {name: z(shape, device=self.device) for name in REWARD_TERMS}
+        # per-term episode sums: views of one (terms, W, D) tensor (one add, fill and copy)
+        self._ep_terms_all = z(len(REWARD_TERMS), *shape, device=self.device)
+        self.ep_terms = dict(zip(REWARD_TERMS, self._ep_terms_all.unbind(0), strict=True))
         self.ep_collisions = z(shape, device=self.device)
         self.ep_breaches = z(shape, device=self.device)
         self.ep_interventions = z(shape, device=self.device)
@@ -399,8 +401,7 @@ class ISREnv:
         self.prev_action.masked_fill_(m.unsqueeze(-1), 0.0)
         self.det_visible.masked_fill_(m.unsqueeze(-1), False)
         self.ep_return.masked_fill_(m, 0.0)
-        for v in self.ep_terms.values():
-            v.masked_fill_(m, 0.0)
+        self._ep_terms_all.masked_fill_(m, 0.0)
         self.ep_collisions.masked_fill_(m, 0.0)
         self.ep_breaches.masked_fill_(m, 0.0)
         self.ep_interventions.masked_fill_(m, 0.0)
@@ -431,6 +432,25 @@ class ISREnv:
         """Kinematic part of the observation ``(W, D, 18)``: pose, velocity, time, fences."""
         st = self.vehicle.state
         w = self.world
+        if self.cpu_kernels:  # the same in one numba loop (isr_training.cpu_kernels)
+            from isr_direct_dynamics.cpu_kernels import threads_for
+
+            from . import cpu_kernels
+
+            out = torch.empty(*self._shape, 18)
+
+            def a(t: Tensor):
+                return t.detach().contiguous().numpy()
+
+            with threads_for(self.num_envs, 4096):
+                cpu_kernels.observe_head(
+                    a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad), a(self.step_count),
+                    int(self.max_episode_steps), a(self._area_centre), a(self._area_half),
+                    float(self._alt_scale), float(self.limits.max_velocity_m_s),
+                    a(w.geofence_min_m), a(w.geofence_max_m), a(w.nfz_min_m), a(w.nfz_max_m),
+                    a(w.nfz_valid), out.numpy(),
+                )  # fmt: skip
+            return out
         pos = st.pos_enu_m
         rel = (pos[..., :2] - self._area_centre) / self._area_half
         alt = pos[..., 2:3] / self._alt_scale
@@ -493,6 +513,27 @@ class ISREnv:
         else:
             hit_drone = torch.zeros_like(hit_box)
         return ground | hit_box | hit_drone
+
+    def _crashes_and_breaches_cpu(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_collisions` and :meth:`_breach` as one numba kernel (identical flags)."""
+        from isr_direct_dynamics.cpu_kernels import threads_for
+
+        from . import cpu_kernels
+
+        w = self.world
+        crashed = torch.empty(self._shape, dtype=torch.bool)
+        breached = torch.empty(self._shape, dtype=torch.bool)
+
+        def a(t: Tensor):
+            return t.detach().contiguous().numpy()
+
+        with threads_for(self.num_envs, 4096):
+            cpu_kernels.crashes_and_breaches(
+                a(pos), a(self.vehicle.state.ground_contact), a(w.box_min_m), a(w.box_max_m),
+                a(w.box_valid), a(w.geofence_min_m), a(w.geofence_max_m),
+                float(self.task.drone_radius_m), crashed.numpy(), breached.numpy(),
+            )  # fmt: skip
+        return crashed, breached
 
     def _breach(self, pos: Tensor) -> Tensor:
         w = self.world
@@ -574,8 +615,11 @@ class ISREnv:
             found_new = torch.zeros_like(self.found)
 
         pos = st.pos_enu_m
-        crashed = self._collisions_fn(pos)
-        breached = self._breach(pos)
+        if self.cpu_kernels:
+            crashed, breached = self._crashes_and_breaches_cpu(pos)
+        else:
+            crashed = self._collisions_fn(pos)
+            breached = self._breach(pos)
         terms = {
             "new_target": new_target_term(found_new),
             "coverage": coverage_term(seen_new),
@@ -592,8 +636,7 @@ class ISREnv:
         for v in interventions.values():
             any_intervention |= v
         self.ep_return += reward
-        for name, v in terms.items():
-            self.ep_terms[name] += v
+        self._ep_terms_all += torch.stack([terms[name] for name in REWARD_TERMS])
         self.ep_collisions += crashed.float()
         self.ep_breaches += breached.float()
         self.ep_interventions += any_intervention.float()
@@ -616,7 +659,7 @@ class ISREnv:
             "geofence_breaches": self.ep_breaches.clone(),
             "safety_interventions": self.ep_interventions.clone(),
             "time_to_first_detection_s": self.ep_first_detection.clone(),
-            **{f"r/{k}": v.clone() for k, v in self.ep_terms.items()},
+            **dict(zip((f"r/{k}" for k in REWARD_TERMS), self._ep_terms_all.clone(), strict=True)),
         }
         if rendered or self._obs_tail is None:
             obs = self._observe()

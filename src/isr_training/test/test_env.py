@@ -260,7 +260,9 @@ def test_compiled_task_kernels_match_eager():
     pytest.importorskip("torch._inductor", reason="torch.compile backend not available")
     runs = []
     for compiled in (False, True):
-        cfg = EnvConfig(num_worlds=2, drones_per_world=3, seed=2, compile=compiled)
+        cfg = EnvConfig(
+            num_worlds=2, drones_per_world=3, seed=2, compile=compiled, cpu_kernels=False
+        )
         cfg.task.perception_interval = 1
         env = ISREnv(cfg)
         env.reset(seed=2)
@@ -274,3 +276,57 @@ def test_compiled_task_kernels_match_eager():
         torch.testing.assert_close(o0, o1, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(r0, r1, rtol=1e-5, atol=1e-5)
         assert torch.equal(t0, t1) and torch.equal(g0, g1)
+
+
+def test_numba_task_kernels_match_torch():
+    """EnvConfig.cpu_kernels (numba safety filter, target motion, coverage, observation) gives the
+    torch code's observations, rewards and interventions, over resets and a whole episode."""
+    from isr_training import cpu_kernels
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+    runs = []
+    for numba_on in (False, True):
+        cfg = EnvConfig(num_worlds=3, drones_per_world=4, seed=4, cpu_kernels=numba_on)
+        cfg.task.episode_length_s = 8.0
+        env = ISREnv(cfg)
+        assert env.cpu_kernels == numba_on
+        obs = env.reset(seed=4)
+        gen = torch.Generator().manual_seed(4)
+        steps = [(obs, None, None, None)]
+        for k in range(120):
+            action = torch.rand(12, 4, generator=gen) * 2 - 1
+            if k % 30 < 10:
+                action = torch.sign(action)  # full speed at walls, zones and obstacles
+            obs, reward, term, trunc, info = env.step(action)
+            steps.append((obs, reward, term | trunc, info["interventions"]))
+        runs.append(steps)
+    hits = 0
+    for (o0, r0, d0, i0), (o1, r1, d1, i1) in zip(*runs, strict=True):
+        torch.testing.assert_close(o1, o0, rtol=1e-5, atol=1e-5)
+        if r0 is not None:
+            torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
+            assert torch.equal(d0, d1)
+            for kind in i0:
+                assert torch.equal(i0[kind], i1[kind]), kind
+                hits += int(i0[kind].sum())
+    assert hits > 0 and bool(torch.stack([s[2] for s in runs[0][1:]]).any())  # filter, resets
+
+
+def test_numba_crash_and_breach_flags_match_torch():
+    """Constructed crashes (box, other drone, ground) and breaches: identical flags."""
+    env = ISREnv(EnvConfig(num_worlds=2, drones_per_world=6, stagger=False, cpu_kernels=True))
+    env.reset(seed=0)
+    w = env.world
+    pos = env.vehicle.state.pos_enu_m.clone()
+    b = int(torch.nonzero(w.box_valid[0])[0])
+    pos[0, 0] = 0.5 * (w.box_min_m[0, b] + w.box_max_m[0, b])  # inside a building
+    pos[0, 1] = w.box_max_m[0, b] + torch.tensor([0.1, 0.1, 0.1])  # just outside, within radius
+    pos[0, 2, 2] = 0.01  # on the ground
+    pos[0, 3] = pos[0, 4] + 0.05  # two drones touching
+    pos[1, 0, 0] = w.geofence_max_m[1, 0] + 1.0  # east of the fence
+    pos[1, 1, 2] = w.geofence_max_m[1, 2] + 1.0  # above the ceiling
+    crashed, breached = env._crashes_and_breaches_cpu(pos)
+    assert torch.equal(crashed, env._collisions(pos))
+    assert torch.equal(breached, env._breach(pos))
+    assert crashed[0, :5].all() and breached[1, :2].all() and not breached[0].any()
