@@ -35,7 +35,11 @@ except ImportError:  # pragma: no cover - exercised only without numba
     AVAILABLE = False
 
     def njit(*args, **kwargs):  # type: ignore[no-redef]
-        """Stand-in decorator: the kernel stays a plain Python function (never called)."""
+        """Stand-in without numba: kernels stay plain functions, never called.
+
+        Every wrapper checks ``AVAILABLE``; the other packages' kernel modules import
+        ``AVAILABLE``, ``njit`` and ``prange`` from here.
+        """
 
         def wrap(fn):
             return fn
@@ -88,8 +92,8 @@ F_HAS_VEL_D, F_HAS_FF, F_QUADRATIC, F_ASYM_MOTOR, F_NOISE, F_GYRO_LP, F_DGYRO_LP
 
 
 @njit(inline="always", cache=True)
-def _desaturate(u, d, inv_d, hi, reduce_only):
-    """ControlAllocationSequentialDesaturation::desaturateActuators along mix column ``d``."""
+def _desaturation_gain(u, inv_d, hi):
+    """``k_min + k_max`` over the motors outside ``[0, hi]`` (PX4's computeDesaturationGain)."""
     kmin = 0.0
     kmax = 0.0
     for m in range(4):
@@ -98,20 +102,21 @@ def _desaturate(u, d, inv_d, hi, reduce_only):
             kmin = k
         if m == 0 or k > kmax:
             kmax = k
-    gain = min(kmin, 0.0) + max(kmax, 0.0)
-    keep = 1.0
-    if reduce_only and not gain <= 0.0:
-        keep = 0.0
-    gain *= keep
+    return min(kmin, 0.0) + max(kmax, 0.0)
+
+
+@njit(inline="always", cache=True)
+def _desaturate(u, d, inv_d, hi, reduce_only):
+    """ControlAllocationSequentialDesaturation::desaturateActuators along mix column ``d``.
+
+    The gain applied once, then half of the recomputed gain; ``reduce_only`` (thrust) skips both
+    when the first gain would raise the thrust.
+    """
+    gain = _desaturation_gain(u, inv_d, hi)
+    keep = 0.0 if reduce_only and not gain <= 0.0 else 1.0
     for m in range(4):
-        u[m] += gain * d[m]
-    for m in range(4):
-        k = (min(max(u[m], 0.0), hi) - u[m]) * inv_d[m]
-        if m == 0 or k < kmin:
-            kmin = k
-        if m == 0 or k > kmax:
-            kmax = k
-    gain2 = (min(kmin, 0.0) + max(kmax, 0.0)) * keep
+        u[m] += gain * keep * d[m]
+    gain2 = _desaturation_gain(u, inv_d, hi) * keep
     for m in range(4):
         u[m] += 0.5 * gain2 * d[m]
 

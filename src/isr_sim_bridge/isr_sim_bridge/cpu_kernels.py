@@ -35,29 +35,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from isr_direct_dynamics.cpu_kernels import AVAILABLE, njit, prange  # noqa: F401 (re-export)
+
 TILE_W = 16
 """Tile width in pixels (``camera.TILE_WIDTH_PX``; a compile-time constant here)."""
 TILE_H = 4
 """Tile height in pixels (``camera.TILE_HEIGHT_PX``)."""
-
-try:  # pragma: no branch - numba is in requirements.txt
-    import numba
-    from numba import njit, prange
-
-    AVAILABLE = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    numba = None
-    AVAILABLE = False
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        """Stand-in decorator: the kernel stays a plain Python function (never called)."""
-
-        def wrap(fn):
-            return fn
-
-        return wrap
-
-    prange = range  # type: ignore[assignment]
 
 
 @njit(inline="always", cache=True)

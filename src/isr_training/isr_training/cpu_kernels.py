@@ -16,22 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # pragma: no branch - numba is in requirements.txt
-    from numba import njit, prange
-
-    AVAILABLE = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    AVAILABLE = False
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        """Stand-in decorator: the kernel stays a plain Python function (never called)."""
-
-        def wrap(fn):
-            return fn
-
-        return wrap
-
-    prange = range  # type: ignore[assignment]
+from isr_direct_dynamics.cpu_kernels import AVAILABLE, njit, prange  # noqa: F401 (re-export)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
