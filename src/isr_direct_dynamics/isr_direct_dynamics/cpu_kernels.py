@@ -49,6 +49,11 @@ except ImportError:  # pragma: no cover - exercised only without numba
     prange = range  # type: ignore[assignment]
 
 
+def as_numpy(tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor for a kernel argument (a contiguous copy when it is not)."""
+    return tensor.detach().contiguous().numpy()
+
+
 @contextmanager
 def threads_for(work_items: int, min_parallel: int) -> Iterator[None]:
     """Run the numba kernels in this block on one thread when there is little work.

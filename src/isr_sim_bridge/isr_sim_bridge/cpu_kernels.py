@@ -259,6 +259,24 @@ def render_boxes(
     return items.sum()
 
 
+@njit(inline="always", cache=True)
+def _box_point_in_camera(a0, a1, a2, cs, sn, c0, c1, c2, o0, o1, o2, rot):
+    """The point at box-frame offset ``a`` of a yawed box, relative to the camera.
+
+    Returns ``(r0, r1, r2, x, y, z)``: world-frame offset from the camera ``o`` and optical-frame
+    coordinates. Box axes in the world: x = (cs, sn, 0), y = (-sn, cs, 0), z = (0, 0, 1); centre
+    ``c``; ``rot (3, 3)`` world from camera. The torch code's float32 operation order.
+    """
+    zero, one = np.float32(0.0), np.float32(1.0)
+    r0 = c0 + ((a0 * cs + a1 * -sn) + a2 * zero) - o0
+    r1 = c1 + ((a0 * sn + a1 * cs) + a2 * zero) - o1
+    r2 = c2 + ((a0 * zero + a1 * zero) + a2 * one) - o2
+    x = r0 * rot[0, 0] + r1 * rot[1, 0] + r2 * rot[2, 0]
+    y = r0 * rot[0, 1] + r1 * rot[1, 1] + r2 * rot[2, 1]
+    z = r0 * rot[0, 2] + r1 * rot[1, 2] + r2 * rot[2, 2]
+    return r0, r1, r2, x, y, z
+
+
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def detect_targets(
     org,
@@ -333,16 +351,10 @@ def detect_targets(
             h2 = half_ * target_size[w, t, 2]
             c0, c1, c2 = target_pos[w, t, 0], target_pos[w, t, 1], target_pos[w, t, 2]
             for c in range(8):
-                a0 = corner_signs[c, 0] * h0
-                a1 = corner_signs[c, 1] * h1
-                a2 = corner_signs[c, 2] * h2
-                # box axes: local x = (cs, sn, 0), y = (-sn, cs, 0), z = (0, 0, 1)
-                r0 = c0 + ((a0 * cs + a1 * -sn) + a2 * zero) - o0
-                r1 = c1 + ((a0 * sn + a1 * cs) + a2 * zero) - o1
-                r2 = c2 + ((a0 * zero + a1 * zero) + a2 * one) - o2
-                xs[c] = r0 * rot[w, d, 0, 0] + r1 * rot[w, d, 1, 0] + r2 * rot[w, d, 2, 0]
-                ys[c] = r0 * rot[w, d, 0, 1] + r1 * rot[w, d, 1, 1] + r2 * rot[w, d, 2, 1]
-                zs[c] = r0 * rot[w, d, 0, 2] + r1 * rot[w, d, 1, 2] + r2 * rot[w, d, 2, 2]
+                _, _, _, xs[c], ys[c], zs[c] = _box_point_in_camera(
+                    corner_signs[c, 0] * h0, corner_signs[c, 1] * h1, corner_signs[c, 2] * h2,
+                    cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d],
+                )  # fmt: skip
             _project_clipped(xs, ys, zs, fx_, fy_, u_off, v_off, near_, proj)
             u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
             front = proj[4] > 0
@@ -382,12 +394,10 @@ def detect_targets(
                     a0 = samples[s, 0] * h0
                     a1 = samples[s, 1] * h1
                     a2 = samples[s, 2] * h2
-                    s0 = c0 + ((a0 * cs + a1 * -sn) + a2 * zero) - o0
-                    s1 = c1 + ((a0 * sn + a1 * cs) + a2 * zero) - o1
-                    s2 = c2 + ((a0 * zero + a1 * zero) + a2 * one) - o2
-                    x = (s0 * rot[w, d, 0, 0] + s1 * rot[w, d, 1, 0]) + s2 * rot[w, d, 2, 0]
-                    y = (s0 * rot[w, d, 0, 1] + s1 * rot[w, d, 1, 1]) + s2 * rot[w, d, 2, 1]
-                    z = (s0 * rot[w, d, 0, 2] + s1 * rot[w, d, 1, 2]) + s2 * rot[w, d, 2, 2]
+                    # s: segment camera -> point, world frame (for the occluder slab tests)
+                    s0, s1, s2, x, y, z = _box_point_in_camera(
+                        a0, a1, a2, cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d]
+                    )
                     zs_ = z if z > zero else one
                     u = fx_ * x / zs_ + u_off
                     v = fy_ * y / zs_ + v_off

@@ -40,9 +40,11 @@ from torch import Tensor
 
 from isr_direct_dynamics import InitialState, make_vehicle_model
 from isr_direct_dynamics.config import check, validate_tree
+from isr_direct_dynamics.cpu_kernels import as_numpy, threads_for
 from isr_sim_bridge.world import WorldSpec, advance_targets, generate_worlds
 from isr_sim_bridge.world_batch import TARGET_CLASSES, WorldBatch
 
+from . import cpu_kernels
 from .task.config import TASK_VERSION, TaskConfig
 from .task.coverage import (
     camera_corner_rays_body,
@@ -224,16 +226,11 @@ def _cells_in_view(
     cells_in_view` instead of the batched torch code.
     """
     if cpu_kernel:
-        from isr_direct_dynamics.cpu_kernels import threads_for
-
-        from . import cpu_kernels
-
         out = torch.empty(*pos_enu_m.shape[:2], centres.shape[0], dtype=torch.bool)
         with threads_for(pos_enu_m.shape[0] * pos_enu_m.shape[1], 128):
             cpu_kernels.cells_in_view(
-                pos_enu_m.contiguous().numpy(), quat_wxyz.contiguous().numpy(),
-                rays_body.contiguous().numpy(), centres.contiguous().numpy(), float(max_range_m),
-                out.numpy(),
+                as_numpy(pos_enu_m), as_numpy(quat_wxyz), as_numpy(rays_body), as_numpy(centres),
+                float(max_range_m), out.numpy(),
             )  # fmt: skip
         return out
     corners = footprint_corners(pos_enu_m, quat_wxyz, rays_body, max_range_m)
@@ -293,8 +290,6 @@ class ISREnv:
         self.perception = perception
         self.keep_out = build_keep_out(self.world, self.task.safety)
         from isr_sim_bridge.camera import maybe_compile
-
-        from . import cpu_kernels
 
         want = cfg.cpu_kernels is None or bool(cfg.cpu_kernels)
         self.cpu_kernels = self.device.type == "cpu" and want and cpu_kernels.AVAILABLE
@@ -433,15 +428,8 @@ class ISREnv:
         st = self.vehicle.state
         w = self.world
         if self.cpu_kernels:  # the same in one numba loop (isr_training.cpu_kernels)
-            from isr_direct_dynamics.cpu_kernels import threads_for
-
-            from . import cpu_kernels
-
             out = torch.empty(*self._shape, 18)
-
-            def a(t: Tensor):
-                return t.detach().contiguous().numpy()
-
+            a = as_numpy
             with threads_for(self.num_envs, 4096):
                 cpu_kernels.observe_head(
                     a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad), a(self.step_count),
@@ -516,17 +504,10 @@ class ISREnv:
 
     def _crashes_and_breaches_cpu(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`_collisions` and :meth:`_breach` as one numba kernel (identical flags)."""
-        from isr_direct_dynamics.cpu_kernels import threads_for
-
-        from . import cpu_kernels
-
         w = self.world
         crashed = torch.empty(self._shape, dtype=torch.bool)
         breached = torch.empty(self._shape, dtype=torch.bool)
-
-        def a(t: Tensor):
-            return t.detach().contiguous().numpy()
-
+        a = as_numpy
         with threads_for(self.num_envs, 4096):
             cpu_kernels.crashes_and_breaches(
                 a(pos), a(self.vehicle.state.ground_contact), a(w.box_min_m), a(w.box_max_m),

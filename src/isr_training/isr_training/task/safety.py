@@ -170,6 +170,7 @@ def safety_filter_cpu(
 
     See :func:`isr_training.cpu_kernels.safety_filter`.
     """
+    from isr_direct_dynamics.cpu_kernels import as_numpy as a
     from isr_direct_dynamics.cpu_kernels import threads_for
     from isr_training import cpu_kernels
 
@@ -177,9 +178,6 @@ def safety_filter_cpu(
     shape = pos_enu_m.shape[:2]
     out = torch.empty_like(action)
     flags = [torch.empty(shape, dtype=torch.bool) for _ in range(4)]
-
-    def a(t: Tensor):
-        return t.detach().contiguous().numpy()
 
     with threads_for(shape.numel(), 2048):  # ~0.2 us per drone: serial below
         cpu_kernels.safety_filter(
