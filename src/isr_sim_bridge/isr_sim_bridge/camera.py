@@ -114,9 +114,9 @@ FACE_SHADE: tuple[float, ...] = (0.86, 0.70, 0.78, 0.62, 1.00, 0.50)
 """Brightness factor of box faces by face index: ``+x`` (east), ``-x``, ``+y`` (north), ``-y``,
 ``+z`` (roof/top), ``-z`` (bottom), in the box's own frame (targets: length axis = x)."""
 
-TILE_WIDTH_PX: int = 16
+TILE_WIDTH_PX: int = cpu_kernels.TILE_W
 """Width of the screen tiles that boxes are binned to (one 16-lane vector of pixels)."""
-TILE_HEIGHT_PX: int = 4
+TILE_HEIGHT_PX: int = cpu_kernels.TILE_H
 """Height of the screen tiles."""
 
 CORNER_SIGNS: tuple[tuple[float, ...], ...] = tuple(
@@ -903,6 +903,16 @@ class TiledCamera:
         """Whether setup, box pass and shading run as the numba CPU kernels
         (``CameraConfig.cpu_kernels``); the torch kernels are then not compiled."""
         self._corner_signs = torch.tensor(CORNER_SIGNS, dtype=torch.float32).numpy()
+        # per-box arrays of the numba setup (W, P): buildings (yaw 0) then targets
+        zeros = torch.zeros_like
+        tgt = self.world.target_yaw_rad
+        self._box_arrays = (
+            torch.cat((self._bld_center, zeros(self.world.target_pos_enu_m)), 1),
+            torch.cat((self._bld_half, zeros(self.world.target_size_m)), 1),
+            torch.cat((torch.ones_like(self._bld_center[..., 0]), zeros(tgt)), 1),
+            torch.cat((zeros(self._bld_center[..., 0]), zeros(tgt)), 1),
+            torch.cat((self._bld_valid, zeros(self.world.target_valid)), 1),
+        )
         self._no_depth = torch.zeros((1, 1, 1), dtype=torch.float32)
         torch_compiled = self.compiled and not self.numba_kernels
         self._setup_fn = maybe_compile(_setup_kernel, torch_compiled)
@@ -1103,10 +1113,14 @@ class TiledCamera:
         n = self.num_drones
         rot = pose.rot_world_from_cam.reshape(n, 3, 3).contiguous()
         org = pose.pos_enu_m.reshape(n, 3).contiguous()
-        center = torch.cat((self._bld_center, wb.target_pos_enu_m), dim=1)
-        half = torch.cat((self._bld_half, 0.5 * wb.target_size_m), dim=1)
-        yaw = torch.cat((torch.zeros_like(self._bld_center[..., 0]), wb.target_yaw_rad), dim=1)
-        valid = torch.cat((self._bld_valid, wb.target_valid), dim=1)
+        # boxes (W, P): the buildings' part was filled at construction, targets may have moved
+        b = self._bld_center.shape[1]
+        center, half, cos_yaw, sin_yaw, valid = self._box_arrays
+        center[:, b:] = wb.target_pos_enu_m
+        torch.mul(wb.target_size_m, 0.5, out=half[:, b:])
+        torch.cos(wb.target_yaw_rad, out=cos_yaw[:, b:])
+        torch.sin(wb.target_yaw_rad, out=sin_yaw[:, b:])
+        valid[:, b:] = wb.target_valid
         fx, fy, cx, cy = self.intrinsics
         self.last_work_items = int(
             cpu_kernels.render_boxes(
@@ -1114,8 +1128,8 @@ class TiledCamera:
                 org.numpy(),
                 center.numpy(),
                 half.numpy(),
-                torch.cos(yaw).numpy(),
-                torch.sin(yaw).numpy(),
+                cos_yaw.numpy(),
+                sin_yaw.numpy(),
                 valid.numpy(),
                 self._colors.numpy(),
                 self._corner_signs,
@@ -1126,8 +1140,6 @@ class TiledCamera:
                 self.drones_per_world,
                 self.tiles_x,
                 self.tiles_y,
-                TILE_WIDTH_PX,
-                TILE_HEIGHT_PX,
                 fx,
                 fy,
                 cx,

@@ -38,9 +38,9 @@ import numpy as np
 from isr_direct_dynamics.cpu_kernels import AVAILABLE, njit, prange  # noqa: F401 (re-export)
 
 TILE_W = 16
-"""Tile width in pixels (``camera.TILE_WIDTH_PX``; a compile-time constant here)."""
+"""Screen tile width in pixels (``camera.TILE_WIDTH_PX``; compile-time constant in kernels)."""
 TILE_H = 4
-"""Tile height in pixels (``camera.TILE_HEIGHT_PX``)."""
+"""Screen tile height in pixels (``camera.TILE_HEIGHT_PX``)."""
 
 
 @njit(inline="always", cache=True)
@@ -117,8 +117,6 @@ def render_boxes(
     drones_per_world,
     tiles_x,
     tiles_y,
-    tile_w,
-    tile_h,
     fx,
     fy,
     cx,
@@ -158,7 +156,7 @@ def render_boxes(
     fx_, fy_ = f32(fx), f32(fy)
     u_off, v_off = f32(cx + 0.5), f32(cy + 0.5)
     wf, hf = f32(width), f32(height)
-    inv_tw, inv_th = f32(1.0 / tile_w), f32(1.0 / tile_h)
+    inv_tw, inv_th = f32(1.0 / TILE_W), f32(1.0 / TILE_H)
     one, zero = f32(1.0), f32(0.0)
     inf = f32(np.inf)
     items = np.zeros(n, dtype=np.int64)

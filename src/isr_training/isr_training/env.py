@@ -30,6 +30,7 @@ make that drone's command a zero command and are counted.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ from .task.rewards import (
     time_term,
     weighted_sum,
 )
-from .task.safety import INTERVENTION_KINDS, build_keep_out, safety_filter, safety_filter_cpu
+from .task.safety import INTERVENTION_KINDS, build_keep_out, safety_filter
 
 COVERAGE_RANGE_M = 80.0
 """Ground farther than this from the drone does not count as covered."""
@@ -139,7 +140,8 @@ class EnvConfig:
     stagger: bool = True
     """Stagger initial episode lengths at reset."""
     cpu_kernels: bool | None = None
-    """On CPU, run the task's per-step kernels (safety filter, ...) as numba loop nests
+    """On CPU, run the task's per-step kernels (safety filter, target motion, coverage footprint,
+    observation head, crash flags) as numba loop nests
     (:mod:`isr_training.cpu_kernels`, the same results as the torch code, which CUDA runs).
     ``None`` = automatic: on CPU whenever numba can be imported. The camera, the ground-truth
     detections and the quadrotor have their own ``cpu_kernels`` settings (automatic too)."""
@@ -295,7 +297,9 @@ class ISREnv:
         self.cpu_kernels = self.device.type == "cpu" and want and cpu_kernels.AVAILABLE
         """Whether the task's numba kernels run (``EnvConfig.cpu_kernels``)."""
         self._safety_fn = (
-            safety_filter_cpu if self.cpu_kernels else maybe_compile(safety_filter, cfg.compile)
+            functools.partial(safety_filter, cpu_kernel=True)
+            if self.cpu_kernels
+            else maybe_compile(safety_filter, cfg.compile)
         )
         # the numba target motion updates the world's tensors in place through NumPy views
         wt = self.world

@@ -137,7 +137,7 @@ def test_safety_filter_cpu_kernel_matches_torch():
     """The numba safety filter (CPU) gives the torch code's (CUDA's) actions and flags."""
     from isr_sim_bridge.world import WorldSpec, generate_worlds
     from isr_training import cpu_kernels
-    from isr_training.task.safety import build_keep_out, safety_filter_cpu
+    from isr_training.task.safety import build_keep_out
 
     if not cpu_kernels.AVAILABLE:
         pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
@@ -160,8 +160,8 @@ def test_safety_filter_cpu_kernel_matches_torch():
             action = torch.sign(action)  # full speed, straight at walls and zones
         a, ha = safety_filter(action, pos, world.geofence_min_m, world.geofence_max_m, keep, cfg,
                               LIMITS, 5.0)  # fmt: skip
-        b, hb = safety_filter_cpu(action, pos, world.geofence_min_m, world.geofence_max_m, keep,
-                                  cfg, LIMITS, 5.0)  # fmt: skip
+        b, hb = safety_filter(action, pos, world.geofence_min_m, world.geofence_max_m, keep, cfg,
+                              LIMITS, 5.0, cpu_kernel=True)  # fmt: skip
         torch.testing.assert_close(b, a, rtol=0, atol=2e-6)
         assert set(ha) == set(hb)
         for kind in ha:

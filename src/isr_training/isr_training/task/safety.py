@@ -108,13 +108,21 @@ def safety_filter(
     limits: VelocityLimits,
     min_altitude_m: float,
     nearest_k: int = 2,
+    cpu_kernel: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Filter normalized actions ``(W, D, 4)`` of drones at ``pos_enu_m (W, D, 3)``.
 
     ``geofence_min_m``/``geofence_max_m`` are ``(W, 3)``. Returns the filtered normalized action
     and ``{kind: (W, D) bool}`` telling which drones the filter corrected this step.
+    ``cpu_kernel`` (CPU tensors): the same as one numba loop nest
+    (:func:`isr_training.cpu_kernels.safety_filter`).
     """
     vel, yaw_rate = scale_action(action, limits)
+    if cpu_kernel:
+        return _safety_filter_numba(
+            vel, yaw_rate, pos_enu_m, geofence_min_m, geofence_max_m, keep_out, cfg,
+            limits, min_altitude_m, nearest_k,
+        )  # fmt: skip
     h = cfg.horizon_s
     out = {}
     if keep_out.valid.shape[1] > 0:
@@ -155,8 +163,9 @@ def safety_filter(
     return filtered, out
 
 
-def safety_filter_cpu(
-    action: Tensor,
+def _safety_filter_numba(
+    vel: Tensor,
+    yaw_rate: Tensor,
     pos_enu_m: Tensor,
     geofence_min_m: Tensor,
     geofence_max_m: Tensor,
@@ -164,19 +173,15 @@ def safety_filter_cpu(
     cfg: SafetyConfig,
     limits: VelocityLimits,
     min_altitude_m: float,
-    nearest_k: int = 2,
+    nearest_k: int,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`safety_filter` as the numba kernel (CPU tensors; same arguments and results).
-
-    See :func:`isr_training.cpu_kernels.safety_filter`.
-    """
+    """The numba path of :func:`safety_filter`, after its action scaling."""
     from isr_direct_dynamics.cpu_kernels import as_numpy as a
     from isr_direct_dynamics.cpu_kernels import threads_for
     from isr_training import cpu_kernels
 
-    vel, yaw_rate = scale_action(action, limits)
     shape = pos_enu_m.shape[:2]
-    out = torch.empty_like(action)
+    out = torch.empty(*shape, 4)
     flags = [torch.empty(shape, dtype=torch.bool) for _ in range(4)]
 
     with threads_for(shape.numel(), 2048):  # ~0.2 us per drone: serial below
