@@ -25,6 +25,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+CHUNK = 32
+"""Drones per parallel work item of the per-drone kernels (their scratch arrays are allocated
+once per chunk, not per drone); the task and camera kernel modules use the same."""
+
 try:  # pragma: no branch - numba is in requirements.txt
     import numba
     from numba import njit, prange
@@ -496,3 +500,216 @@ def quadrotor_control_step(
         yaw_rate_state[i] = yr_state
         landed[i] = is_landed
         flying[i] = fly
+
+
+# ---------------------------------------------------------------------------------------------
+# The direct (fast-mode) dynamics: ``direct.direct_step`` and the masked reset, one loop per drone.
+
+
+@njit(inline="always", cache=True)
+def remainder(a, b):
+    """``torch.remainder`` of floats (ATen's CPU form: fmod, then the divisor's sign)."""
+    mod = np.fmod(a, b)
+    if mod != 0 and ((b < 0) != (mod < 0)):
+        mod += b
+    return mod
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def direct_step(
+    action,
+    ground,
+    vel_fast,
+    vel_slow,
+    yaw_rate,
+    pos,
+    vel_old,
+    yaw,
+    a_fast,
+    k_fast,
+    frac_slow,
+    a_slow,
+    k_slow,
+    a_yaw,
+    k_yaw,
+    coupling,
+    max_dv_h,
+    dt_s,
+    max_velocity,
+    max_vertical_velocity,
+    max_yaw_rate,
+    clip_norm,
+    has_slow,
+    has_coupling,
+    has_accel_limit,
+    tilt,
+    tan_max_tilt,
+    tilt_drag,
+    out_pos,
+    out_vel,
+    out_quat,
+    out_yaw,
+    out_yaw_rate,
+    out_contact,
+    out_vel_fast,
+    out_vel_slow,
+):
+    """:func:`isr_direct_dynamics.direct.direct_step` for every drone, into the ``out_*`` arrays.
+
+    Same arguments (the coefficients of ``DirectCoeffs`` as arrays, the static options as
+    scalars) and the same float32 operations in the same order; ``(W, D, ...)`` shapes.
+    """
+    nw, nd = pos.shape[0], pos.shape[1]
+    f32 = np.float32
+    zero, one, two, half_ = f32(0.0), f32(1.0), f32(2.0), f32(0.5)
+    dt = f32(dt_s)
+    inv_dt = f32(1.0 / dt_s)
+    tiny = f32(1e-12)
+    g = f32(9.80665)
+    g_min = f32(0.1 * 9.80665)
+    s_xy, s_z, s_yaw = f32(max_velocity), f32(max_vertical_velocity), f32(max_yaw_rate)
+    tan_t = f32(tan_max_tilt)
+    drag = f32(tilt_drag)
+    pi = f32(math.pi)
+    two_pi = f32(2 * math.pi)
+    total = nw * nd
+    for chunk in prange((total + CHUNK - 1) // CHUNK):  # scratch arrays once per chunk
+        cmd = np.empty(3, dtype=np.float32)
+        new_fast = np.empty(3, dtype=np.float32)
+        new_slow = np.empty(3, dtype=np.float32)
+        inc = np.empty(3, dtype=np.float32)
+        e_slow = np.empty(3, dtype=np.float32)
+        for flat in range(chunk * CHUNK, min(total, (chunk + 1) * CHUNK)):
+            w = flat // nd
+            d = flat % nd
+            cmd[0] = action[w, d, 0] * s_xy
+            cmd[1] = action[w, d, 1] * s_xy
+            cmd[2] = action[w, d, 2] * s_z
+            if clip_norm:
+                speed2 = cmd[0] * cmd[0] + cmd[1] * cmd[1]
+                factor = min(s_xy * (one / np.sqrt(speed2 + tiny)), one)
+                cmd[0] *= factor
+                cmd[1] *= factor
+            cmd_yr = action[w, d, 3] * s_yaw
+            for k in range(3):
+                vf = vel_fast[w, d, k]
+                if has_slow:
+                    c_slow = cmd[k] * frac_slow[w, d, k]
+                    c_fast = cmd[k] - c_slow
+                    e_slow[k] = vel_slow[w, d, k] - c_slow
+                    new_slow[k] = c_slow + e_slow[k] * a_slow[w, d, k]
+                else:
+                    c_fast = cmd[k]
+                    new_slow[k] = vel_slow[w, d, k]
+                e_fast = vf - c_fast
+                new_fast[k] = c_fast + e_fast * a_fast[w, d, k]
+                inc[k] = c_fast * dt + e_fast * k_fast[w, d, k]
+            if has_coupling:
+                vz_new = new_fast[2] + new_slow[2] if has_slow else new_fast[2]
+                s = min(max(one + (vz_new - vel_old[w, d, 2]) * coupling[w, d], zero), two)
+                for k in range(2):
+                    vf = vel_fast[w, d, k]
+                    new_fast[k] = vf + (new_fast[k] - vf) * s
+                    inc[k] = vf * dt + (inc[k] - vf * dt) * s
+                vf = vel_fast[w, d, 2]
+                new_fast[2] = vf + (new_fast[2] - vf) * one
+                inc[2] = vf * dt + (inc[2] - vf * dt) * one
+            if has_accel_limit:
+                dv0 = new_fast[0] - vel_fast[w, d, 0]
+                dv1 = new_fast[1] - vel_fast[w, d, 1]
+                dv2 = new_fast[2] - vel_fast[w, d, 2]
+                dv_h = np.sqrt(dv0 * dv0 + dv1 * dv1 + tiny)
+                r = min(max_dv_h[w, d] / dv_h, one)
+                for k in range(3):
+                    vf = vel_fast[w, d, k]
+                    dvk = dv0 if k == 0 else (dv1 if k == 1 else dv2)
+                    rk = r if k < 2 else one
+                    new_fast[k] = vf + dvk * rk
+                    inc[k] = vf * dt + (inc[k] - vf * dt) * rk
+            for k in range(3):
+                if has_slow:
+                    c_slow = cmd[k] * frac_slow[w, d, k]
+                    out_pos[w, d, k] = ((pos[w, d, k] + inc[k]) + c_slow * dt) + e_slow[k] * k_slow[
+                        w, d, k
+                    ]
+                else:
+                    out_pos[w, d, k] = pos[w, d, k] + inc[k]
+            e_yaw = yaw_rate[w, d] - cmd_yr
+            y = remainder(((yaw[w, d] + cmd_yr * dt) + e_yaw * k_yaw[w, d]) + pi, two_pi) - pi
+            out_yaw[w, d] = y
+            yr = cmd_yr + e_yaw * a_yaw[w, d]
+            out_yaw_rate[w, d] = yr
+            # ground: clamp, no downward velocity, contact flag
+            z = out_pos[w, d, 2]
+            contact = z <= ground[w, d]
+            out_pos[w, d, 2] = max(z, ground[w, d])
+            if contact:
+                new_fast[2] = max(new_fast[2], zero)
+                if has_slow:
+                    new_slow[2] = max(new_slow[2], zero)
+            out_contact[w, d] = contact
+            for k in range(3):
+                out_vel_fast[w, d, k] = new_fast[k]
+                out_vel_slow[w, d, k] = new_slow[k]
+                out_vel[w, d, k] = new_fast[k] + new_slow[k] if has_slow else new_fast[k]
+            hy = half_ * y
+            cos_h, sin_h = np.cos(hy), np.sin(hy)
+            if tilt:
+                ax = (out_vel[w, d, 0] - vel_old[w, d, 0]) * inv_dt
+                ay = (out_vel[w, d, 1] - vel_old[w, d, 1]) * inv_dt
+                az = (out_vel[w, d, 2] - vel_old[w, d, 2]) * inv_dt
+                if drag != zero:
+                    ax = ax + out_vel[w, d, 0] * drag
+                    ay = ay + out_vel[w, d, 1] * drag
+                    az = az + out_vel[w, d, 2] * drag
+                nz = max(az + g, g_min)
+                scale = min(tan_t * nz * (one / np.sqrt(ax * ax + ay * ay + tiny)), one)
+                nx, ny = ax * scale, ay * scale
+                inv = one / np.sqrt(nx * nx + ny * ny + nz * nz)
+                nx, ny, nz = nx * inv, ny * inv, nz * inv
+                qw = np.sqrt(half_ * (one + nz))
+                kq = half_ / qw
+                qx, qy = -ny * kq, nx * kq
+                out_quat[w, d, 0] = qw * cos_h
+                out_quat[w, d, 1] = qx * cos_h + qy * sin_h
+                out_quat[w, d, 2] = qy * cos_h - qx * sin_h
+                out_quat[w, d, 3] = qw * sin_h
+            else:
+                out_quat[w, d, 0] = cos_h
+                out_quat[w, d, 1] = zero
+                out_quat[w, d, 2] = zero
+                out_quat[w, d, 3] = sin_h
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def direct_reset(
+    mask, pos0, yaw0, vel0, frac_slow, pos, vel, quat, body_rates, yaw, contact, vel_fast,
+    vel_slow, yaw_rate,
+):  # fmt: skip
+    """``DirectDynamics._reset_masked`` in place, for the drones in ``mask (W, D)``.
+
+    They get position ``pos0``, yaw ``yaw0``, velocity ``vel0`` (split over the fast and slow
+    poles by ``frac_slow``), a level attitude, zero rates and no contact (float32 as torch).
+    """
+    nw, nd = mask.shape[0], mask.shape[1]
+    f32 = np.float32
+    zero, one, half_ = f32(0.0), f32(1.0), f32(0.5)
+    for flat in prange(nw * nd):
+        w = flat // nd
+        d = flat % nd
+        if not mask[w, d]:
+            continue
+        for k in range(3):
+            pos[w, d, k] = pos0[w, d, k]
+            vel[w, d, k] = vel0[w, d, k]
+            vel_fast[w, d, k] = vel0[w, d, k] * (one - frac_slow[w, d, k])
+            vel_slow[w, d, k] = vel0[w, d, k] * frac_slow[w, d, k]
+            body_rates[w, d, k] = zero
+        h = yaw0[w, d] * half_
+        quat[w, d, 0] = np.cos(h)
+        quat[w, d, 1] = zero
+        quat[w, d, 2] = zero
+        quat[w, d, 3] = np.sin(h)
+        yaw[w, d] = yaw0[w, d]
+        contact[w, d] = False
+        yaw_rate[w, d] = zero

@@ -48,6 +48,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import cpu_kernels
 from .base import InitialState, VehicleModel, VelocityLimits, flat_ground
 from .config import check, validate_tree
 
@@ -99,6 +100,12 @@ class DirectDynamicsConfig:
     multicopter flying level at speed ``v`` leans ``atan(c v / g)`` (PX4 SIH: ``SIH_KDV /
     SIH_MASS`` = 1/s, i.e. 45 deg at 10 m/s). Changes only the attitude (camera), not the
     velocity response. ``isr tune-dynamics`` fits it where the flight has attitude."""
+
+    cpu_kernels: bool | None = None
+    """On CPU, run the step as one numba loop over drones
+    (:func:`isr_direct_dynamics.cpu_kernels.direct_step`, the same float32 operations as
+    :func:`direct_step`). ``None`` = automatic: on CPU whenever numba can be imported; ignored on
+    CUDA and with ``compile_step``."""
 
     def validate(self) -> None:
         """Check ranges; raises :class:`ConfigError` naming the field."""
@@ -363,6 +370,11 @@ class DirectDynamics(VehicleModel):
         self._compile = compile_step
         self.config = (config or DirectDynamicsConfig()).resolved()
         validate_tree(self.config)
+        want_numba = self.config.cpu_kernels is None or bool(self.config.cpu_kernels)
+        self.numba_step = (
+            self.device.type == "cpu" and want_numba and not compile_step and cpu_kernels.AVAILABLE
+        )
+        """Whether steps run as the numba kernel (``DirectDynamicsConfig.cpu_kernels``)."""
         self.terrain_height_fn = terrain_height_fn
         shape = self.shape
         dev = self.device
@@ -425,6 +437,7 @@ class DirectDynamics(VehicleModel):
             tilt_drag=float(self.config.tilt_drag_1_s),
         )
         self._step_fn = torch.compile(step_fn, dynamic=False) if self._compile else step_fn
+        self._step_options = step_fn.keywords
         self._vel_noise_std = (p.vel_noise_m_s_per_sqrt_s * math.sqrt(dt)).unsqueeze(-1)
         self._pos_noise_std = (p.pos_noise_m_per_sqrt_s * math.sqrt(dt)).unsqueeze(-1)
         self._has_noise = bool((self._vel_noise_std > 0).any() | (self._pos_noise_std > 0).any())
@@ -438,6 +451,13 @@ class DirectDynamics(VehicleModel):
 
     # ------------------------------------------------------------------ interface
     def _reset_masked(self, mask: Tensor, initial: InitialState) -> None:
+        st = self.state
+        owned = [getattr(st, f.name) for f in fields(st)]
+        if self.numba_step and all(
+            t.is_contiguous() for t in (*owned, self._vel_fast, self._vel_slow, self._yaw_rate)
+        ):
+            self._reset_numba(mask, initial)
+            return
         new = initial.to_state()
         self.state.masked_assign(mask, new)
         m3 = mask.unsqueeze(-1)
@@ -446,6 +466,45 @@ class DirectDynamics(VehicleModel):
         self._vel_slow.copy_(torch.where(m3, new.vel_enu_m_s * frac, self._vel_slow))
         self._yaw_rate.masked_fill_(mask, 0.0)
         self.state.body_rates_flu_rad_s.masked_fill_(m3, 0.0)
+        if self._max_delay > 0:
+            self._cmd_buffer.masked_fill_(mask[..., None, None], 0.0)
+
+    def _step_numba(self, action: Tensor, ground_m: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """:func:`direct_step` as the numba kernel (CPU): same arguments, new output tensors."""
+        c = self._coeffs
+        shape = self.shape
+        o = self._step_options
+        outs = (
+            torch.empty(*shape, 3), torch.empty(*shape, 3), torch.empty(*shape, 4),
+            torch.empty(shape), torch.empty(shape), torch.empty(shape, dtype=torch.bool),
+            torch.empty(*shape, 3), torch.empty(*shape, 3),
+        )  # fmt: skip
+        a = cpu_kernels.as_numpy
+        with cpu_kernels.threads_for(shape[0] * shape[1], 4096):
+            cpu_kernels.direct_step(
+                a(action), a(ground_m), *(a(t) for t in state[:6]), *(a(t) for t in c),
+                float(o["dt"]), float(o["max_velocity"]), float(o["max_vertical_velocity"]),
+                float(o["max_yaw_rate"]), bool(o["clip_norm"]), bool(o["has_slow"]),
+                bool(o["has_coupling"]), bool(o["has_accel_limit"]), bool(o["tilt"]),
+                float(o["tan_max_tilt"]), float(o["tilt_drag"]), *(t.numpy() for t in outs),
+            )  # fmt: skip
+        return outs
+
+    def _reset_numba(self, mask: Tensor, initial: InitialState) -> None:
+        """:meth:`_reset_masked` as the numba kernel, in place (CPU, contiguous state)."""
+        a = cpu_kernels.as_numpy
+        st = self.state
+        pos0 = initial.pos_enu_m.to(torch.float32).expand(*self.shape, 3)
+        yaw0 = torch.zeros(self.shape) if initial.yaw_rad is None else initial.yaw_rad
+        vel0 = torch.zeros(*self.shape, 3) if initial.vel_enu_m_s is None else initial.vel_enu_m_s
+        with cpu_kernels.threads_for(mask.numel(), 8192):
+            cpu_kernels.direct_reset(
+                a(mask), a(pos0), a(yaw0.to(torch.float32).expand(self.shape)),
+                a(vel0.to(torch.float32).expand(*self.shape, 3)), a(self._coeffs.frac_slow),
+                st.pos_enu_m.numpy(), st.vel_enu_m_s.numpy(), st.quat_wxyz.numpy(),
+                st.body_rates_flu_rad_s.numpy(), st.yaw_rad.numpy(), st.ground_contact.numpy(),
+                self._vel_fast.numpy(), self._vel_slow.numpy(), self._yaw_rate.numpy(),
+            )  # fmt: skip
         if self._max_delay > 0:
             self._cmd_buffer.masked_fill_(mask[..., None, None], 0.0)
 
@@ -463,7 +522,8 @@ class DirectDynamics(VehicleModel):
         if self._max_delay > 0:
             action = self._delayed(action)
         st = self.state
-        out = self._step_fn(
+        step_fn = self._step_numba if self.numba_step else self._step_fn
+        out = step_fn(
             action,
             self.terrain_height_fn(st.pos_enu_m),
             self._vel_fast,

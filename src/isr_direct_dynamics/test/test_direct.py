@@ -373,3 +373,60 @@ def test_horizontal_acceleration_limit_and_position_consistency(device):
         DirectDynamicsConfig(max_horizontal_accel_m_s2=-1.0).validate()
     with pytest.raises(ConfigError, match="vertical_coupling"):
         DirectDynamicsConfig(vertical_coupling=float("nan")).validate()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"tilt_from_acceleration": False, "limits": {"clip_horizontal_norm": False}},
+        {
+            "slow_fraction_horizontal": 0.3,
+            "slow_fraction_vertical": 0.2,
+            "vertical_coupling": 1.5,
+            "max_horizontal_accel_m_s2": 4.0,
+            "tilt_drag_1_s": 0.5,
+            "delay_steps": 2,
+            "vel_noise_m_s_per_sqrt_s": 0.2,
+            "pos_noise_m_per_sqrt_s": 0.05,
+        },
+    ],
+)
+def test_numba_step_matches_torch(options):
+    """DirectDynamicsConfig.cpu_kernels: the numba step flies the torch step's trajectories
+    (every option on, per-drone parameters, landing on the ground, resets, noise)."""
+    from isr_direct_dynamics import cpu_kernels
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+    runs = []
+    for numba_on in (False, True):
+        cfg = from_dict(DirectDynamicsConfig, {**options, "cpu_kernels": numba_on})
+        model = DirectDynamics(3, 4, 0.1, "cpu", seed=3, config=cfg)
+        assert model.numba_step == numba_on
+        p = model.params
+        p.tau_horizontal_s = p.tau_horizontal_s * torch.linspace(0.5, 1.5, 12).view(3, 4)
+        model.set_params(p)
+        airborne(model, 8.0)
+        gen = torch.Generator().manual_seed(1)
+        states = []
+        for k in range(80):
+            action = torch.rand(3, 4, 4, generator=gen) * 2 - 1
+            if k < 30:
+                action[0, :, 2] = -1.0  # world 0 descends onto the ground
+            if k == 50:
+                model.reset(
+                    torch.rand(3, 4, generator=gen) < 0.5,
+                    InitialState(
+                        pos_enu_m=torch.full((3, 4, 3), 12.0), yaw_rad=torch.full((3, 4), 1.0)
+                    ),
+                )
+            states.append(model.step(action).clone())
+        runs.append(states)
+    landed = 0
+    for s0, s1 in zip(*runs, strict=True):
+        for name in ("pos_enu_m", "vel_enu_m_s", "quat_wxyz", "yaw_rad", "body_rates_flu_rad_s"):
+            torch.testing.assert_close(getattr(s1, name), getattr(s0, name), atol=2e-5, rtol=1e-5)
+        assert torch.equal(s0.ground_contact, s1.ground_contact)
+        landed += int(s0.ground_contact.sum())
+    assert landed > 0
