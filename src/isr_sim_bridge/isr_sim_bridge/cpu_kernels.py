@@ -14,7 +14,12 @@ result does not depend on the thread count):
   sky), written row-major directly; its innermost loop is one 16-pixel tile row without branches,
   which LLVM vectorizes;
 - :func:`detect_targets`: projection, candidate culling and occlusion samples of
-  :mod:`isr_sim_bridge.detections`.
+  :mod:`isr_sim_bridge.detections` (each target tested only against the occluders that overlap
+  the bounding box of camera and target, which changes no result);
+- :func:`visible_targets`: only what a simulation step needs (which targets are visible, their
+  boxes) for body poses, with the camera pose computed in the kernel, targets whose bounding
+  sphere is outside the view not projected, and occlusion samples stopped once decided: the same
+  decisions as :func:`detect_targets`, ~3x faster (the environment's CPU step).
 
 They compute exactly what the torch kernels compute (same float32 operations in the same order,
 boxes in index order per pixel with a strict ``<`` depth test so ties keep the earlier box, NaN
@@ -35,7 +40,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from isr_direct_dynamics.cpu_kernels import AVAILABLE, njit, prange  # noqa: F401 (re-export)
+from isr_direct_dynamics.cpu_kernels import (  # noqa: F401 (AVAILABLE, njit, prange: re-export)
+    AVAILABLE,
+    CHUNK,
+    njit,
+    prange,
+    remainder,
+)
 
 TILE_W = 16
 """Screen tile width in pixels (``camera.TILE_WIDTH_PX``; compile-time constant in kernels)."""
@@ -275,6 +286,119 @@ def _box_point_in_camera(a0, a1, a2, cs, sn, c0, c1, c2, o0, o1, o2, rot):
     return r0, r1, r2, x, y, z
 
 
+@njit(inline="always", cache=True)
+def _min_visible_count(ns, min_visible_fraction):
+    """Fewest unoccluded samples (of ``ns``) that make a target visible (``ns + 1``: never).
+
+    Visible needs ``f32(count) / ns >= min_visible_fraction`` and a positive fraction, both
+    monotone in ``count``; the float32 arithmetic of the kernels.
+    """
+    inv_s = np.float32(1.0 / ns)
+    min_vis = np.float32(min_visible_fraction)
+    for c in range(1, ns + 1):
+        if np.float32(c) * inv_s >= min_vis:
+            return c
+    return ns + 1
+
+
+@njit(inline="always", cache=True)
+def _candidate_occluders(
+    w, c0, c1, c2, e0, e1, e2, o0, o1, o2, box_min, box_max, box_valid, ids
+):  # fmt: skip
+    """Indices (into ``ids``, returns their count) of the boxes that can block a target.
+
+    A box can only cut a segment from the camera ``o`` to a point of the target (centre ``c``,
+    world-axis half extents ``e`` of its yawed box) if it overlaps the bounding box of the
+    camera and the target; the others are skipped. The margin (5 cm + 1e-4 of the span) is far
+    beyond float32 rounding of the slab test, so skipping them changes no result.
+    """
+    n = 0
+    for b in range(box_min.shape[1]):
+        if not box_valid[w, b]:
+            continue
+        keep = True
+        for a in range(3):
+            o = o0 if a == 0 else (o1 if a == 1 else o2)
+            c = c0 if a == 0 else (c1 if a == 1 else c2)
+            e = e0 if a == 0 else (e1 if a == 1 else e2)
+            lo = min(o, c - e)
+            hi = max(o, c + e)
+            m = 0.05 + 1e-4 * (hi - lo)
+            if box_max[w, b, a] < lo - m or box_min[w, b, a] > hi + m:
+                keep = False
+        if keep:
+            ids[n] = b
+            n += 1
+    return n
+
+
+@njit(inline="always", cache=True)
+def _unoccluded_samples(
+    w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, box_min, box_max, ids, n_ids,
+    fx_, fy_, u_off, v_off, near_, far_, wf, hf, stop_at,
+):  # fmt: skip
+    """Occlusion samples of one target in one camera: how many are in view and unoccluded.
+
+    Each sample point inside the target box must be within the near/far clips and the image,
+    and the segment from the optical centre to it must cross none of the boxes ``ids[:n_ids]``
+    (exact slab test, float32 as the torch code). With ``stop_at`` in ``1..ns`` the count stops
+    as soon as it is decided whether it reaches ``stop_at`` (for callers that need only that);
+    ``stop_at > ns`` counts every sample.
+    """
+    one, zero = np.float32(1.0), np.float32(0.0)
+    ns = samples.shape[0]
+    count = 0
+    for s in range(ns):
+        if stop_at <= ns and (count >= stop_at or count + (ns - s) < stop_at):
+            break
+        a0 = samples[s, 0] * h0
+        a1 = samples[s, 1] * h1
+        a2 = samples[s, 2] * h2
+        # s: segment camera -> point, world frame (for the occluder slab tests)
+        s0, s1, s2, x, y, z = _box_point_in_camera(a0, a1, a2, cs, sn, c0, c1, c2, o0, o1, o2, rot)
+        zs_ = z if z > zero else one
+        u = fx_ * x / zs_ + u_off
+        v = fy_ * y / zs_ + v_off
+        if not (z >= near_ and z <= far_ and u >= zero and u < wf and v >= zero and v < hf):
+            continue
+        i0, i1, i2 = one / s0, one / s1, one / s2
+        blocked = False
+        for k in range(n_ids):
+            b = ids[k]
+            ta = (box_min[w, b, 0] - o0) * i0
+            tb = (box_max[w, b, 0] - o0) * i0
+            t_in = _fmin(ta, tb)
+            t_out = _fmax(ta, tb)
+            ta = (box_min[w, b, 1] - o1) * i1
+            tb = (box_max[w, b, 1] - o1) * i1
+            t_in = _fmax(t_in, _fmin(ta, tb))
+            t_out = _fmin(t_out, _fmax(ta, tb))
+            ta = (box_min[w, b, 2] - o2) * i2
+            tb = (box_max[w, b, 2] - o2) * i2
+            t_in = _fmax(t_in, _fmin(ta, tb))
+            t_out = _fmin(t_out, _fmax(ta, tb))
+            if t_in <= t_out and t_out > zero and t_in < one:
+                blocked = True
+                break
+        if not blocked:
+            count += 1
+    return count
+
+
+@njit(inline="always", cache=True)
+def _project_target(
+    h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, corner_signs, fx_, fy_, u_off, v_off, near_,
+    xs, ys, zs, proj,
+):  # fmt: skip
+    """Exact image bounds of one target box in one camera into ``proj`` (see _project_clipped)."""
+    for c in range(8):
+        _, _, _, xs[c], ys[c], zs[c] = _box_point_in_camera(
+            corner_signs[c, 0] * h0, corner_signs[c, 1] * h1, corner_signs[c, 2] * h2,
+            cs, sn, c0, c1, c2, o0, o1, o2, rot,
+        )  # fmt: skip
+    _project_clipped(xs, ys, zs, fx_, fy_, u_off, v_off, near_, proj)
+
+
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def detect_targets(
     org,
@@ -311,7 +435,8 @@ def detect_targets(
 
     The loop-nest form of :func:`isr_sim_bridge.detections.project_targets` and
     :func:`~isr_sim_bridge.detections.occlusion_kernel` (same float32 arithmetic), parallel over
-    cameras, reading each world's occluders in place. Shapes: ``org (W, D, 3)``,
+    cameras, reading each world's occluders in place (only those that can lie between the camera
+    and the target). Shapes: ``org (W, D, 3)``,
     ``rot (W, D, 3, 3)`` (world from camera), targets ``(W, T, 3)`` / ``(W, T)`` (``cos_yaw``,
     ``sin_yaw`` precomputed), occluders ``(W, B, 3)`` / ``(W, B)``, ``samples (S, 3)``;
     outputs ``boxes (W, D, T, 4)``, ``in_front``/``visible`` bool, ``frac``/``depth`` float32,
@@ -319,7 +444,6 @@ def detect_targets(
     """
     nw, nd = org.shape[0], org.shape[1]
     nt = target_pos.shape[1]
-    nb = box_min.shape[1]
     ns = samples.shape[0]
     f32 = np.float32
     fx_, fy_ = f32(fx), f32(fy)
@@ -331,102 +455,269 @@ def detect_targets(
     w_hi, h_hi = f32(width + 1e-3), f32(height + 1e-3)
     min_box = f32(min_box_size_px)
     min_vis = f32(min_visible_fraction)
-    one, zero, half_ = f32(1.0), f32(0.0), f32(0.5)
+    zero, half_ = f32(0.0), f32(0.5)
     inv_s = f32(1.0 / ns)
-    for flat in prange(nw * nd):
-        w = flat // nd
-        d = flat % nd
-        o0, o1, o2 = org[w, d, 0], org[w, d, 1], org[w, d, 2]
+    total = nw * nd
+    for chunk in prange((total + CHUNK - 1) // CHUNK):  # scratch arrays once per chunk
         xs = np.empty(8, dtype=np.float32)
         ys = np.empty(8, dtype=np.float32)
         zs = np.empty(8, dtype=np.float32)
         proj = np.empty(6, dtype=np.float32)
-        for t in range(nt):
-            cs = cos_yaw[w, t]
-            sn = sin_yaw[w, t]
-            h0 = half_ * target_size[w, t, 0]
-            h1 = half_ * target_size[w, t, 1]
-            h2 = half_ * target_size[w, t, 2]
-            c0, c1, c2 = target_pos[w, t, 0], target_pos[w, t, 1], target_pos[w, t, 2]
-            for c in range(8):
-                _, _, _, xs[c], ys[c], zs[c] = _box_point_in_camera(
-                    corner_signs[c, 0] * h0, corner_signs[c, 1] * h1, corner_signs[c, 2] * h2,
-                    cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d],
+        ids = np.empty(box_min.shape[1], dtype=np.int64)
+        for flat in range(chunk * CHUNK, min(total, (chunk + 1) * CHUNK)):
+            w = flat // nd
+            d = flat % nd
+            o0, o1, o2 = org[w, d, 0], org[w, d, 1], org[w, d, 2]
+            for t in range(nt):
+                cs = cos_yaw[w, t]
+                sn = sin_yaw[w, t]
+                h0 = half_ * target_size[w, t, 0]
+                h1 = half_ * target_size[w, t, 1]
+                h2 = half_ * target_size[w, t, 2]
+                c0, c1, c2 = target_pos[w, t, 0], target_pos[w, t, 1], target_pos[w, t, 2]
+                _project_target(
+                    h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d], corner_signs, fx_, fy_,
+                    u_off, v_off, near_, xs, ys, zs, proj,
                 )  # fmt: skip
-            _project_clipped(xs, ys, zs, fx_, fy_, u_off, v_off, near_, proj)
-            u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
-            front = proj[4] > 0
-            valid = target_valid[w, t]
-            cand = (
-                valid
-                and front
-                and proj[5] <= far_margin
-                and u1 >= -eps
-                and u0 <= w_hi
-                and v1 >= -eps
-                and v0 <= h_hi
-            )
-            u0 = min(max(u0, zero), wf)
-            u1 = min(max(u1, zero), wf)
-            v0 = min(max(v0, zero), hf)
-            v1 = min(max(v1, zero), hf)
-            if front:
-                boxes[w, d, t, 0] = u0
-                boxes[w, d, t, 1] = v0
-                boxes[w, d, t, 2] = u1
-                boxes[w, d, t, 3] = v1
-            else:
-                boxes[w, d, t, 0] = zero
-                boxes[w, d, t, 1] = zero
-                boxes[w, d, t, 2] = zero
-                boxes[w, d, t, 3] = zero
-            size_ok = (u1 - u0) >= min_box and (v1 - v0) >= min_box
-            depth[w, d, t] = ((c0 - o0) * rot[w, d, 0, 2] + (c1 - o1) * rot[w, d, 1, 2]) + (
-                c2 - o2
-            ) * rot[w, d, 2, 2]
-            in_front[w, d, t] = front
-            cls[w, d, t] = target_class[w, t] if valid else -1
-            count = 0
-            if cand:
-                for s in range(ns):
-                    a0 = samples[s, 0] * h0
-                    a1 = samples[s, 1] * h1
-                    a2 = samples[s, 2] * h2
-                    # s: segment camera -> point, world frame (for the occluder slab tests)
-                    s0, s1, s2, x, y, z = _box_point_in_camera(
-                        a0, a1, a2, cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d]
+                u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
+                front = proj[4] > 0
+                valid = target_valid[w, t]
+                cand = (
+                    valid
+                    and front
+                    and proj[5] <= far_margin
+                    and u1 >= -eps
+                    and u0 <= w_hi
+                    and v1 >= -eps
+                    and v0 <= h_hi
+                )
+                u0 = min(max(u0, zero), wf)
+                u1 = min(max(u1, zero), wf)
+                v0 = min(max(v0, zero), hf)
+                v1 = min(max(v1, zero), hf)
+                if front:
+                    boxes[w, d, t, 0] = u0
+                    boxes[w, d, t, 1] = v0
+                    boxes[w, d, t, 2] = u1
+                    boxes[w, d, t, 3] = v1
+                else:
+                    boxes[w, d, t, 0] = zero
+                    boxes[w, d, t, 1] = zero
+                    boxes[w, d, t, 2] = zero
+                    boxes[w, d, t, 3] = zero
+                size_ok = (u1 - u0) >= min_box and (v1 - v0) >= min_box
+                depth[w, d, t] = ((c0 - o0) * rot[w, d, 0, 2] + (c1 - o1) * rot[w, d, 1, 2]) + (
+                    c2 - o2
+                ) * rot[w, d, 2, 2]
+                in_front[w, d, t] = front
+                cls[w, d, t] = target_class[w, t] if valid else -1
+                count = 0
+                if cand:
+                    e0 = abs(cs) * h0 + abs(sn) * h1
+                    e1 = abs(sn) * h0 + abs(cs) * h1
+                    n_ids = _candidate_occluders(
+                        w, c0, c1, c2, e0, e1, h2, o0, o1, o2, box_min, box_max, box_valid, ids
                     )
-                    zs_ = z if z > zero else one
-                    u = fx_ * x / zs_ + u_off
-                    v = fy_ * y / zs_ + v_off
-                    if not (z >= near_ and z <= far_ and u >= zero and u < wf and v >= zero
-                            and v < hf):  # fmt: skip
+                    count = _unoccluded_samples(
+                        w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d], box_min,
+                        box_max, ids, n_ids, fx_, fy_, u_off, v_off, near_, far_, wf, hf, ns + 1,
+                    )  # fmt: skip
+                fr = f32(count) * inv_s
+                frac[w, d, t] = fr
+                visible[w, d, t] = valid and front and size_ok and fr >= min_vis and fr > zero
+
+
+@njit(inline="always", cache=True)
+def camera_pose_one(qw, qx, qy, qz, p0, p1, p2, mount_rot, mount_off, rot):
+    """Camera pose of one drone: ``rot (3, 3)`` world from optical, returns the optical centre.
+
+    ``camera.camera_pose`` for one body pose (quaternion wxyz FLU -> ENU, position ENU) in
+    float32: ``rot = R(q) @ mount_rot``, centre ``p + R(q) @ mount_off``.
+    """
+    f32 = np.float32
+    one, two = f32(1.0), f32(2.0)
+    xx, yy, zz = qx * qx, qy * qy, qz * qz
+    xy, xz, yz = qx * qy, qx * qz, qy * qz
+    wx, wy, wz = qw * qx, qw * qy, qw * qz
+    r00, r01, r02 = one - two * (yy + zz), two * (xy - wz), two * (xz + wy)
+    r10, r11, r12 = two * (xy + wz), one - two * (xx + zz), two * (yz - wx)
+    r20, r21, r22 = two * (xz - wy), two * (yz + wx), one - two * (xx + yy)
+    for k in range(3):
+        m0, m1, m2 = mount_rot[0, k], mount_rot[1, k], mount_rot[2, k]
+        rot[0, k] = r00 * m0 + r01 * m1 + r02 * m2
+        rot[1, k] = r10 * m0 + r11 * m1 + r12 * m2
+        rot[2, k] = r20 * m0 + r21 * m1 + r22 * m2
+    f0, f1, f2 = mount_off[0], mount_off[1], mount_off[2]
+    return (
+        p0 + (r00 * f0 + r01 * f1 + r02 * f2),
+        p1 + (r10 * f0 + r11 * f1 + r12 * f2),
+        p2 + (r20 * f0 + r21 * f1 + r22 * f2),
+    )
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def visible_targets(
+    pos,
+    quat,
+    mount_rot,
+    mount_off,
+    target_pos,
+    target_size,
+    cos_yaw,
+    sin_yaw,
+    target_valid,
+    box_min,
+    box_max,
+    box_valid,
+    samples,
+    corner_signs,
+    fx,
+    fy,
+    cx,
+    cy,
+    near,
+    far,
+    width,
+    height,
+    min_box_size_px,
+    min_visible_fraction,
+    boxes,
+    visible,
+):
+    """Which targets each drone detects, and their boxes: what an environment step needs.
+
+    The same decisions as :func:`detect_targets` for body poses ``pos (W, D, 3)``,
+    ``quat (W, D, 4)`` and the camera mount (``camera_pose_one``), computing only ``visible``
+    ``(W, D, T)`` and the ``boxes (W, D, T, 4)`` of visible targets (zero elsewhere), which
+    allows three shortcuts: a target whose bounding sphere lies wholly behind the near plane,
+    beyond the far clip or outside one side of the view (with a margin far beyond rounding) is
+    not projected; occluders are pre-selected per target (as in :func:`detect_targets`); the
+    occlusion samples stop once the answer is decided.
+    """
+    nw, nd = pos.shape[0], pos.shape[1]
+    nt = target_pos.shape[1]
+    ns = samples.shape[0]
+    f32 = np.float32
+    fx_, fy_ = f32(fx), f32(fy)
+    u_off, v_off = f32(cx + 0.5), f32(cy + 0.5)
+    near_, far_ = f32(near), f32(far)
+    far_margin = f32(far + 1e-3 * (1.0 + far))
+    eps = f32(1e-3)
+    wf, hf = f32(width), f32(height)
+    w_hi, h_hi = f32(width + 1e-3), f32(height + 1e-3)
+    min_box = f32(min_box_size_px)
+    zero, half_ = f32(0.0), f32(0.5)
+    stop_at = _min_visible_count(ns, min_visible_fraction)
+    tiny_box = 0.999 * min_box_size_px - 1e-3  # (below it a box cannot pass the size test)
+    # side planes of the view through the optical centre (unit normals, outward), as
+    # (n_x, n_y, n_z): outside when n . p > 0 (right, left, bottom, top edges with the margins)
+    # (normal (n_a, 0, n_z) for the left/right edges, (0, n_a, n_z) for the top/bottom ones)
+    nr_z, nl_z = -(width + 1e-3 - (cx + 0.5)), -((cx + 0.5) + 1e-3)
+    nb_z, nt_z = -(height + 1e-3 - (cy + 0.5)), -((cy + 0.5) + 1e-3)
+    inv = 1.0 / np.sqrt(fx * fx + nr_z * nr_z)
+    nr_x, nr_z = fx * inv, nr_z * inv
+    inv = 1.0 / np.sqrt(fx * fx + nl_z * nl_z)
+    nl_x, nl_z = -fx * inv, nl_z * inv
+    inv = 1.0 / np.sqrt(fy * fy + nb_z * nb_z)
+    nb_y, nb_z = fy * inv, nb_z * inv
+    inv = 1.0 / np.sqrt(fy * fy + nt_z * nt_z)
+    nt_y, nt_z = -fy * inv, nt_z * inv
+    # bounding-sphere radius of every target box (generous margin)
+    radius = np.empty((nw, nt))
+    for w in range(nw):
+        for t in range(nt):
+            h0, h1, h2 = target_size[w, t, 0], target_size[w, t, 1], target_size[w, t, 2]
+            radius[w, t] = 1.001 * 0.5 * np.sqrt(float(h0 * h0 + h1 * h1 + h2 * h2)) + 1e-3
+    total = nw * nd
+    for chunk in prange((total + CHUNK - 1) // CHUNK):  # scratch arrays once per chunk
+        xs = np.empty(8, dtype=np.float32)
+        ys = np.empty(8, dtype=np.float32)
+        zs = np.empty(8, dtype=np.float32)
+        proj = np.empty(6, dtype=np.float32)
+        ids = np.empty(box_min.shape[1], dtype=np.int64)
+        rot = np.empty((3, 3), dtype=np.float32)
+        for flat in range(chunk * CHUNK, min(total, (chunk + 1) * CHUNK)):
+            w = flat // nd
+            d = flat % nd
+            o0, o1, o2 = camera_pose_one(
+                quat[w, d, 0], quat[w, d, 1], quat[w, d, 2], quat[w, d, 3],
+                pos[w, d, 0], pos[w, d, 1], pos[w, d, 2], mount_rot, mount_off, rot,
+            )  # fmt: skip
+            r00, r01, r02 = float(rot[0, 0]), float(rot[0, 1]), float(rot[0, 2])
+            r10, r11, r12 = float(rot[1, 0]), float(rot[1, 1]), float(rot[1, 2])
+            r20, r21, r22 = float(rot[2, 0]), float(rot[2, 1]), float(rot[2, 2])
+            for t in range(nt):
+                for k in range(4):
+                    boxes[w, d, t, k] = zero
+                visible[w, d, t] = False
+                if not target_valid[w, t]:
+                    continue
+                c0, c1, c2 = target_pos[w, t, 0], target_pos[w, t, 1], target_pos[w, t, 2]
+                # bounding sphere in the optical frame (float64)
+                e0, e1, e2 = float(c0 - o0), float(c1 - o1), float(c2 - o2)
+                z = e0 * r02 + e1 * r12 + e2 * r22
+                rad = radius[w, t]
+                if z + rad < near or z - rad > far_margin:
+                    continue
+                x = e0 * r00 + e1 * r10 + e2 * r20
+                if nr_x * x + nr_z * z > rad or nl_x * x + nl_z * z > rad:
+                    continue
+                y = e0 * r01 + e1 * r11 + e2 * r21
+                if nb_y * y + nb_z * z > rad or nt_y * y + nt_z * z > rad:
+                    continue
+                h0 = half_ * target_size[w, t, 0]
+                h1 = half_ * target_size[w, t, 1]
+                h2 = half_ * target_size[w, t, 2]
+                z_lo = z - rad
+                if z_lo > near:
+                    # the sphere lies in the box [x +- rad] x [y +- rad] x [z +- rad]; x / z and
+                    # y / z over it are extreme at its corners: a bound of the image extent
+                    z_hi = z + rad
+                    ux = max((x + rad) / z_lo, (x + rad) / z_hi) - min(
+                        (x - rad) / z_lo, (x - rad) / z_hi
+                    )
+                    vy = max((y + rad) / z_lo, (y + rad) / z_hi) - min(
+                        (y - rad) / z_lo, (y - rad) / z_hi
+                    )
+                    if fx * ux < tiny_box or fy * vy < tiny_box:
                         continue
-                    i0, i1, i2 = one / s0, one / s1, one / s2
-                    blocked = False
-                    for b in range(nb):
-                        if not box_valid[w, b]:
-                            continue
-                        ta = (box_min[w, b, 0] - o0) * i0
-                        tb = (box_max[w, b, 0] - o0) * i0
-                        t_in = _fmin(ta, tb)
-                        t_out = _fmax(ta, tb)
-                        ta = (box_min[w, b, 1] - o1) * i1
-                        tb = (box_max[w, b, 1] - o1) * i1
-                        t_in = _fmax(t_in, _fmin(ta, tb))
-                        t_out = _fmin(t_out, _fmax(ta, tb))
-                        ta = (box_min[w, b, 2] - o2) * i2
-                        tb = (box_max[w, b, 2] - o2) * i2
-                        t_in = _fmax(t_in, _fmin(ta, tb))
-                        t_out = _fmin(t_out, _fmax(ta, tb))
-                        if t_in <= t_out and t_out > zero and t_in < one:
-                            blocked = True
-                            break
-                    if not blocked:
-                        count += 1
-            fr = f32(count) * inv_s
-            frac[w, d, t] = fr
-            visible[w, d, t] = valid and front and size_ok and fr >= min_vis and fr > zero
+                cs = cos_yaw[w, t]
+                sn = sin_yaw[w, t]
+                _project_target(
+                    h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, corner_signs, fx_, fy_,
+                    u_off, v_off, near_, xs, ys, zs, proj,
+                )  # fmt: skip
+                u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
+                if not (
+                    proj[4] > 0
+                    and proj[5] <= far_margin
+                    and u1 >= -eps
+                    and u0 <= w_hi
+                    and v1 >= -eps
+                    and v0 <= h_hi
+                ):
+                    continue
+                u0 = min(max(u0, zero), wf)
+                u1 = min(max(u1, zero), wf)
+                v0 = min(max(v0, zero), hf)
+                v1 = min(max(v1, zero), hf)
+                if not ((u1 - u0) >= min_box and (v1 - v0) >= min_box):
+                    continue
+                e0 = abs(cs) * h0 + abs(sn) * h1
+                e1 = abs(sn) * h0 + abs(cs) * h1
+                n_ids = _candidate_occluders(
+                    w, c0, c1, c2, e0, e1, h2, o0, o1, o2, box_min, box_max, box_valid, ids
+                )
+                count = _unoccluded_samples(
+                    w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, box_min, box_max,
+                    ids, n_ids, fx_, fy_, u_off, v_off, near_, far_, wf, hf, stop_at,
+                )  # fmt: skip
+                if count >= stop_at:
+                    visible[w, d, t] = True
+                    boxes[w, d, t, 0] = u0
+                    boxes[w, d, t, 1] = v0
+                    boxes[w, d, t, 2] = u1
+                    boxes[w, d, t, 3] = v1
 
 
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
@@ -557,15 +848,6 @@ def shade(
                         depth[i, v, u] = t_g if ground else (zb if box_hit else inf)
 
 
-@njit(inline="always", cache=True)
-def _remainder(a, b):
-    """``torch.remainder`` of floats (ATen's CPU form: fmod, then the divisor's sign)."""
-    mod = np.fmod(a, b)
-    if mod != 0 and ((b < 0) != (mod < 0)):
-        mod += b
-    return mod
-
-
 @njit(cache=True, error_model="numpy", boundscheck=False)
 def advance_targets(path, path_len, speed, valid, path_s, pos, yaw, dt_s):
     """:func:`isr_sim_bridge.world.advance_targets` as a loop over (world, target), in place.
@@ -594,7 +876,7 @@ def advance_targets(path, path_len, speed, valid, path_s, pos, yaw, dt_s):
             if not (valid[w, t] and speed[w, t] > 0 and n_pts >= 2 and total > 0):
                 continue
             period = max(f32(2.0) * total, f32(1e-6))
-            s = _remainder(path_s[w, t] + speed[w, t] * dt, period)
+            s = remainder(path_s[w, t] + speed[w, t] * dt, period)
             forward = s < total
             d = s if forward else period - s
             # segment k: the number of segments ending at or before d, clamped to the last one
@@ -619,4 +901,4 @@ def advance_targets(path, path_len, speed, valid, path_s, pos, yaw, dt_s):
             pos[w, t, 0] = path[w, t, k, 0] + frac * vx
             pos[w, t, 1] = path[w, t, k, 1] + frac * vy
             a = np.arctan2(vy, vx) + (zero if forward else pi)
-            yaw[w, t] = _remainder(a + pi, two_pi) - pi
+            yaw[w, t] = remainder(a + pi, two_pi) - pi

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from isr_direct_dynamics.config import check
-from isr_direct_dynamics.cpu_kernels import threads_for
+from isr_direct_dynamics.cpu_kernels import as_numpy, threads_for
 from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.camera import (
     CORNER_SIGNS,
@@ -460,6 +460,45 @@ class GroundTruthDetector:
             self._samples,
             *self._kernels(pairs),
         )
+
+    def visible_into(
+        self,
+        pos_enu_m: Tensor,
+        quat_wxyz: Tensor,
+        mount_rot: Tensor,
+        mount_offset_flu_m: Tensor,
+        boxes: Tensor,
+        visible: Tensor,
+    ) -> None:
+        """Visible targets of cameras on bodies ``(W, D, 3)`` / ``(W, D, 4)`` (CPU tensors).
+
+        Written into ``visible (W, D, T)`` and ``boxes (W, D, T, 4)`` (zero where not visible).
+
+        The same decisions as :meth:`detect` (:func:`isr_sim_bridge.cpu_kernels.visible_targets`)
+        without the outputs a simulation step does not need, and faster (targets outside the view
+        are not projected, occlusion samples stop once decided). Needs the numba kernels
+        (``cpu_kernel``).
+        """
+        if not self.cpu_kernel:
+            raise RuntimeError(
+                "visible_into needs the numba detector (DetectionConfig.cpu_kernels)"
+            )
+        wb = self.world
+        cam = self.camera
+        cfg = self.config
+        width, height = parse_resolution(cam.resolution)
+        fx, fy, cx, cy = camera_intrinsics(cam)
+        a = as_numpy
+        with threads_for(pos_enu_m.shape[0] * pos_enu_m.shape[1], 96):
+            cpu_kernels.visible_targets(
+                a(pos_enu_m), a(quat_wxyz), a(mount_rot.float()), a(mount_offset_flu_m.float()),
+                a(wb.target_pos_enu_m), a(wb.target_size_m), torch.cos(wb.target_yaw_rad).numpy(),
+                torch.sin(wb.target_yaw_rad).numpy(), a(wb.target_valid), a(wb.box_min_m),
+                a(wb.box_max_m), a(wb.box_valid), self._samples_np, self._corner_signs,
+                fx, fy, cx, cy, cam.near_clip_m, cam.far_clip_m, width, height,
+                float(cfg.min_box_size_px), float(cfg.min_visible_fraction), boxes.numpy(),
+                visible.numpy(),
+            )  # fmt: skip
 
     def _detect_numba(self, pose: CameraPose) -> Detections:
         """:meth:`detect` with :func:`isr_sim_bridge.cpu_kernels.detect_targets` (CPU)."""
