@@ -120,6 +120,7 @@ def _bench_env(args: argparse.Namespace) -> int:
         "resolution": cfg.camera_resolution if cfg.camera else None,
         "perception_interval": cfg.task.perception_interval,
         "compile": cfg.compile,
+        "cpu_kernels": env.cpu_kernels,
         "steps": steps,
         "seconds": round(elapsed, 4),
         "env_steps_per_s": env.num_envs * steps / elapsed,

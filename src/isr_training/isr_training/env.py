@@ -26,6 +26,12 @@ in), camera on or off, perception interval (``render_interval``).
 
 Bad input: an action of the wrong shape raises ``ValueError`` naming both shapes; NaN/inf entries
 make that drone's command a zero command and are counted.
+
+State read by baselines and recorders: ``det_boxes (W, D, T, 4)`` (valid where ``det_visible``),
+``det_visible``, ``found (W, D, T)``, ``seen (W, D, G*G)``, ``step_count (W, D)``.
+
+On CPU the step runs as numba kernels (``EnvConfig.cpu_kernels``, :mod:`isr_training.cpu_kernels`)
+with the torch code's results; on CUDA the torch code runs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -140,11 +147,12 @@ class EnvConfig:
     stagger: bool = True
     """Stagger initial episode lengths at reset."""
     cpu_kernels: bool | None = None
-    """On CPU, run the task's per-step kernels (safety filter, target motion, coverage footprint,
-    observation head, crash flags) as numba loop nests
-    (:mod:`isr_training.cpu_kernels`, the same results as the torch code, which CUDA runs).
-    ``None`` = automatic: on CPU whenever numba can be imported. The camera, the ground-truth
-    detections and the quadrotor have their own ``cpu_kernels`` settings (automatic too)."""
+    """On CPU, run the step as numba kernels (:mod:`isr_training.cpu_kernels`: safety filter,
+    coverage, found targets, crashes, rewards, episode statistics, resets, observation; the
+    ground-truth detector's fused ``visible_targets`` without a camera; the target motion), the
+    same results as the torch code, which CUDA runs. ``None`` = automatic: on CPU whenever numba
+    can be imported. The camera, the detector and the vehicle models have their own
+    ``cpu_kernels`` settings (automatic too)."""
     compile: bool = False
     """Compile the per-step task kernels (safety filter, collisions) with ``torch.compile``:
     faster at thousands of drones, a slow first step (compilation), results equal to the eager
@@ -188,16 +196,19 @@ def detection_features(
 ) -> Tensor:
     """Top-``k`` detections as features ``(W, D, k * DET_FEATURES)``.
 
-    Unfound targets rank first, then larger boxes. Per detection: valid flag, class one-hot, box
+    Unfound targets rank first, then larger boxes, then lower slot indices (stable order, as
+    :func:`isr_training.cpu_kernels.task_step`). Per detection: valid flag, class one-hot, box
     centre (x, y) and size (w, h) in image-normalized coordinates ([-1, 1] for the centre, [0, 2]
     for the size), already-found flag. Empty slots are all zero.
     """
     w_px, h_px = size
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (W, D, T)
-    score = torch.where(visible, area + torch.where(found, 0.0, 1e7), -1.0)
+    bonus = 2.0 * w_px * h_px  # above any box area (exact in float32 at image sizes)
+    score = torch.where(visible, area + torch.where(found, 0.0, bonus), -1.0)
     t = score.shape[-1]
     k_eff = min(k, t)
-    top, idx = torch.topk(score, k_eff, dim=-1)  # (W, D, k)
+    top, idx = torch.sort(score, dim=-1, descending=True, stable=True)
+    top, idx = top[..., :k_eff], idx[..., :k_eff]  # (W, D, k)
     valid = top >= 0
     b = torch.gather(boxes, 2, idx.unsqueeze(-1).expand(*idx.shape, 4))
     cls = torch.gather(target_class.unsqueeze(1).expand_as(score), 2, idx)
@@ -308,6 +319,20 @@ class ISREnv:
             for t in (wt.target_path_xy_m, wt.target_path_len, wt.target_speed_m_s,
                       wt.target_valid, wt.target_path_s_m, wt.target_pos_enu_m, wt.target_yaw_rad)
         )  # fmt: skip
+        from .perception import GroundTruthPerception
+
+        self._gt_fused = (
+            self.cpu_kernels
+            and isinstance(perception, GroundTruthPerception)
+            and perception.camera is None
+            and perception.detector.cpu_kernel
+        )
+        """The CPU step computes ground-truth detections with the fused ``visible_targets``."""
+        if self.cpu_kernels and REWARD_TERMS != cpu_kernels.KERNEL_TERMS:
+            raise RuntimeError(f"reward terms {REWARD_TERMS} differ from the kernel's order")
+        self._reward_weights = np.asarray(
+            [getattr(self.task.reward, k) for k in REWARD_TERMS], dtype=np.float32
+        )
         # (the coverage footprint stays eager: its compiled version is slower than the GEMM)
         self._collisions_fn = maybe_compile(self._collisions, cfg.compile)
         oc = self.task.observation
@@ -506,20 +531,6 @@ class ISREnv:
             hit_drone = torch.zeros_like(hit_box)
         return ground | hit_box | hit_drone
 
-    def _crashes_and_breaches_cpu(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`_collisions` and :meth:`_breach` as one numba kernel (identical flags)."""
-        w = self.world
-        crashed = torch.empty(self._shape, dtype=torch.bool)
-        breached = torch.empty(self._shape, dtype=torch.bool)
-        a = as_numpy
-        with threads_for(self.num_envs, 4096):
-            cpu_kernels.crashes_and_breaches(
-                a(pos), a(self.vehicle.state.ground_contact), a(w.box_min_m), a(w.box_max_m),
-                a(w.box_valid), a(w.geofence_min_m), a(w.geofence_max_m),
-                float(self.task.drone_radius_m), crashed.numpy(), breached.numpy(),
-            )  # fmt: skip
-        return crashed, breached
-
     def _breach(self, pos: Tensor) -> Tensor:
         w = self.world
         gmin, gmax = w.geofence_min_m[:, None], w.geofence_max_m[:, None]
@@ -568,6 +579,150 @@ class ISREnv:
             self.keep_out, self.task.safety, self.limits, self.task.min_altitude_m,
         )  # fmt: skip
 
+    def _step_cpu(self, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """:meth:`step` on CPU as numba kernels (``EnvConfig.cpu_kernels``), same results.
+
+        :func:`~isr_training.cpu_kernels.filter_actions` (sanitize, scale, safety filter), the
+        vehicle model's step, the target motion, the perception (the ground-truth detector's
+        :func:`~isr_sim_bridge.cpu_kernels.visible_targets` without a camera, else the
+        perception backend), :func:`~isr_training.cpu_kernels.task_step` (coverage, found
+        targets, crashes, rewards, episode sums and statistics, done flags, observation) and, when
+        drones finished, their vehicle reset and :func:`~isr_training.cpu_kernels.task_reset`.
+        """
+        if self._obs_tail is None:
+            self._obs_tail = self._observe_tail()
+        w = self.world
+        shape = self._shape
+        n = self.num_envs
+        a = as_numpy
+        sc, lim = self.task.safety, self.limits
+        filtered = torch.empty(*shape, 4)
+        flags = torch.empty(4, *shape, dtype=torch.bool)
+        bad = torch.empty(shape, dtype=torch.bool)
+        head = self._head_args  # the world's constant arrays (NumPy views) and scalars
+        with threads_for(n, 2048):
+            cpu_kernels.filter_actions(
+                a(action), a(self.vehicle.state.pos_enu_m), head[5], head[6], *self._keep_out_np,
+                bool(sc.enabled), float(sc.horizon_s), float(sc.geofence_margin_m),
+                float(sc.altitude_margin_m), float(self.task.min_altitude_m),
+                float(lim.max_velocity_m_s), float(lim.max_vertical_velocity_m_s),
+                math.radians(lim.max_yaw_rate_deg_s), bool(lim.clip_horizontal_norm), 2,
+                filtered.numpy(), flags.numpy(), bad.numpy(),
+            )  # fmt: skip
+        self.nonfinite_action_count += bad.sum()
+        interventions = dict(zip(INTERVENTION_KINDS, flags.unbind(0), strict=True))
+        st = self.vehicle.step(filtered)
+        advance_targets(w, self.task.control_dt_s, cpu_kernel=self._targets_numba)
+        self.global_step += 1
+        rendered = self.global_step % self.task.perception_interval == 0
+        if rendered:
+            # fresh tensors: callers may keep the previous step's detections
+            if self._gt_fused:
+                self.det_boxes = torch.empty_like(self.det_boxes)
+                self.det_visible = torch.empty_like(self.det_visible)
+                self.perception.detect_into(
+                    st.pos_enu_m, st.quat_wxyz, self.det_boxes, self.det_visible
+                )
+            else:
+                out = self.perception(w, st.pos_enu_m, st.quat_wxyz)
+                self.det_boxes = out.boxes_xyxy_px.contiguous()
+                self.det_visible = (out.visible & w.target_valid[:, None]).contiguous()
+                if out.image is not None and self.image is not None:
+                    self.image = out.image
+
+        oc = self.task.observation
+        obs = torch.empty(*shape, self.obs_dim)
+        reward = torch.empty(shape)
+        terms = torch.empty(len(REWARD_TERMS), *shape)
+        done_flags = torch.empty(3, *shape, dtype=torch.bool)
+        episode = torch.empty(len(cpu_kernels.EPISODE_STATS) + len(REWARD_TERMS), *shape)
+        with threads_for(n, 1024):
+            cpu_kernels.task_step(
+                rendered, a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad), a(st.quat_wxyz),
+                a(st.ground_contact), filtered.numpy(), a(self.prev_action), flags.numpy(),
+                a(self.det_boxes), a(self.det_visible), a(w.target_pos_enu_m),
+                *self._task_np, head[5], head[6], head[7], head[8], head[9],
+                *self._coverage_np, float(self._max_range_m), a(self.seen),
+                a(self.found), float(self.task.drone_radius_m), *self.task.altitude_band_m,
+                self._reward_weights, bool(self.task.terminate_on_geofence),
+                int(self.max_episode_steps), float(self.task.control_dt_s), a(self.step_count),
+                a(self.ep_return), a(self._ep_terms_all), a(self.ep_collisions),
+                a(self.ep_breaches), a(self.ep_interventions), a(self.ep_first_detection),
+                *head[1:5], self._cells, oc.obs_coverage_cells, oc.top_k_detections,
+                len(TARGET_CLASSES), *self.perception.image_size, a(self._obs_tail),
+                obs.numpy(), reward.numpy(), terms.numpy(), done_flags.numpy(), episode.numpy(),
+            )  # fmt: skip
+        terminated, truncated, done = done_flags.unbind(0)
+        final_obs = obs
+        if bool(done.any()):
+            self._spawn(done)
+            st = self.vehicle.state
+            obs = torch.empty_like(final_obs)
+            with threads_for(n, 4096):
+                cpu_kernels.task_reset(
+                    done.numpy(), a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad),
+                    a(self.step_count), *head, a(self.found), a(self.seen), a(self.prev_action),
+                    a(self.det_visible), a(self.ep_return), a(self._ep_terms_all),
+                    a(self.ep_collisions), a(self.ep_breaches), a(self.ep_interventions),
+                    a(self.ep_first_detection), a(self._obs_tail), final_obs.numpy(),
+                    obs.numpy(),
+                )  # fmt: skip
+        final_obs, obs = final_obs.view(n, -1), obs.view(n, -1)
+        if self.image is not None:
+            final_obs = {"state": final_obs, "image": self._flat(self.image)}
+            obs = {"state": obs, "image": final_obs["image"]}
+        names = (*cpu_kernels.EPISODE_STATS, *(f"r/{k}" for k in REWARD_TERMS))
+        info = {
+            "final_obs": final_obs,
+            "done": done.view(n),
+            "episode": dict(zip(names, episode.view(len(names), n).unbind(0), strict=True)),
+            "reward_terms": dict(zip(REWARD_TERMS, terms.view(-1, n).unbind(0), strict=True)),
+            "interventions": {k: v.reshape(n) for k, v in interventions.items()},
+            "rendered": rendered,
+            "nonfinite_actions": self.nonfinite_action_count,
+        }
+        return obs, reward.view(n), terminated.reshape(n), truncated.reshape(n), info
+
+    @functools.cached_property
+    def _head_args(self) -> tuple:
+        """Arguments of the observation-head kernels after the state.
+
+        ``(max_steps, area_centre, area_half, alt_scale, max_velocity, geofence_min,
+        geofence_max, nfz_min, nfz_max, nfz_valid)``, the world's as NumPy views (made once: the
+        world's geometry tensors are never replaced).
+        """
+        w = self.world
+        a = as_numpy
+        return (
+            int(self.max_episode_steps), a(self._area_centre), a(self._area_half),
+            float(self._alt_scale), float(self.limits.max_velocity_m_s), a(w.geofence_min_m),
+            a(w.geofence_max_m), a(w.nfz_min_m), a(w.nfz_max_m), a(w.nfz_valid),
+        )  # fmt: skip
+
+    @functools.cached_property
+    def _keep_out_np(self) -> tuple:
+        """The safety filter's keep-out rectangles as NumPy views (min, max, top, nfz, valid)."""
+        ko = self.keep_out
+        return tuple(as_numpy(t) for t in (ko.min_xy, ko.max_xy, ko.top_z, ko.is_nfz, ko.valid))
+
+    @functools.cached_property
+    def _task_np(self) -> tuple:
+        """The constant world arrays of :func:`~isr_training.cpu_kernels.task_step`.
+
+        Target class, target count, found ranges, occluder boxes, as NumPy views.
+        """
+        w = self.world
+        return tuple(
+            as_numpy(t)
+            for t in (w.target_class, self.num_targets, self._found_range2, w.box_min_m,
+                      w.box_max_m, w.box_valid)
+        )  # fmt: skip
+
+    @functools.cached_property
+    def _coverage_np(self) -> tuple:
+        """The camera's corner rays and the coverage cell centres as NumPy views."""
+        return as_numpy(self._rays_body), as_numpy(self._centres)
+
     def step(self, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor, dict[str, Any]]:
         """Advance every drone one control step (see the module docstring)."""
         if tuple(action.shape) != (self.num_envs, 4):
@@ -575,6 +730,8 @@ class ISREnv:
                 f"action has shape {tuple(action.shape)}, expected ({self.num_envs}, 4)"
             )
         action = action.to(self.device, torch.float32).view(*self._shape, 4)
+        if self.cpu_kernels:
+            return self._step_cpu(action)
         bad = ~torch.isfinite(action).all(-1)
         self.nonfinite_action_count += bad.sum()
         action = torch.where(bad.unsqueeze(-1), 0.0, action).clamp(-1.0, 1.0)
@@ -600,11 +757,8 @@ class ISREnv:
             found_new = torch.zeros_like(self.found)
 
         pos = st.pos_enu_m
-        if self.cpu_kernels:
-            crashed, breached = self._crashes_and_breaches_cpu(pos)
-        else:
-            crashed = self._collisions_fn(pos)
-            breached = self._breach(pos)
+        crashed = self._collisions_fn(pos)
+        breached = self._breach(pos)
         terms = {
             "new_target": new_target_term(found_new),
             "coverage": coverage_term(seen_new),

@@ -77,6 +77,20 @@ class GroundTruthPerception:
         det = self.detector.detect(pose)
         return PerceptionOutput(det.boxes_xyxy, det.visible, image)
 
+    def detect_into(
+        self, pos_enu_m: Tensor, quat_wxyz: Tensor, boxes: Tensor, visible: Tensor
+    ) -> None:
+        """Which targets every drone detects: the environment's CPU step.
+
+        Written into ``visible (W, D, T)`` and their boxes into ``boxes (W, D, T, 4)`` (zero
+        where not visible).
+
+        The numba detector's :meth:`~isr_sim_bridge.detections.GroundTruthDetector.
+        visible_into` with this camera mount; no image (``render_images`` off).
+        """
+        self.detector.visible_into(pos_enu_m, quat_wxyz, self._mount_rot, self._mount_off,
+                                   boxes, visible)  # fmt: skip
+
 
 def match_detections(
     det_boxes: Tensor,

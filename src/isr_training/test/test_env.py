@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import gymnasium as gym
 import numpy as np
@@ -278,43 +279,81 @@ def test_compiled_task_kernels_match_eager():
         assert torch.equal(t0, t1) and torch.equal(g0, g1)
 
 
-def test_numba_task_kernels_match_torch():
-    """EnvConfig.cpu_kernels (numba safety filter, target motion, coverage, observation) gives the
-    torch code's observations, rewards and interventions, over resets and a whole episode."""
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},  # state only: the fused ground-truth detector
+        {"camera": True, "camera_resolution": "32x24"},  # the perception backend, images
+        {"drones_per_world": 1, "set": {"perception_interval": 1}, "safety": False},
+    ],
+)
+def test_numba_task_kernels_match_torch(variant):
+    """EnvConfig.cpu_kernels (the fused numba step: safety filter, vehicle, detections, coverage,
+    rewards, episode statistics, resets, observation) gives the torch code's results over resets
+    and whole episodes: observations, final observations, rewards and their terms, terminated /
+    truncated, interventions, episode statistics and the non-finite action count."""
     from isr_training import cpu_kernels
 
     if not cpu_kernels.AVAILABLE:
         pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
     runs = []
+    d = variant.get("drones_per_world", 4)
     for numba_on in (False, True):
-        cfg = EnvConfig(num_worlds=3, drones_per_world=4, seed=4, cpu_kernels=numba_on)
+        cfg = EnvConfig(
+            num_worlds=3, drones_per_world=d, seed=4, cpu_kernels=numba_on,
+            camera=variant.get("camera", False),
+            camera_resolution=variant.get("camera_resolution", "80x80"),
+        )  # fmt: skip
         cfg.task.episode_length_s = 8.0
+        cfg.task.safety.enabled = variant.get("safety", True)
+        for k, v in variant.get("set", {}).items():
+            setattr(cfg.task, k, v)
         env = ISREnv(cfg)
         assert env.cpu_kernels == numba_on
         obs = env.reset(seed=4)
         gen = torch.Generator().manual_seed(4)
-        steps = [(obs, None, None, None)]
+        steps = [obs]
         for k in range(120):
-            action = torch.rand(12, 4, generator=gen) * 2 - 1
+            action = torch.rand(3 * d, 4, generator=gen) * 2 - 1
             if k % 30 < 10:
                 action = torch.sign(action)  # full speed at walls, zones and obstacles
-            obs, reward, term, trunc, info = env.step(action)
-            steps.append((obs, reward, term | trunc, info["interventions"]))
+            if k % 17 == 0:
+                action[k % (3 * d), k % 4] = float("nan")
+            steps.append(env.step(action))
         runs.append(steps)
-    hits = 0
-    for (o0, r0, d0, i0), (o1, r1, d1, i1) in zip(*runs, strict=True):
-        torch.testing.assert_close(o1, o0, rtol=1e-5, atol=1e-5)
-        if r0 is not None:
-            torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
-            assert torch.equal(d0, d1)
-            for kind in i0:
-                assert torch.equal(i0[kind], i1[kind]), kind
-                hits += int(i0[kind].sum())
-    assert hits > 0 and bool(torch.stack([s[2] for s in runs[0][1:]]).any())  # filter, resets
+    close = functools.partial(torch.testing.assert_close, rtol=1e-5, atol=1e-5)
+    hits = dones = 0
+    for k, (s0, s1) in enumerate(zip(*runs, strict=True)):
+        if k == 0:
+            close(s1, s0)
+            continue
+        (o0, r0, te0, tr0, i0), (o1, r1, te1, tr1, i1) = s0, s1
+        close(o1, o0)
+        close(i1["final_obs"], i0["final_obs"])
+        close(r1, r0)
+        assert (
+            torch.equal(te0, te1) and torch.equal(tr0, tr1) and torch.equal(i0["done"], i1["done"])
+        )
+        assert int(i0["nonfinite_actions"]) == int(i1["nonfinite_actions"]) > 0
+        assert i0["rendered"] == i1["rendered"]
+        for name in i0["reward_terms"]:
+            close(i1["reward_terms"][name], i0["reward_terms"][name])
+        for kind in i0["interventions"]:
+            assert torch.equal(i0["interventions"][kind], i1["interventions"][kind]), kind
+            hits += int(i0["interventions"][kind].sum())
+        done = i0["done"]
+        assert set(i0["episode"]) == set(i1["episode"])
+        for name in i0["episode"]:
+            close(i1["episode"][name][done], i0["episode"][name][done], equal_nan=True)
+        dones += int(done.sum())
+    assert dones > 0 and (hits > 0) == variant.get("safety", True)
 
 
 def test_numba_crash_and_breach_flags_match_torch():
-    """Constructed crashes (box, other drone, ground) and breaches: identical flags."""
+    """Constructed crashes (box, other drone, ground) and breaches: identical flags (the kernel
+    shares its per-drone helper with the fused step, isr_training.cpu_kernels.task_step)."""
+    from isr_training import cpu_kernels
+
     env = ISREnv(EnvConfig(num_worlds=2, drones_per_world=6, stagger=False, cpu_kernels=True))
     env.reset(seed=0)
     w = env.world
@@ -326,7 +365,13 @@ def test_numba_crash_and_breach_flags_match_torch():
     pos[0, 3] = pos[0, 4] + 0.05  # two drones touching
     pos[1, 0, 0] = w.geofence_max_m[1, 0] + 1.0  # east of the fence
     pos[1, 1, 2] = w.geofence_max_m[1, 2] + 1.0  # above the ceiling
-    crashed, breached = env._crashes_and_breaches_cpu(pos)
+    crashed = torch.empty(env._shape, dtype=torch.bool)
+    breached = torch.empty(env._shape, dtype=torch.bool)
+    cpu_kernels.crashes_and_breaches(
+        pos.numpy(), env.vehicle.state.ground_contact.numpy(), w.box_min_m.numpy(),
+        w.box_max_m.numpy(), w.box_valid.numpy(), w.geofence_min_m.numpy(),
+        w.geofence_max_m.numpy(), env.task.drone_radius_m, crashed.numpy(), breached.numpy(),
+    )  # fmt: skip
     assert torch.equal(crashed, env._collisions(pos))
     assert torch.equal(breached, env._breach(pos))
     assert crashed[0, :5].all() and breached[1, :2].all() and not breached[0].any()

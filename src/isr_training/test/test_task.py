@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -296,3 +297,51 @@ def test_footprint_cells_match_brute_force():
                 inside = all(x >= 0 for x in crosses) or all(x <= 0 for x in crosses)
                 in_range = float(((p - pos[w, d, :2]) ** 2).sum()) <= 80.0**2
                 assert bool(fast[w, d, k]) == (inside and in_range), (w, d, k)
+
+
+def test_cells_in_view_scanline_is_the_per_cell_test():
+    """The kernel's row-interval shortcut (exact tests only near each row's ends) marks exactly
+    the cells that testing every cell against the same footprint edges and range disc marks,
+    also for level drones with yaw 0 / 90 deg (edges parallel to the grid) and on the ground."""
+    from isr_training import cpu_kernels
+    from isr_training.env import _cells_in_view
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+
+    @cpu_kernels.njit
+    def every_cell(pos, quat, rays, centres, r, out):
+        e = np.empty((5, 4))
+        for w in range(pos.shape[0]):
+            for d in range(pos.shape[1]):
+                px, py = float(pos[w, d, 0]), float(pos[w, d, 1])
+                cpu_kernels.footprint_edges(
+                    px, py, float(pos[w, d, 2]), quat[w, d, 0], quat[w, d, 1], quat[w, d, 2],
+                    quat[w, d, 3], rays, r, e[0], e[1], e[2], e[3], e[4],
+                )  # fmt: skip
+                for i in range(centres.shape[0]):
+                    x, y = centres[i, 0], centres[i, 1]
+                    ok = (x - px) * (x - px) + (y - py) * (y - py) <= r * r
+                    for k in range(4):
+                        ok = ok and (e[0, k] * x + e[1, k] * y + e[2, k] >= 0.0)
+                    out[w, d, i] = ok
+
+    gen = torch.Generator().manual_seed(3)
+    w, d = 3, 64
+    pos = (torch.rand(w, d, 3, generator=gen) * 2 - 1) * 110
+    pos[..., 2] = torch.rand(w, d, generator=gen) * 90
+    pos[0, :8, 2] = 0.0  # on the ground: a degenerate footprint
+    roll = 0.4 * torch.randn(w, d, generator=gen)
+    pitch = 0.4 * torch.randn(w, d, generator=gen)
+    yaw = torch.rand(w, d, generator=gen) * 6.3
+    roll[1], pitch[1] = 0.0, 0.0  # level, yaw on the grid axes
+    yaw[1] = torch.arange(d) % 4 * (math.pi / 2)
+    quat = quat_from_euler(roll, pitch, yaw)
+    for fov, pitch_deg, cells, r in ((90.0, 45.0, 40, 60.0), (70.0, 60.0, 16, 80.0)):
+        rays = camera_corner_rays_body(fov, fov, pitch_deg)
+        centres = cell_centres(-100.0, -100.0, 200.0, 200.0, cells, "cpu")
+        fast = _cells_in_view(pos, quat, rays, centres, r, cpu_kernel=True)
+        ref = torch.empty_like(fast)
+        every_cell(pos.numpy(), quat.numpy(), rays.numpy(), centres.numpy(), r, ref.numpy())
+        assert torch.equal(fast, ref), int((fast != ref).sum())
+        assert int(ref.sum()) > 500

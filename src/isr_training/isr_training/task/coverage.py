@@ -59,6 +59,10 @@ def cell_centres(
     return torch.stack((gx.reshape(-1), gy.reshape(-1)), -1)
 
 
+DEGENERATE_AREA_M2 = 1e-9
+"""Footprints of at most this (doubled, signed) area cover nothing: a camera on the ground."""
+
+
 def cells_in_footprint(
     corners: Tensor, pos_enu_m: Tensor, centres: Tensor, max_range_m: float
 ) -> Tensor:
@@ -66,7 +70,8 @@ def cells_in_footprint(
 
     Each edge ``c_i -> c_i+1`` is a half-plane ``a x + b y + c >= 0`` (left of the edge for a
     counter-clockwise quad; the sign flips for a clockwise one), so all cells are tested against
-    all edges of all drones with one batched matmul, as is the range disc.
+    all edges of all drones with one batched matmul, as is the range disc. A quad of (twice the)
+    area at most :data:`DEGENERATE_AREA_M2` covers no cell.
     """
     nxt = torch.roll(corners, -1, dims=-2)
     ex, ey = (nxt - corners).unbind(-1)  # (W, D, 4)
@@ -84,7 +89,9 @@ def cells_in_footprint(
     homog = torch.cat((centres.T, torch.ones_like(centres[:, :1]).T, (centres**2).sum(-1)[None]))
     # the 4 edges (4th coefficient 0) and the disc in one matmul; inside all = min >= 0
     planes = torch.cat((torch.nn.functional.pad(plane, (0, 1)), disc.unsqueeze(-2)), -2)
-    return (planes @ homog).amin(dim=-2) >= 0  # (W, D, G*G)
+    inside = (planes @ homog).amin(dim=-2) >= 0  # (W, D, G*G)
+    # a degenerate quad (a camera on the ground: all corners at the drone) covers nothing
+    return inside & (area.abs() > DEGENERATE_AREA_M2).unsqueeze(-1)
 
 
 def pool_coverage(seen: Tensor, cells: int, out_cells: int) -> Tensor:
