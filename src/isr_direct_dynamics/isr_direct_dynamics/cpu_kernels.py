@@ -55,7 +55,9 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 def as_numpy(tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor for a kernel argument (a contiguous copy when it is not)."""
-    return tensor.detach().contiguous().numpy()
+    if tensor.requires_grad or not tensor.is_contiguous():
+        tensor = tensor.detach().contiguous()
+    return tensor.numpy()
 
 
 @contextmanager

@@ -318,7 +318,7 @@ def _footprint_cells(
                 new += 1
                 if pooled.shape[0] > 0:  # the block's fraction, recounted exactly
                     blk = (row // kb) * obs_cells + col // kb
-                    cnt = np.float32(np.round(pooled[w, d, blk] * area)) + np.float32(1.0)
+                    cnt = np.float32(int(pooled[w, d, blk] * area + 0.5) + 1)
                     pooled[w, d, blk] = cnt / area
     return new
 
@@ -435,25 +435,19 @@ def _crash_and_breach_one(
     nd = pos.shape[1]
     px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
     hit = pz <= r or ground_contact[w, d]
+    # branch-free loops (bitwise & and |), which LLVM vectorizes
     for b in range(box_min.shape[1]):
-        if hit:
-            break
-        if (
+        hit |= (
             box_valid[w, b]
-            and box_min[w, b, 0] - r <= px <= box_max[w, b, 0] + r
-            and box_min[w, b, 1] - r <= py <= box_max[w, b, 1] + r
-            and box_min[w, b, 2] - r <= pz <= box_max[w, b, 2] + r
-        ):
-            hit = True
+            & (box_min[w, b, 0] - r <= px) & (px <= box_max[w, b, 0] + r)
+            & (box_min[w, b, 1] - r <= py) & (py <= box_max[w, b, 1] + r)
+            & (box_min[w, b, 2] - r <= pz) & (pz <= box_max[w, b, 2] + r)
+        )  # fmt: skip
     for o in range(nd):
-        if hit:
-            break
-        if o != d:
-            dx = px - pos[w, o, 0]
-            dy = py - pos[w, o, 1]
-            dz = pz - pos[w, o, 2]
-            if dx * dx + dy * dy + dz * dz < r2:
-                hit = True
+        dx = px - pos[w, o, 0]
+        dy = py - pos[w, o, 1]
+        dz = pz - pos[w, o, 2]
+        hit |= (dx * dx + dy * dy + dz * dz < r2) & (o != d)
     breached = (
         px < geofence_min[w, 0]
         or py < geofence_min[w, 1]
@@ -782,7 +776,7 @@ def task_step(
             pooled_sum = f32(0.0)  # the pooled block fractions: the count after rounding
             for i in range(obs_cells * obs_cells):
                 pooled_sum += obs_tail[w, d, i]
-            n_seen = np.round(pooled_sum * block)
+            n_seen = int(pooled_sum * block + 0.5)
             episode[0, w, d] = ep_return[w, d]
             episode[1, w, d] = f32(step_count[w, d])
             episode[2, w, d] = f32(n_found_all) / num_targets[w]
