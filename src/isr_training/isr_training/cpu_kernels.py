@@ -675,6 +675,7 @@ def task_step(
     img_h,
     obs_tail,
     obs,
+    final_obs,
     reward,
     terms,
     done_flags,
@@ -800,9 +801,10 @@ def task_step(
                 )  # fmt: skip
             for k in range(tail.shape[0]):
                 row[18 + k] = tail[k]
+            final_obs[w, d, :] = row
 
 
-@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+@njit(cache=True, error_model="numpy", boundscheck=False)
 def task_reset(
     done,
     pos,
@@ -830,14 +832,13 @@ def task_reset(
     ep_interventions,
     ep_first,
     obs_tail,
-    final_obs,
     obs,
 ):
     """The task part of ``ISREnv._reset_drones`` for the drones in ``done (W, D)``.
 
-    Their vehicles were already reset. ``obs`` (the observation after the resets) is
-    ``final_obs`` with the rows of reset drones replaced by their first observation (kinematics
-    of the new episode, perception tail zero).
+    Their vehicles were already reset. Their rows of ``obs`` (a copy of the last observation,
+    written by :func:`task_step`) become their first observation of the new episode (kinematics,
+    perception tail zero). Serial: only the few finished drones have work.
     """
     nw, nd = done.shape[0], done.shape[1]
     f32 = np.float32
@@ -845,13 +846,12 @@ def task_reset(
     t_max = f32(max_steps)
     alt_s, v_s = f32(alt_scale), f32(max_velocity)
     zero = f32(0.0)
-    for flat in prange(nw * nd):
+    for flat in range(nw * nd):
         w = flat // nd
         d = flat % nd
-        row = obs[w, d]
         if not done[w, d]:
-            row[:] = final_obs[w, d]
             continue
+        row = obs[w, d]
         step_count[w, d] = 0
         found[w, d, :] = False
         seen[w, d, :] = False

@@ -632,6 +632,7 @@ class ISREnv:
 
         oc = self.task.observation
         obs = torch.empty(*shape, self.obs_dim)
+        final_obs = torch.empty(*shape, self.obs_dim)  # the same values; the resets change obs
         reward = torch.empty(shape)
         terms = torch.empty(len(REWARD_TERMS), *shape)
         done_flags = torch.empty(3, *shape, dtype=torch.bool)
@@ -650,23 +651,20 @@ class ISREnv:
                 a(self.ep_breaches), a(self.ep_interventions), a(self.ep_first_detection),
                 *head[1:5], self._cells, oc.obs_coverage_cells, oc.top_k_detections,
                 len(TARGET_CLASSES), *self.perception.image_size, a(self._obs_tail),
-                obs.numpy(), reward.numpy(), terms.numpy(), done_flags.numpy(), episode.numpy(),
+                obs.numpy(), final_obs.numpy(), reward.numpy(), terms.numpy(),
+                done_flags.numpy(), episode.numpy(),
             )  # fmt: skip
         terminated, truncated, done = done_flags.unbind(0)
-        final_obs = obs
         if bool(done.any()):
             self._spawn(done)
             st = self.vehicle.state
-            obs = torch.empty_like(final_obs)
-            with threads_for(n, 4096):
-                cpu_kernels.task_reset(
-                    done.numpy(), a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad),
-                    a(self.step_count), *head, a(self.found), a(self.seen), a(self.prev_action),
-                    a(self.det_visible), a(self.ep_return), a(self._ep_terms_all),
-                    a(self.ep_collisions), a(self.ep_breaches), a(self.ep_interventions),
-                    a(self.ep_first_detection), a(self._obs_tail), final_obs.numpy(),
-                    obs.numpy(),
-                )  # fmt: skip
+            cpu_kernels.task_reset(
+                done.numpy(), a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad),
+                a(self.step_count), *head, a(self.found), a(self.seen), a(self.prev_action),
+                a(self.det_visible), a(self.ep_return), a(self._ep_terms_all),
+                a(self.ep_collisions), a(self.ep_breaches), a(self.ep_interventions),
+                a(self.ep_first_detection), a(self._obs_tail), obs.numpy(),
+            )  # fmt: skip
         final_obs, obs = final_obs.view(n, -1), obs.view(n, -1)
         if self.image is not None:
             final_obs = {"state": final_obs, "image": self._flat(self.image)}
