@@ -32,6 +32,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the direct step kernel"
     )
+    parser.add_argument(
+        "--torch-kernels",
+        action="store_true",
+        help="on CPU, run the torch step instead of the numba kernel (cpu_kernels=false)",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
@@ -54,9 +59,11 @@ def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
     """Step the chosen model with random actions for ``args.seconds``; return the figures."""
     device, worlds = prepare_bench(args)
     kwargs = {"compile_step": True} if args.compile and args.model == "direct" else {}
+    config = {"cpu_kernels": False} if getattr(args, "torch_kernels", False) else None
     model = make_vehicle_model(
-        args.model, worlds, args.drones_per_world, args.control_dt, device, seed=0, **kwargs
-    )
+        args.model, worlds, args.drones_per_world, args.control_dt, device, seed=0,
+        config=config, **kwargs,
+    )  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(0)
     start = torch.zeros(worlds, args.drones_per_world, 3, device=device)
     start[..., 2] = 20.0
@@ -96,7 +103,9 @@ def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
         "drone_steps_per_s": args.drones * steps / elapsed,
         "threads": torch.get_num_threads(),
         "compiled": bool(kwargs),
-        "cpu_kernels": bool(getattr(model, "numba_physics", False)),
+        "cpu_kernels": bool(
+            getattr(model, "numba_physics", False) or getattr(model, "numba_step", False)
+        ),
         "torch": torch.__version__,
     }
     physics = getattr(model, "physics_steps_per_control", None)
