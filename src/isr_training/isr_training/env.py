@@ -600,6 +600,7 @@ class ISREnv:
         flags = torch.empty(4, *shape, dtype=torch.bool)
         bad = torch.empty(shape, dtype=torch.bool)
         head = self._head_args  # the world's constant arrays (NumPy views) and scalars
+        v = Tensor.numpy  # the task state updated in place: a view even when strided
         with threads_for(n, 2048):
             cpu_kernels.filter_actions(
                 a(action), a(self.vehicle.state.pos_enu_m), head[5], head[6], *self._keep_out_np,
@@ -640,17 +641,17 @@ class ISREnv:
         with threads_for(n, 1024):
             cpu_kernels.task_step(
                 rendered, a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad), a(st.quat_wxyz),
-                a(st.ground_contact), filtered.numpy(), a(self.prev_action), flags.numpy(),
-                a(self.det_boxes), a(self.det_visible), a(w.target_pos_enu_m),
+                a(st.ground_contact), filtered.numpy(), v(self.prev_action), flags.numpy(),
+                a(self.det_boxes), v(self.det_visible), a(w.target_pos_enu_m),
                 *self._task_np, head[5], head[6], head[7], head[8], head[9],
-                *self._coverage_np, float(self._max_range_m), a(self.seen),
-                a(self.found), float(self.task.drone_radius_m), *self.task.altitude_band_m,
+                *self._coverage_np, float(self._max_range_m), v(self.seen),
+                v(self.found), float(self.task.drone_radius_m), *self.task.altitude_band_m,
                 self._reward_weights, bool(self.task.terminate_on_geofence),
-                int(self.max_episode_steps), float(self.task.control_dt_s), a(self.step_count),
-                a(self.ep_return), a(self._ep_terms_all), a(self.ep_collisions),
-                a(self.ep_breaches), a(self.ep_interventions), a(self.ep_first_detection),
+                int(self.max_episode_steps), float(self.task.control_dt_s), v(self.step_count),
+                v(self.ep_return), v(self._ep_terms_all), v(self.ep_collisions),
+                v(self.ep_breaches), v(self.ep_interventions), v(self.ep_first_detection),
                 *head[1:5], self._cells, oc.obs_coverage_cells, oc.top_k_detections,
-                len(TARGET_CLASSES), *self.perception.image_size, a(self._obs_tail),
+                len(TARGET_CLASSES), *self.perception.image_size, v(self._obs_tail),
                 obs.numpy(), final_obs.numpy(), reward.numpy(), terms.numpy(),
                 done_flags.numpy(), episode.numpy(),
             )  # fmt: skip
@@ -660,10 +661,10 @@ class ISREnv:
             st = self.vehicle.state
             cpu_kernels.task_reset(
                 done.numpy(), a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad),
-                a(self.step_count), *head, a(self.found), a(self.seen), a(self.prev_action),
-                a(self.det_visible), a(self.ep_return), a(self._ep_terms_all),
-                a(self.ep_collisions), a(self.ep_breaches), a(self.ep_interventions),
-                a(self.ep_first_detection), a(self._obs_tail), obs.numpy(),
+                v(self.step_count), *head, v(self.found), v(self.seen), v(self.prev_action),
+                v(self.det_visible), v(self.ep_return), v(self._ep_terms_all),
+                v(self.ep_collisions), v(self.ep_breaches), v(self.ep_interventions),
+                v(self.ep_first_detection), v(self._obs_tail), obs.numpy(),
             )  # fmt: skip
         final_obs, obs = final_obs.view(n, -1), obs.view(n, -1)
         if self.image is not None:
