@@ -688,8 +688,10 @@ def task_step(
     ``found_range2``); crash and breach flags; the reward terms (:data:`KERNEL_TERMS`) and their
     weighted sum; the episode sums; terminated / truncated / done (``done_flags (3, W, D)``); the
     episode statistics (``episode``: :data:`EPISODE_STATS` then the per-term sums); the
-    observation ``obs (W, D, obs_dim)`` (the perception tail ``obs_tail`` is recomputed on
-    perception steps and reused otherwise). The state arrays (``prev_action``, ``seen``,
+    observation ``obs (W, D, obs_dim)``, written to ``final_obs`` too (:func:`task_reset` then
+    rewrites the finished drones' rows of ``obs``). The perception tail ``obs_tail`` keeps the
+    pooled coverage up to date cell by cell and gets new detection features on perception steps;
+    otherwise it is reused. The state arrays (``prev_action``, ``seen``,
     ``found``, ``step_count``, ``ep_*``, ``obs_tail``) are updated in place. Float32 arithmetic
     in the torch code's order.
     """
