@@ -156,8 +156,9 @@ class EnvConfig:
     compile: bool = False
     """Compile the per-step task kernels (safety filter, collisions) with ``torch.compile``:
     faster at thousands of drones, a slow first step (compilation), results equal to the eager
-    ones up to float rounding. Ground-truth detections compile on their own
-    (``DetectionConfig.compile``, automatic for large batches)."""
+    ones up to float rounding. Applies to the torch step (CUDA, or ``cpu_kernels=False``).
+    Ground-truth detections compile on their own (``DetectionConfig.compile``, automatic for
+    large batches)."""
 
     def validate(self) -> None:
         """Check ranges; raises ConfigError naming the field."""
