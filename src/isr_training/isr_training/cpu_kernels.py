@@ -18,8 +18,9 @@ over drones (``numba.prange``, in chunks of :data:`CHUNK`):
   by cell, top-K detection features);
 - :func:`task_reset`: the task state and first observation of the drones that finished.
 
-:func:`cells_in_view`, :func:`observe_head` and :func:`crashes_and_breaches` are the batch forms
-of the same per-drone helpers (the environment's ``reset`` and the tests use them). The tests
+:func:`cells_in_view` and :func:`observe_head` are the batch forms of the same per-drone helpers
+that the environment's ``reset`` uses; :func:`crashes_and_breaches` is the batch form of the crash
+helper that the tests check against the torch flags. The tests
 compare everything with the torch code on random and constructed situations and whole episodes.
 Compiled code is cached on disk.
 """
