@@ -399,6 +399,43 @@ def _project_target(
     _project_clipped(xs, ys, zs, fx_, fy_, u_off, v_off, near_, proj)
 
 
+@njit(inline="always", cache=True)
+def _count_unoccluded(
+    w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, box_min, box_max, box_valid, ids,
+    fx_, fy_, u_off, v_off, near_, far_, wf, hf, stop_at,
+):  # fmt: skip
+    """How many occlusion samples of one target one camera sees unoccluded.
+
+    :func:`_unoccluded_samples` against the occluders that :func:`_candidate_occluders` selects
+    for this camera and target (``ids``: scratch of the box count).
+    """
+    e0 = abs(cs) * h0 + abs(sn) * h1  # world-axis half extents of the yawed box
+    e1 = abs(sn) * h0 + abs(cs) * h1
+    n_ids = _candidate_occluders(
+        w, c0, c1, c2, e0, e1, h2, o0, o1, o2, box_min, box_max, box_valid, ids
+    )
+    return _unoccluded_samples(
+        w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, box_min, box_max, ids, n_ids,
+        fx_, fy_, u_off, v_off, near_, far_, wf, hf, stop_at,
+    )  # fmt: skip
+
+
+@njit(inline="always", cache=True)
+def _in_view(proj, far_margin, eps, w_hi, h_hi):
+    """Whether projected bounds ``proj`` (:func:`_project_clipped`) can be in the image.
+
+    In front of the near plane, not beyond the far clip, overlapping the image (with margins).
+    """
+    return (
+        proj[4] > 0
+        and proj[5] <= far_margin
+        and proj[2] >= -eps
+        and proj[0] <= w_hi
+        and proj[3] >= -eps
+        and proj[1] <= h_hi
+    )
+
+
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def detect_targets(
     org,
@@ -482,15 +519,7 @@ def detect_targets(
                 u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
                 front = proj[4] > 0
                 valid = target_valid[w, t]
-                cand = (
-                    valid
-                    and front
-                    and proj[5] <= far_margin
-                    and u1 >= -eps
-                    and u0 <= w_hi
-                    and v1 >= -eps
-                    and v0 <= h_hi
-                )
+                cand = valid and _in_view(proj, far_margin, eps, w_hi, h_hi)
                 u0 = min(max(u0, zero), wf)
                 u1 = min(max(u1, zero), wf)
                 v0 = min(max(v0, zero), hf)
@@ -513,14 +542,10 @@ def detect_targets(
                 cls[w, d, t] = target_class[w, t] if valid else -1
                 count = 0
                 if cand:
-                    e0 = abs(cs) * h0 + abs(sn) * h1
-                    e1 = abs(sn) * h0 + abs(cs) * h1
-                    n_ids = _candidate_occluders(
-                        w, c0, c1, c2, e0, e1, h2, o0, o1, o2, box_min, box_max, box_valid, ids
-                    )
-                    count = _unoccluded_samples(
+                    count = _count_unoccluded(
                         w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot[w, d], box_min,
-                        box_max, ids, n_ids, fx_, fy_, u_off, v_off, near_, far_, wf, hf, ns + 1,
+                        box_max, box_valid, ids, fx_, fy_, u_off, v_off, near_, far_, wf, hf,
+                        ns + 1,
                     )  # fmt: skip
                 fr = f32(count) * inv_s
                 frac[w, d, t] = fr
@@ -608,7 +633,6 @@ def visible_targets(
     min_box = f32(min_box_size_px)
     zero, half_ = f32(0.0), f32(0.5)
     stop_at = _min_visible_count(ns, min_visible_fraction)
-    tiny_box = 0.999 * min_box_size_px - 1e-3  # (below it a box cannot pass the size test)
     # side planes of the view through the optical centre (unit normals, outward), as
     # (n_x, n_y, n_z): outside when n . p > 0 (right, left, bottom, top edges with the margins)
     # (normal (n_a, 0, n_z) for the left/right edges, (0, n_a, n_z) for the top/bottom ones)
@@ -668,49 +692,24 @@ def visible_targets(
                 h0 = half_ * target_size[w, t, 0]
                 h1 = half_ * target_size[w, t, 1]
                 h2 = half_ * target_size[w, t, 2]
-                z_lo = z - rad
-                if z_lo > near:
-                    # the sphere lies in the box [x +- rad] x [y +- rad] x [z +- rad]; x / z and
-                    # y / z over it are extreme at its corners: a bound of the image extent
-                    z_hi = z + rad
-                    ux = max((x + rad) / z_lo, (x + rad) / z_hi) - min(
-                        (x - rad) / z_lo, (x - rad) / z_hi
-                    )
-                    vy = max((y + rad) / z_lo, (y + rad) / z_hi) - min(
-                        (y - rad) / z_lo, (y - rad) / z_hi
-                    )
-                    if fx * ux < tiny_box or fy * vy < tiny_box:
-                        continue
                 cs = cos_yaw[w, t]
                 sn = sin_yaw[w, t]
                 _project_target(
                     h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, corner_signs, fx_, fy_,
                     u_off, v_off, near_, xs, ys, zs, proj,
                 )  # fmt: skip
-                u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
-                if not (
-                    proj[4] > 0
-                    and proj[5] <= far_margin
-                    and u1 >= -eps
-                    and u0 <= w_hi
-                    and v1 >= -eps
-                    and v0 <= h_hi
-                ):
+                if not _in_view(proj, far_margin, eps, w_hi, h_hi):
                     continue
+                u0, v0, u1, v1 = proj[0], proj[1], proj[2], proj[3]
                 u0 = min(max(u0, zero), wf)
                 u1 = min(max(u1, zero), wf)
                 v0 = min(max(v0, zero), hf)
                 v1 = min(max(v1, zero), hf)
                 if not ((u1 - u0) >= min_box and (v1 - v0) >= min_box):
                     continue
-                e0 = abs(cs) * h0 + abs(sn) * h1
-                e1 = abs(sn) * h0 + abs(cs) * h1
-                n_ids = _candidate_occluders(
-                    w, c0, c1, c2, e0, e1, h2, o0, o1, o2, box_min, box_max, box_valid, ids
-                )
-                count = _unoccluded_samples(
+                count = _count_unoccluded(
                     w, samples, h0, h1, h2, cs, sn, c0, c1, c2, o0, o1, o2, rot, box_min, box_max,
-                    ids, n_ids, fx_, fy_, u_off, v_off, near_, far_, wf, hf, stop_at,
+                    box_valid, ids, fx_, fy_, u_off, v_off, near_, far_, wf, hf, stop_at,
                 )  # fmt: skip
                 if count >= stop_at:
                     visible[w, d, t] = True

@@ -789,15 +789,18 @@ class ISREnv:
         truncated = (self.step_count >= self.max_episode_steps) & ~terminated
         done = terminated | truncated
 
+        stats = (
+            self.ep_return.clone(),
+            self.step_count.float(),
+            self.found.float().sum(-1) / self.num_targets[:, None],
+            self.seen.float().mean(-1),
+            self.ep_collisions.clone(),
+            self.ep_breaches.clone(),
+            self.ep_interventions.clone(),
+            self.ep_first_detection.clone(),
+        )  # in the order of cpu_kernels.EPISODE_STATS (the names of both paths)
         episode = {
-            "return": self.ep_return.clone(),
-            "length": self.step_count.float(),
-            "targets_found": self.found.float().sum(-1) / self.num_targets[:, None],
-            "coverage": self.seen.float().mean(-1),
-            "collisions": self.ep_collisions.clone(),
-            "geofence_breaches": self.ep_breaches.clone(),
-            "safety_interventions": self.ep_interventions.clone(),
-            "time_to_first_detection_s": self.ep_first_detection.clone(),
+            **dict(zip(cpu_kernels.EPISODE_STATS, stats, strict=True)),
             **dict(zip((f"r/{k}" for k in REWARD_TERMS), self._ep_terms_all.clone(), strict=True)),
         }
         if rendered or self._obs_tail is None:
