@@ -709,11 +709,15 @@ def run_episodes(
     record: bool = False,
     progress: bool = False,
     seed: int = 0,
+    live: Any | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray] | None]:
     """Fly ``episodes`` whole episodes per drone; return rows, timing and (optional) recording.
 
     The environment must be built with ``stagger=False``. ``reset(seed)`` makes the spawns and the
-    vehicle noise streams a function of ``seed`` alone.
+    vehicle noise streams a function of ``seed`` alone. ``live``: an object with
+    :class:`~isr_px4_eval.recording.EnvRecorder`'s ``record_reset()`` and
+    ``record_step(action, reward, terminated, truncated, info)`` (e.g. one publishing the live ROS
+    topics), called after the reset and after every step.
     """
     if env.cfg.stagger:
         raise ValueError("evaluation needs an environment built with stagger=False")
@@ -730,6 +734,8 @@ def run_episodes(
 
         bar = tqdm(total=limit, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
     obs = env.reset(seed=seed)
+    if live is not None:
+        live.record_reset()
     t0 = time.perf_counter()
     t_first = t0  # end of the first step (one-time initialization, timed separately)
     steps = 0
@@ -739,10 +745,12 @@ def run_episodes(
         action = act(obs)
         if recorder is not None:
             recorder.before(action)
-        obs, reward, _, _, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
         steps += 1
         if recorder is not None:
             recorder.after(reward, info)
+        if live is not None:
+            live.record_step(action, reward, terminated, truncated, info)
         done = info["done"].cpu()
         new = done & (done_count < episodes)
         if bool(new.any()):
@@ -821,8 +829,12 @@ def evaluate_policy(
     device: str = "cpu",
     progress: bool = False,
     keep_arrays: bool = False,
+    live: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``policy`` on ``seeds`` with ``backend``; the JSON-ready result dict.
+
+    ``live(env)`` (optional) builds the per-step hook of :func:`run_episodes` for the evaluation
+    environment (the ROS node publishes the live topics through it).
 
     Keys: ``backend``, ``perception``, ``policy`` (path, kind, metadata), ``world_seeds``,
     ``settings`` (evaluation settings, resolved vehicle config, task timing), ``metrics``
@@ -847,8 +859,9 @@ def evaluate_policy(
         env.perception.reset_counters()
     record = record_dir is not None or keep_arrays
     rows, timing, arrays = run_episodes(
-        env, policy.act, settings.episodes, record=record, progress=progress, seed=settings.seed
-    )
+        env, policy.act, settings.episodes, record=record, progress=progress, seed=settings.seed,
+        live=live(env) if live is not None else None,
+    )  # fmt: skip
     metrics = aggregate_metrics(rows, settings.success_min_targets_found)
     result: dict[str, Any] = {
         "backend": backend,

@@ -7,7 +7,9 @@
 
 - ``WAIT_FOR_PX4``: until both ``vehicle_status`` and ``vehicle_odometry`` arrive (timeout).
 - ``STREAM``: heartbeat (``OffboardControlMode``, velocity) + zero velocity setpoints for
-  ``stream_ticks`` ticks (>= 10 at >= 10 Hz: PX4 only accepts OFFBOARD while the signal is live).
+  ``stream_ticks`` ticks (>= 10 at >= 10 Hz: PX4 only accepts OFFBOARD while the signal is live),
+  and until the FLY policy is ready (``ready()``: loaded, built and warmed up; nothing heavy may
+  run after arming), at most ``ready_timeout_s``.
 - ``REQUEST_OFFBOARD``: ``VehicleCommand`` 176 (param1 1, param2 6), resent every
   ``command_retry_s`` until ``nav_state == 14``; rejections (acks) and a timeout fail.
 - ``ARM``: 400 with param1 1 until ``arming_state == ARMED``; likewise.
@@ -20,8 +22,10 @@
   ``link_timeout_s``) land (or hold) is requested ``failsafe_command_repeats`` times.
 
 The heartbeat goes out on every tick of every active phase (``tick_period_s <= 0.1`` s, i.e. at
->= 10 Hz). The client is driven by :meth:`OffboardClient.tick` with the time and what arrived
-since the last tick, and returns what to send: a ROS timer drives it in
+>= 10 Hz). In FLY the client records the gap between consecutive ticks
+(:meth:`OffboardClient.tick_interval_stats`: worst and 99th percentile), the measure of whether
+the stream was ever starved. The client is driven by :meth:`OffboardClient.tick` with the time
+and what arrived since the last tick, and returns what to send: a ROS timer drives it in
 ``px4_eval_node``, a plain loop drives it against the emulator in the tests.
 :func:`decode_inbox` and :func:`encode_outbox` convert between px4_msgs messages (any
 :class:`~isr_px4_eval.px4_convert.MessageTypes`) and the client's plain data, keyed by the
@@ -118,6 +122,8 @@ class OffboardClientConfig:
     """Command requested on link loss: ``land`` (21) or ``hold`` (176 to AUTO.LOITER)."""
     failsafe_command_repeats: int = 3
     """How often the link-loss command is sent (every ``command_retry_s``)."""
+    ready_timeout_s: float = 600.0
+    """STREAM waits at most this long for the FLY policy to be ready, then fails (unarmed)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field."""
@@ -130,7 +136,7 @@ class OffboardClientConfig:
         for name in (
             "px4_timeout_s", "link_timeout_s", "command_retry_s", "mode_timeout_s",
             "arm_timeout_s", "takeoff_speed_m_s", "takeoff_timeout_s", "fly_duration_s",
-            "land_timeout_s",
+            "land_timeout_s", "ready_timeout_s",
         ):  # fmt: skip
             v = getattr(self, name)
             if not v > 0:
@@ -180,12 +186,23 @@ class OffboardClient:
     Args:
         policy: the FLY-phase policy (:data:`Policy`).
         config: :class:`OffboardClientConfig`.
+        ready: whether the policy is ready to fly (STREAM waits for it before requesting
+            OFFBOARD and arming); None = always ready.
     """
 
-    def __init__(self, policy: Policy, config: OffboardClientConfig | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        config: OffboardClientConfig | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         self.cfg = cfg = config or OffboardClientConfig()
         cfg.validate()
         self.policy = policy
+        self.ready = ready
+        self.fly_tick_intervals_s: list[float] = []
+        """Gaps between consecutive ticks while in FLY, seconds."""
+        self._last_tick_us: int | None = None
         self.phase = Phase.WAIT_FOR_PX4
         self.failure_reason = ""
         """Why the episode failed (empty unless :attr:`phase` is FAILED)."""
@@ -245,11 +262,25 @@ class OffboardClient:
                 self._rejections += 1
                 self._last_reject = ack.result_name
 
+    def tick_interval_stats(self) -> dict[str, float]:
+        """Worst and 99th-percentile gap between ticks in FLY (``max_s``, ``p99_s``, ``n``)."""
+        gaps = self.fly_tick_intervals_s
+        if not gaps:
+            return {"max_s": 0.0, "p99_s": 0.0, "n": 0}
+        return {
+            "max_s": float(max(gaps)),
+            "p99_s": float(np.percentile(np.asarray(gaps), 99)),
+            "n": len(gaps),
+        }
+
     # ------------------------------------------------------------------------------ the tick
     def tick(self, now_us: int, inbox: ClientInbox | None = None) -> ClientOutbox:
         """Advance the state machine to ``now_us`` (microseconds) and say what to send."""
         inbox = inbox or ClientInbox()
         cfg = self.cfg
+        if self.phase == Phase.FLY and self._last_tick_us is not None:
+            self.fly_tick_intervals_s.append((now_us - self._last_tick_us) / fr.US_PER_S)
+        self._last_tick_us = now_us
         if self._start_us is None:
             self._start_us = now_us
             self._phase_start_us = now_us
@@ -323,8 +354,17 @@ class OffboardClient:
     def _tick_stream(self, now_us: int, inbox: ClientInbox, out: ClientOutbox) -> None:
         out.setpoint = self._hold_setpoint()
         self._stream_count += 1
-        if self._stream_count >= self.cfg.stream_ticks:
+        if self._stream_count < self.cfg.stream_ticks:
+            return
+        try:
+            ready = self.ready is None or self.ready()
+        except Exception as exc:  # the policy could not be built: never arm
+            self._fail(now_us, f"policy not ready: {exc} (not armed)")
+            return
+        if ready:
             self._enter(now_us, Phase.REQUEST_OFFBOARD)
+        elif self._elapsed_s(now_us) > self.cfg.ready_timeout_s:
+            self._fail(now_us, f"policy not ready after {self.cfg.ready_timeout_s} s (not armed)")
 
     def _tick_request_offboard(self, now_us: int, inbox: ClientInbox, out: ClientOutbox) -> None:
         out.setpoint = self._hold_setpoint()

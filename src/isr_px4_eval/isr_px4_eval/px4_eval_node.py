@@ -10,8 +10,17 @@
   :class:`~isr_px4_eval.px4_pilot.PolicyPilot`: the ISR task on world ``seeds``' first seed, its
   observation built from PX4's odometry, the task's safety filter on every command, the episode
   scored on where PX4 flew) or a scripted pattern (``hover`` | ``box``) to check the link.
+  Flight safety: the policy is loaded, its environment built and one dry decision run (kernel
+  compilation) on a worker thread (:class:`~isr_px4_eval.px4_pilot.BackgroundPilot`) while the
+  client streams; the client requests OFFBOARD and arms only when that is done. In flight the
+  tick waits at most ``decision_wait_s`` for a decision and otherwise holds the last setpoint,
+  so the heartbeat never stops. The worst and 99th-percentile gap between ticks in FLY go into
+  the result JSON and the ``EpisodeMetrics``.
 - ``embedded``: :func:`isr_px4_eval.evaluation.evaluate_policy` flies the trained ``policy``
-  file on the embedded full-fidelity model (quadrotor + PX4-like cascade) on ``seeds``.
+  file on the embedded full-fidelity model (quadrotor + PX4-like cascade) on ``seeds``, on a
+  worker thread, and publishes the run live (``live_topics``): ``/drone_<i>/odom``, ``cmd_vel``,
+  detections, step metrics, ``/tf`` and simulated time on ``/clock`` (faster than real time;
+  ``live_min_interval_s`` throttles each topic), through :class:`~isr_sim_bridge.live.LiveSink`.
 
 Either way one ``isr_msgs/EpisodeMetrics`` per finished episode is published on
 ``metrics_topic`` (reliable, transient local, so a late ``ros2 bag record`` still gets them) and
@@ -19,13 +28,15 @@ the JSON result is written to ``output_dir``; then the node shuts down. With ``p
 vehicle's odometry is also republished as ``nav_msgs/Odometry`` (ENU) on ``odom_topic`` for the
 sim bridge's camera.
 
-Written against rclpy's documented API (Humble); not run on the build machine (no ROS 2). The
-cores it wraps (client, emulator, conversions, evaluation) are tested without ROS.
+The node logs what it is doing at least every 10 s. Ctrl-C ends it within a tick (work runs on
+daemon threads).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,9 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "metrics_topic": "/isr/episode_metrics",
     "odom_topic": "/drone_0/odom",
     "output_dir": "reports/px4_eval",
+    "decision_wait_s": 0.02,
+    "live_topics": True,
+    "live_min_interval_s": 0.0,
 }
 """Parameters and their defaults (also in ``config/px4_eval.yaml``)."""
 
@@ -90,6 +104,7 @@ def make_node_class() -> type:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     from isr_direct_dynamics.ros_node import declare_parameters
+    from isr_sim_bridge.live import LiveSink
     from isr_sim_bridge.rosmsg import RclpyFactory, episode_metrics_msg, odometry_msg
 
     from .evaluation import parse_seeds
@@ -101,8 +116,9 @@ def make_node_class() -> type:
     )
     from .px4_convert import RclpyTypes
     from .px4_emulator_node import MSG_CLASSES
-    from .px4_pilot import make_fly_policy, pilot_episode_fields
+    from .px4_pilot import BackgroundPilot, make_fly_policy, pilot_episode_fields
     from .px4_topics import PX4_IN_QOS, PX4_OUT_QOS, px4_topic_names, rclpy_qos_profile
+    from .recording import EnvRecorder
 
     class Px4EvalNode(Node):
         """Runs one evaluation and publishes its episode metrics."""
@@ -122,19 +138,32 @@ def make_node_class() -> type:
                 self.factory("isr_msgs/msg/EpisodeMetrics"), p["metrics_topic"], metrics_qos
             )
             self.done = False
+            self.t0 = self.last_log = time.perf_counter()
             if p["backend"] == "px4":
                 self._setup_px4()
             else:
-                self.timer = self.create_timer(0.1, self.run_embedded_once)
+                self.status = "starting"
+                self.worker = threading.Thread(target=self.run_embedded, daemon=True)
+                self.worker.start()
+                self.timer = self.create_timer(1.0, self.log_embedded)
+
+        def _every_10_s(self, text: str) -> None:
+            now = time.perf_counter()
+            if now - self.last_log >= 10.0:
+                self.last_log = now
+                self.get_logger().info(f"{text} ({now - self.t0:.0f} s)")
 
         # ---------------------------------------------------------------- px4 backend
         def _setup_px4(self) -> None:
             p = self.p
             self.types = RclpyTypes()
             self.world_seed = parse_seeds(str(p["seeds"]))[0]
-            fly, self.pilot = make_fly_policy(p["policy"], self.world_seed, 0, p["device"])
+            self.bg = BackgroundPilot(
+                lambda: make_fly_policy(p["policy"], self.world_seed, 0, p["device"]),
+                wait_s=float(p["decision_wait_s"]),
+            )
             self.client = OffboardClient(
-                fly,
+                self.bg,
                 OffboardClientConfig(
                     tick_period_s=float(p["tick_period_s"]),
                     takeoff_altitude_m=float(p["takeoff_altitude_m"]),
@@ -142,6 +171,7 @@ def make_node_class() -> type:
                     link_timeout_s=float(p["link_timeout_s"]),
                     on_link_loss=p["on_link_loss"],
                 ),
+                ready=self.bg.ready,
             )
             topics = px4_topic_names(p["px4_release"], p["namespace"]).as_dict()
             in_qos, out_qos = rclpy_qos_profile(PX4_IN_QOS), rclpy_qos_profile(PX4_OUT_QOS)
@@ -183,21 +213,42 @@ def make_node_class() -> type:
                 self.pubs[key].publish(msg)
             if self.client.phase != phase_before:
                 self.get_logger().info(f"phase {self.client.phase.value}")
+                if phase_before.value == "stream":
+                    st = self.bg.stats()
+                    self.get_logger().info(
+                        f"policy ready: build {st['build_s']:.1f} s, "
+                        f"warm-up {st['warm_up_s']:.1f} s"
+                    )
+            if self.client.phase.value == "stream" and not self.bg.ready():
+                self._every_10_s("streaming; waiting for the policy (load, build, warm-up)")
+            elif self.client.phase.value == "fly":
+                self._every_10_s(f"flying: {self.client.fly_time_s:.0f} s")
             if self.client.finished and not self.done:
                 self.done = True
                 reason = self.client.failure_reason or "ok"
                 self.get_logger().info(f"episode {self.client.phase.value}: {reason}")
                 fields = px4_episode_fields(self.client)
-                if self.pilot is not None:
-                    fields.update(pilot_episode_fields(self.pilot, self.world_seed))
+                pilot = self.bg.pilot
+                if pilot is not None:
+                    fields.update(pilot_episode_fields(pilot, self.world_seed))
+                ticks = self.client.tick_interval_stats()
+                fields["max_tick_interval_s"] = ticks["max_s"]
+                fields["p99_tick_interval_s"] = ticks["p99_s"]
+                self.get_logger().info(
+                    f"tick gaps in flight: worst {ticks['max_s']:.3f} s, "
+                    f"p99 {ticks['p99_s']:.3f} s over {ticks['n']} ticks"
+                )
                 self.publish_metrics([fields])
                 self.write_result(
                     {
                         "backend": "px4",
                         "phase": self.client.phase.value,
                         "failure_reason": self.client.failure_reason,
-                        "episode": None if self.pilot is None else self.pilot.episode,
-                        "trajectory": None if self.pilot is None else self.pilot.trace,
+                        "world_seed": self.world_seed,
+                        "tick_intervals_in_fly": ticks,
+                        "policy_timing": self.bg.stats(),
+                        "episode": None if pilot is None else pilot.episode,
+                        "trajectory": None if pilot is None else pilot.trace,
                         "events": [
                             {"t_us": e.t_us, "phase": e.phase.value, "note": e.note}
                             for e in self.client.events
@@ -206,18 +257,44 @@ def make_node_class() -> type:
                 )
 
         # ---------------------------------------------------------------- embedded backend
-        def run_embedded_once(self) -> None:
-            """Run the whole embedded evaluation (blocking), publish, write, stop."""
-            self.timer.cancel()
+        def _live(self, env: Any) -> Any:
+            """The per-step hook that publishes the evaluation live (or None)."""
+            self.status = f"flying {env.num_envs} drone(s)"
+            if not self.p["live_topics"]:
+                return None
+            sink = LiveSink(self, self.factory, float(self.p["live_min_interval_s"]))
+            self.live = EnvRecorder(env, None, "eval", "full_fidelity", image_drones=[0], sink=sink)
+            return self.live
+
+        def run_embedded(self) -> None:
+            """Worker thread: the whole embedded evaluation, then publish, write and stop."""
             from .evaluation import evaluate_policy, parse_seeds
 
-            result = evaluate_policy(
-                self.p["policy"], "embedded", parse_seeds(str(self.p["seeds"])),
-                device=self.p["device"],
-            )  # fmt: skip
-            self.publish_metrics([embedded_episode_fields(r) for r in result.get("episodes", [])])
-            self.write_result(result)
-            self.done = True
+            try:
+                self.status = "loading the policy and building the environment"
+                result = evaluate_policy(
+                    self.p["policy"], "embedded", parse_seeds(str(self.p["seeds"])),
+                    device=self.p["device"], live=self._live,
+                )  # fmt: skip
+                self.publish_metrics(
+                    [embedded_episode_fields(r) for r in result.get("episodes", [])]
+                )
+                self.write_result(result)
+                m = result.get("metrics", {})
+                self.get_logger().info(
+                    f"embedded evaluation done: return {m.get('return_mean', float('nan')):.1f}, "
+                    f"targets found {m.get('targets_found_mean', float('nan')):.3f}"
+                )
+            except Exception as exc:  # reported; the node then stops
+                self.get_logger().error(f"embedded evaluation failed: {type(exc).__name__}: {exc}")
+            finally:
+                self.done = True
+
+        def log_embedded(self) -> None:
+            """Timer: a progress line every 10 s."""
+            live = getattr(self, "live", None)
+            sim = f", simulated {live.t_s:.0f} s" if live is not None else ""
+            self._every_10_s(f"{self.status}{sim}")
 
         # ---------------------------------------------------------------- output
         def publish_metrics(self, rows: list[dict[str, Any]]) -> None:

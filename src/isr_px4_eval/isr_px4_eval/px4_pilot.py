@@ -18,6 +18,13 @@ The episode ends as in the environment (time limit, crash, breach if so configur
 then returns None and the client lands. :attr:`PolicyPilot.episode` holds the episode's metrics
 (the keys of ``isr eval``'s per-episode rows).
 
+Flight safety: :class:`BackgroundPilot` builds the pilot (policy load, environment build) and
+runs :meth:`PolicyPilot.warm_up` (one dry decision: kernel compilation, first-call
+initialisation) on a worker thread while the offboard client streams, and the client arms only
+once it is ready. In flight the client's tick hands the odometry to the worker and waits at most a
+few milliseconds; a late decision never stops the heartbeat and setpoint stream: the last
+setpoint is held until the decision arrives.
+
 Frames: PX4's local origin is where the vehicle was when its estimator started (the takeoff
 point); the world of the task has its own spawn area. At the first decision the vehicle's
 horizontal position is mapped onto the spawn the environment drew for the drone (a constant
@@ -29,6 +36,9 @@ unchanged (both are ENU after :mod:`isr_px4_eval.px4_convert`).
 from __future__ import annotations
 
 import math
+import queue
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -133,6 +143,29 @@ class PolicyPilot:
         self._setpoint: VelocitySetpointENU | None = None
         self._next_s = -math.inf
 
+    @torch.no_grad()
+    def warm_up(self, altitude_m: float = 20.0) -> float:
+        """One dry decision (reset, step, policy, safety filter) on a made-up hover pose.
+
+        Then everything of it is forgotten: numba compilation and first-call initialisation
+        happen here, before arming. Returns the seconds it took.
+        """
+        t0 = time.perf_counter()
+        z3 = np.zeros(3)
+        hover = OdometryENU(
+            0, np.array([0.0, 0.0, altitude_m]), z3, np.array([1.0, 0.0, 0.0, 0.0]), z3, 0.0
+        )
+        recorder, self.recorder = self.recorder, None
+        try:
+            self(hover, 0.0)
+            self(hover, self.control_dt_s)
+        finally:
+            self.recorder = recorder
+        self.decisions, self.trace, self.episode = 0, [], None
+        self._obs = self._action = self._setpoint = None
+        self._next_s = -math.inf
+        return time.perf_counter() - t0
+
     def _decide(self, obs: Any) -> VelocitySetpointENU:
         env = self.env
         action = self.act(obs).reshape(1, 4).to(env.device, torch.float32)
@@ -191,6 +224,111 @@ class PolicyPilot:
         )
 
 
+class BackgroundPilot:
+    """A FLY policy run on a worker thread, so that the offboard tick never waits for it.
+
+    Args:
+        build: ``() -> (fly policy, PolicyPilot or None)`` (e.g. ``lambda: make_fly_policy(...)``);
+            called on the worker, followed by the pilot's :meth:`PolicyPilot.warm_up`.
+        wait_s: how long a tick waits for a decision it handed over (then the last setpoint is
+            held and the decision is used by a later tick).
+
+    :meth:`ready` is true once build and warm-up are done (:attr:`error` holds their failure, and
+    ``ready`` then raises). ``__call__`` is the client's FLY policy.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], tuple[Callable[[OdometryENU, float], Any], PolicyPilot | None]],
+        wait_s: float = 0.02,
+    ) -> None:
+        self.wait_s = float(wait_s)
+        self.fly: Callable[[OdometryENU, float], Any] | None = None
+        self.pilot: PolicyPilot | None = None
+        self.error = ""
+        """Why build or warm-up failed (empty otherwise)."""
+        self.warm_up_s = math.nan
+        """Seconds the dry run took."""
+        self.build_s = math.nan
+        """Seconds the build (policy load, environment) took."""
+        self.late_ticks = 0
+        """FLY ticks that held the last setpoint because a decision was still running."""
+        self.decision_s: list[float] = []
+        """Worker seconds per call of the FLY policy."""
+        self._requests: queue.Queue = queue.Queue(maxsize=1)
+        self._done = threading.Event()
+        self._ready = threading.Event()
+        self._busy = False
+        self._ended = False
+        self._result: Any = None
+        self._setpoint = VelocitySetpointENU(np.zeros(3), 0.0)
+        self._thread = threading.Thread(target=self._run, args=(build,), daemon=True)
+        self._thread.start()
+
+    def ready(self) -> bool:
+        """Whether the policy is built and warmed up; raises RuntimeError if that failed."""
+        if self.error:
+            raise RuntimeError(self.error)
+        return self._ready.is_set()
+
+    def _run(self, build: Callable[[], Any]) -> None:
+        try:
+            t0 = time.perf_counter()
+            self.fly, self.pilot = build()
+            self.build_s = time.perf_counter() - t0
+            self.warm_up_s = self.pilot.warm_up() if self.pilot is not None else 0.0
+        except Exception as exc:  # reported through ready() and error
+            self.error = f"policy build/warm-up failed: {type(exc).__name__}: {exc}"
+            return
+        self._ready.set()
+        while True:
+            odom, t_s = self._requests.get()
+            t0 = time.perf_counter()
+            try:
+                self._result = self.fly(odom, t_s)
+            except Exception as exc:  # the episode ends; the client lands
+                self.error = f"policy step failed: {type(exc).__name__}: {exc}"
+                self._result = None
+            self.decision_s.append(time.perf_counter() - t0)
+            self._done.set()
+
+    def _collect(self) -> None:
+        self._busy = False
+        if self._result is None:
+            self._ended = True
+        else:
+            self._setpoint = self._result
+
+    def __call__(self, odom: OdometryENU, t_s: float) -> VelocitySetpointENU | None:
+        """The setpoint for this tick: the newest decision, else the last one held."""
+        if not self._ready.is_set():
+            return self._setpoint  # (the client only flies once ready; kept safe regardless)
+        if self._busy and self._done.is_set():
+            self._collect()
+        if not self._busy and not self._ended:
+            self._busy = True
+            self._done.clear()
+            self._requests.put((odom, t_s))
+            if self._done.wait(self.wait_s):
+                self._collect()
+        if self._busy:
+            self.late_ticks += 1
+        return None if self._ended else self._setpoint
+
+    def stats(self) -> dict[str, Any]:
+        """Build, warm-up and decision timings (seconds) for the result file."""
+        d = np.asarray(self.decision_s) if self.decision_s else np.zeros(1)
+        return {
+            "build_s": self.build_s,
+            "warm_up_s": self.warm_up_s,
+            "decisions": len(self.decision_s),
+            "decision_max_s": float(d.max()),
+            "decision_p99_s": float(np.percentile(d, 99)),
+            "late_ticks": self.late_ticks,
+            "error": self.error,
+        }
+
+
 def make_fly_policy(
     policy: str,
     world_seed: int = 0,
@@ -245,4 +383,10 @@ def pilot_episode_fields(pilot: PolicyPilot, world_seed: int) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ExternalVehicle", "PolicyPilot", "make_fly_policy", "pilot_episode_fields"]
+__all__ = [
+    "BackgroundPilot",
+    "ExternalVehicle",
+    "PolicyPilot",
+    "make_fly_policy",
+    "pilot_episode_fields",
+]

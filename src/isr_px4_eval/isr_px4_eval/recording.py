@@ -158,11 +158,14 @@ class BagRecorder:
 
     ``metadata`` (JSON-able) goes to ``/isr/metadata`` and, flattened to strings, to the bag's
     ``custom_data``. ``image_drones`` limits the camera topics to some drones (all by default).
+    ``sink``: anything with :class:`BagWriter`'s ``factory``, ``path``, ``write``, ``flush`` and
+    ``close`` in place of a bag at ``path`` (e.g. ``isr_sim_bridge.live.LiveSink``, which publishes
+    the same messages on a live ROS graph).
     """
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None,
         num_drones: int,
         metadata: dict[str, Any] | None = None,
         camera: tuple[int, int, float] | None = None,
@@ -170,6 +173,7 @@ class BagRecorder:
         limits: tuple[float, float, float] = (10.0, 5.0, 90.0),
         world_of_drone: Sequence[int] | None = None,
         class_names: Sequence[str] = TARGET_CLASS_NAMES,
+        sink: Any | None = None,
     ) -> None:
         self.num_drones = int(num_drones)
         self.meta = dict(metadata or {})
@@ -188,7 +192,9 @@ class BagRecorder:
             for k, v in self.meta.items()
             if k != "world_spec"
         }
-        self.bag = BagWriter(path, custom_data={"isr_" + k: v for k, v in custom.items()})
+        if sink is None and path is None:
+            raise ValueError("BagRecorder needs a bag path or a sink")
+        self.bag = sink or BagWriter(path, custom_data={"isr_" + k: v for k, v in custom.items()})
         self.f = self.bag.factory
         self.camera = camera
         self.image_drones = (
@@ -335,11 +341,12 @@ class EnvRecorder:
     def __init__(
         self,
         env: Any,
-        path: str | Path,
+        path: str | Path | None,
         test_name: str = "",
         phase: str = "",
         image_drones: Sequence[int] | None = None,
         metadata: dict[str, Any] | None = None,
+        sink: Any | None = None,
     ) -> None:
         self.env = env
         n, dpw = env.num_envs, env.drones_per_world
@@ -375,6 +382,7 @@ class EnvRecorder:
             image_drones=image_drones,
             limits=(lim.max_velocity_m_s, lim.max_vertical_velocity_m_s, lim.max_yaw_rate_deg_s),
             world_of_drone=[i // dpw for i in range(n)],
+            sink=sink,
         )
         self.dt = float(env.task.control_dt_s)
         self.t_s = 0.0

@@ -13,15 +13,30 @@ Arguments:
   vehicle's odometry).
 - ``record``: true starts ``ros2 bag record -s mcap`` on the evaluation topics (PX4 topics of
   the release/namespace, odometry, camera, detections, episode metrics) into ``bag_dir``.
+- ``seeds``: world seeds (``"100000"``, ``"1,5-7"``); px4: the first one is the pilot's world.
+- ``output_dir``: where the node writes ``<backend>_result.json``.
+
+Every argument reaches the node as a string (``ParameterValue(..., value_type=str)``: ``1.15``
+or ``100000`` would otherwise become a double or an integer). The launch ends when the
+evaluation node exits (``OnProcessExit`` -> ``Shutdown``), which also stops and closes the
+recording.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    OpaqueFunction,
+    RegisterEventHandler,
+    Shutdown,
+)
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -64,12 +79,35 @@ def _record(context):
     ]
 
 
+def _str(name):
+    """Launch argument ``name`` as a string parameter (never re-typed by YAML)."""
+    return ParameterValue(LaunchConfiguration(name), value_type=str)
+
+
 def generate_launch_description():
     """The launch description (see the module docstring)."""
     share = get_package_share_directory("isr_px4_eval")
     eval_params = os.path.join(share, "config", "px4_eval.yaml")
     emulator_params = os.path.join(share, "config", "px4_emulator.yaml")
     backend = LaunchConfiguration("backend")
+    eval_node = Node(
+        package="isr_px4_eval",
+        executable="px4_eval_node",
+        name="px4_eval",
+        output="screen",
+        parameters=[
+            eval_params,
+            {
+                "backend": _str("backend"),
+                "policy": _str("policy"),
+                "px4_release": _str("px4_release"),
+                "namespace": _str("namespace"),
+                "seeds": _str("seeds"),
+                "output_dir": _str("output_dir"),
+                "metrics_topic": METRICS_TOPIC,
+            },
+        ],
+    )
     return LaunchDescription(
         [
             DeclareLaunchArgument(
@@ -109,21 +147,20 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "bag_dir", default_value="bags/eval", description="output folder of the recording"
             ),
-            Node(
-                package="isr_px4_eval",
-                executable="px4_eval_node",
-                name="px4_eval",
-                output="screen",
-                parameters=[
-                    eval_params,
-                    {
-                        "backend": backend,
-                        "policy": LaunchConfiguration("policy"),
-                        "px4_release": LaunchConfiguration("px4_release"),
-                        "namespace": LaunchConfiguration("namespace"),
-                        "metrics_topic": METRICS_TOPIC,
-                    },
-                ],
+            DeclareLaunchArgument(
+                "seeds", default_value="0", description="world seeds, e.g. 100000 or 1,5-7"
+            ),
+            DeclareLaunchArgument(
+                "output_dir",
+                default_value="reports/px4_eval",
+                description="folder of the result JSON",
+            ),
+            eval_node,
+            RegisterEventHandler(
+                OnProcessExit(
+                    target_action=eval_node,
+                    on_exit=[Shutdown(reason="evaluation finished")],
+                )
             ),
             Node(
                 package="isr_px4_eval",
@@ -133,8 +170,8 @@ def generate_launch_description():
                 parameters=[
                     emulator_params,
                     {
-                        "px4_release": LaunchConfiguration("px4_release"),
-                        "namespaces": [LaunchConfiguration("namespace")],
+                        "px4_release": _str("px4_release"),
+                        "namespaces": [_str("namespace")],
                     },
                 ],
                 condition=IfCondition(

@@ -94,3 +94,115 @@ def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny
     assert (tmp_path / "map.mp4").stat().st_size > 1000
     assert main(["px4-rehearse", "--policy", str(tmp_path / "missing.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ flight safety
+
+
+def _fake_odom(t_us: int = 0):
+    from isr_px4_eval.px4_convert import OdometryENU
+
+    z3 = np.zeros(3)
+    return OdometryENU(t_us, np.array([0.0, 0.0, 20.0]), z3, np.array([1.0, 0, 0, 0]), z3, 0.0)
+
+
+def test_background_pilot_never_blocks_a_tick_and_holds_the_setpoint():
+    import time
+
+    from isr_px4_eval.px4_convert import VelocitySetpointENU
+    from isr_px4_eval.px4_pilot import BackgroundPilot
+
+    calls = []
+
+    def slow_fly(odom, t_s):
+        calls.append(t_s)
+        if len(calls) == 2:
+            time.sleep(0.4)  # one slow decision (a GC pause, a first-call initialisation...)
+        if len(calls) >= 6:
+            return None  # the episode ends
+        return VelocitySetpointENU(np.array([float(len(calls)), 0.0, 0.0]), 0.0)
+
+    bg = BackgroundPilot(lambda: (slow_fly, None), wait_s=0.02)
+    deadline = time.perf_counter() + 5
+    while not bg.ready():
+        assert time.perf_counter() < deadline
+        time.sleep(0.01)
+    out, worst = [], 0.0
+    for k in range(200):
+        t0 = time.perf_counter()
+        sp = bg(_fake_odom(k), 0.05 * k)
+        worst = max(worst, time.perf_counter() - t0)
+        out.append(None if sp is None else float(sp.vel_enu_m_s[0]))
+        if sp is None:
+            break
+        time.sleep(0.01)
+    assert worst < 0.1, worst  # the slow decision never held up a tick
+    assert out[0] == 1.0 and out[-1] is None
+    assert bg.late_ticks >= 5  # ticks that held the last setpoint while the slow one ran
+    held = out[1 : 1 + bg.late_ticks]
+    assert all(v == 1.0 for v in held), held  # hold, never a zero or a gap
+    assert out[-2] == 5.0  # decisions went on after the slow one (each tick takes the newest)
+    st = bg.stats()
+    assert st["decisions"] == 6 and st["decision_max_s"] >= 0.4 and st["error"] == ""
+
+
+def test_client_arms_only_once_the_policy_is_ready_and_never_if_it_fails():
+    import threading
+    import time
+
+    from isr_px4_eval.px4_pilot import BackgroundPilot
+
+    release = threading.Event()
+
+    def build_slow():
+        release.wait(10.0)
+        return (lambda odom, t_s: None), None
+
+    bg = BackgroundPilot(build_slow)
+    seen = []
+
+    def ready():
+        seen.append(bg.ready())
+        if len(seen) == 30:  # the build finishes 30 ticks into the wait
+            release.set()
+            time.sleep(0.2)
+        return seen[-1]
+
+    client = OffboardClient(bg, OffboardClientConfig(takeoff_altitude_m=2.0), ready=ready)
+    emu = Px4Emulator(TYPES, Px4EmulatorConfig())
+    r = run_loopback(client, emu, TYPES, max_s=40.0, step_s=0.02)
+    phases = [e.phase for e in r.client.events]
+    assert Phase.ARM in phases and seen[-1] is True and seen.count(False) >= 30
+    stream_ticks = r.ticks_in(Phase.STREAM)
+    assert all(not t.armed for t in stream_ticks)  # never armed while the policy was not ready
+    assert all("offboard_control_mode" in t.sent for t in stream_ticks)  # heartbeat kept going
+
+    def build_broken():
+        raise FileNotFoundError("policy 'x.onnx' does not exist")
+
+    bg = BackgroundPilot(build_broken)
+    client = OffboardClient(bg, OffboardClientConfig(), ready=bg.ready)
+    r = run_loopback(client, Px4Emulator(TYPES, Px4EmulatorConfig()), TYPES, max_s=5.0)
+    assert r.client.phase == Phase.FAILED and "does not exist" in r.client.failure_reason
+    assert not any(t.armed for t in r.ticks) and Phase.ARM not in [e.phase for e in r.client.events]
+
+
+def test_warm_up_compiles_then_forgets_and_tick_gaps_are_recorded():
+    from isr_px4_eval.px4_pilot import BackgroundPilot
+
+    env = make_env(episode_s=6.0)
+    east = torch.tensor([[0.5, 0.0, 0.0, 0.0]])
+    pilot = PolicyPilot(env, lambda obs: east)
+    assert pilot.warm_up() > 0.0
+    assert pilot.decisions == 0 and pilot.trace == [] and pilot.episode is None
+    bg = BackgroundPilot(lambda: (pilot, pilot), wait_s=0.5)
+    client = OffboardClient(bg, OffboardClientConfig(takeoff_altitude_m=3.0), ready=bg.ready)
+    import time
+
+    while not bg.ready():
+        time.sleep(0.01)
+    r = run_loopback(client, Px4Emulator(TYPES, Px4EmulatorConfig()), TYPES, max_s=30.0)
+    assert pilot.episode is not None and pilot.episode["length"] == 60  # 6 s whole episode
+    assert r.client.phase == Phase.DONE
+    ticks = r.client.tick_interval_stats()
+    assert ticks["n"] > 100 and ticks["max_s"] == pytest.approx(0.05, abs=1e-6)  # loop period

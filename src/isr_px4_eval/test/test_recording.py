@@ -211,3 +211,74 @@ def test_npz_episode_to_bag(tmp_path):
     assert dets[2]["class_names"] == ["person"] and dets[2]["ids"] == ["1"]
     assert src.metadata()["world_of_drone"] == [0, 1]
     shutil.rmtree(bag)
+
+
+class _FakeNode:
+    """Stands in for an rclpy node: publishers append (topic, message) to one log."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, object]] = []
+        self.types: dict[str, str] = {}
+
+    def create_publisher(self, cls, topic, depth):
+        node = self
+        node.types[topic] = cls.__msgtype__
+
+        class _Pub:
+            def publish(self, msg):
+                node.log.append((topic, msg))
+
+        return _Pub()
+
+
+def test_live_sink_publishes_what_the_bag_holds_with_clock_and_tf(tiny_run):
+    from isr_sim_bridge.live import LiveSink
+    from isr_training.env import EnvConfig, ISREnv
+
+    env = ISREnv(EnvConfig(num_worlds=1, drones_per_world=2, stagger=False))
+    node = _FakeNode()
+    rec = EnvRecorder(env, None, "live", "3", sink=LiveSink(node, rosmsg.default_factory()))
+    env.reset(seed=0)
+    rec.record_reset()
+    for _ in range(6):
+        a = torch.zeros(2, 4)
+        _, r, term, trunc, info = env.step(a)
+        rec.record_step(a, r, term, trunc, info)
+    topics = [t for t, _ in node.log]
+    assert node.types["/clock"] == "rosgraph_msgs/msg/Clock"
+    assert node.types["/tf"] == "tf2_msgs/msg/TFMessage"
+    assert node.types["/drone_1/odom"] == T_ODOM and "/isr/episode_metrics" not in node.types
+    clocks = [rosmsg.stamp_to_sec(m.clock) for t, m in node.log if t == "/clock"]
+    assert clocks == pytest.approx([0.1 * k for k in range(7)])  # sim time, one per step
+    # every odometry goes after the clock of its time and has its transform on /tf
+    last_clock = -1.0
+    for t, m in node.log:
+        if t == "/clock":
+            last_clock = rosmsg.stamp_to_sec(m.clock)
+        elif t.endswith("/odom"):
+            assert rosmsg.stamp_to_sec(m.header.stamp) <= last_clock + 1e-9
+    tfs = [m.transforms[0] for t, m in node.log if t == "/tf"]
+    odoms = [m for t, m in node.log if t.endswith("/odom")]
+    assert len(tfs) == len(odoms) == 2 * 7
+    assert tfs[-1].transform.translation.x == odoms[-1].pose.pose.position.x
+    assert tfs[-1].child_frame_id == odoms[-1].child_frame_id == "drone_1/base_link"
+    assert topics.count("/drone_0/cmd_vel") == 6
+    # throttled: a topic is published at most once per min_interval_s of wall time
+    node2 = _FakeNode()
+    rec2 = EnvRecorder(
+        env, None, "live", "3", sink=LiveSink(node2, rosmsg.default_factory(), min_interval_s=60)
+    )
+    rec2.record_reset()
+    for _ in range(5):
+        rec2.record_step(torch.zeros(2, 4), r, term, trunc, info)
+    t2 = [t for t, _ in node2.log]
+    assert t2.count("/drone_0/odom") == 1 and t2.count("/clock") >= 5
+
+
+def test_episode_metrics_carry_tick_latency():
+    f = rosmsg.default_factory()
+    msg = rosmsg.episode_metrics_msg(f, 1.0, max_tick_interval_s=0.061, p99_tick_interval_s=0.052)
+    back = f.deserialize(f.serialize(msg), "isr_msgs/msg/EpisodeMetrics")
+    assert back.max_tick_interval_s == pytest.approx(0.061)
+    assert back.p99_tick_interval_s == pytest.approx(0.052)
+    assert rosmsg.episode_metrics_msg(f, 1.0).max_tick_interval_s == 0.0

@@ -901,3 +901,30 @@ def advance_targets(path, path_len, speed, valid, path_s, pos, yaw, dt_s):
             pos[w, t, 1] = path[w, t, k, 1] + frac * vy
             a = np.arctan2(vy, vx) + (zero if forward else pi)
             yaw[w, t] = remainder(a + pi, two_pi) - pi
+
+
+@njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def voronoi_parcels(xs, ys, cx, cy, best, second, owner):
+    """Nearest and second-nearest squared distance and owner of every texel (world generation).
+
+    ``xs (nx,)``, ``ys (ny,)`` texel centres and ``cx, cy (K,)`` parcel seeds, float32; writes
+    ``best``, ``second`` (float32) and ``owner`` (int32), ``(ny, nx)``. The same float32 operations
+    and tie rule as the numpy loop of :func:`isr_sim_bridge.world.render_ground` (seeds in order,
+    strict ``<``), so the ground texture is bit-identical; parallel over rows.
+    """
+    ny, nx = best.shape
+    inf = np.float32(np.inf)
+    for i in prange(ny):
+        y = ys[i]
+        for j in range(nx):
+            x = xs[j]
+            b, s, o = inf, inf, 0
+            for k in range(cx.shape[0]):
+                dx = x - cx[k]
+                dy = y - cy[k]
+                d = dx * dx + dy * dy
+                if d < b:
+                    s, o, b = b, k, d
+                elif d < s:
+                    s = d
+            best[i, j], second[i, j], owner[i, j] = b, s, o

@@ -458,6 +458,8 @@ def episode_metrics_msg(f: MessageFactory, t_s: float, frame_id: str = "map", **
         "time_to_first_detection_s": float("nan"),
         "terminated": False,
         "truncated": False,
+        "max_tick_interval_s": 0.0,
+        "p99_tick_interval_s": 0.0,
     }
     unknown = set(fields) - set(defaults)
     if unknown:
@@ -479,6 +481,8 @@ def episode_metrics_msg(f: MessageFactory, t_s: float, frame_id: str = "map", **
         "targets_found_fraction",
         "coverage_fraction",
         "time_to_first_detection_s",
+        "max_tick_interval_s",
+        "p99_tick_interval_s",
     ):
         defaults[k] = float(defaults[k])
     return f("isr_msgs/msg/EpisodeMetrics")(header=header_msg(f, t_s, frame_id), **defaults)

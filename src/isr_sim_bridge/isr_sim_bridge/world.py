@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from isr_direct_dynamics.config import check, from_dict, to_dict
+from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.world_batch import GROUND_CLASSES, TARGET_CLASSES, WorldBatch
 
 FIELD, ROAD, FOREST, WATER = (GROUND_CLASSES.index(n) for n in ("field", "road", "forest", "water"))
@@ -742,12 +743,15 @@ def render_ground(world: World) -> tuple[np.ndarray, np.ndarray]:
     best = np.full((ny, nx), np.inf, dtype=np.float32)
     second = np.full((ny, nx), np.inf, dtype=np.float32)
     owner = np.zeros((ny, nx), dtype=np.int32)
-    for k in range(len(cx)):
-        d = (xs - cx[k]) ** 2 + (ys - cy[k]) ** 2
-        closer = d < best
-        second = np.where(closer, best, np.minimum(second, d))
-        owner = np.where(closer, k, owner)
-        best = np.where(closer, d, best)
+    if cpu_kernels.AVAILABLE:  # one loop nest, same results (half of a world's generation time)
+        cpu_kernels.voronoi_parcels(xs[0], ys[:, 0], cx, cy, best, second, owner)
+    else:
+        for k in range(len(cx)):
+            d = (xs - cx[k]) ** 2 + (ys - cy[k]) ** 2
+            closer = d < best
+            second = np.where(closer, best, np.minimum(second, d))
+            owner = np.where(closer, k, owner)
+            best = np.where(closer, d, best)
     # sqrt(d2) - sqrt(d1) is 0 on a cell border and grows at most twice as fast as the distance
     # to it: a cheap border measure for the tracks/hedges between parcels.
     border_m = np.sqrt(second) - np.sqrt(best)

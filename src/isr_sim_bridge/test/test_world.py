@@ -594,3 +594,17 @@ def test_advance_targets_numba_matches_torch(batch):
         dyaw = torch.remainder(b.target_yaw_rad - a.target_yaw_rad + math.pi, 2 * math.pi) - math.pi
         assert float(dyaw.abs().max()) < 1e-4
     assert bool(((a.target_pos_enu_m - start).abs().sum(-1) > 1.0)[moving].all())  # all moved
+
+
+def test_voronoi_kernel_gives_the_numpy_ground_bit_for_bit(worlds, monkeypatch):
+    """World generation's numba parcel kernel: the same texture and class map as the numpy loop."""
+    from isr_sim_bridge import cpu_kernels
+    from isr_sim_bridge.world import render_ground
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.fail("numba is a dependency (requirements.txt) but cannot be imported")
+    fast = [render_ground(w) for w in worlds]
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", False)
+    for w, (rgb, cls) in zip(worlds, fast, strict=True):
+        rgb_ref, cls_ref = render_ground(w)
+        assert np.array_equal(rgb, rgb_ref) and np.array_equal(cls, cls_ref)

@@ -115,6 +115,10 @@ class Experiment:
         self.logs_dir = self.root / "logs"
         self.stages_dir = self.root / "stages"
         self.final_dir = self.root / "final_model"
+        self.live: dict[str, Any] = {}
+        """Progress of the running stage, updated while it runs (read by the trainer node from
+        another thread; replaced as a whole, never mutated): ``stage``, ``env_steps``,
+        ``total_env_steps``, ``env_steps_per_s``, ``mean_episode_return``, ``targets_found``."""
 
     @classmethod
     def create(cls, cfg: TrainingConfig, base_dir: str | Path = "experiments") -> Experiment:
@@ -571,6 +575,14 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
             post["ret"] = f"{m['episode/return']:.1f}"
             post["found"] = f"{m['episode/targets_found']:.2f}"
         bar.set_postfix(post)
+        exp.live = {
+            "stage": "rl",
+            "env_steps": p.global_step,
+            "total_env_steps": total,
+            "env_steps_per_s": m["time/sps_stage"],
+            "mean_episode_return": m.get("episode/return", math.nan),
+            "targets_found": m.get("episode/targets_found", math.nan),
+        }
         log.info(
             "iter %d step %d sps %.0f return %s found %s v_loss %.3g kl %.3g std %.3f",
             p.iteration,

@@ -171,11 +171,22 @@ class EpisodeStats:
         self.count = torch.zeros((), device=self.device)
 
     def add(self, info: dict[str, Any], mask: Tensor | None = None) -> None:
-        """Accumulate the episode stats of the drones that are done this step (no host sync).
+        """Accumulate the episode stats of the drones that are done this step.
 
-        ``mask`` (N,) bool selects the drones whose episode counts (complete episodes).
+        ``mask`` (N,) bool selects the drones whose episode counts (complete episodes). On an
+        accelerator there is no host synchronization; on CPU the rows of the few done drones are
+        gathered first (a step without a finished episode costs one check).
         """
         done = info["done"] if mask is None else info["done"] & mask
+        if done.device.type == "cpu":
+            rows = done.nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                return
+            self.count = self.count + rows.numel()
+            for k, v in info["episode"].items():
+                v = torch.nan_to_num(v[rows].float(), nan=0.0).sum()
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+            return
         done = done.float()
         self.count = self.count + done.sum()
         for k, v in info["episode"].items():
@@ -247,6 +258,9 @@ class PPO:
         self._reward_sum = torch.zeros((), device=self.device)
         self._start_time = time.perf_counter()
         self._start_step = 0
+        self.timing: dict[str, float] = {}
+        """Seconds of the last iteration by part: ``env_s`` (environment steps), ``rollout_s``
+        (the whole rollout, inference included), ``gae_s``, ``update_s``."""
 
     # ------------------------------------------------------------------ rollout
     def _reset_env(self) -> None:
@@ -263,33 +277,45 @@ class PPO:
 
     @torch.no_grad()
     def collect(self) -> None:
-        """Fill the rollout buffer with ``num_steps`` steps of every drone."""
+        """Fill the rollout buffer with ``num_steps`` steps of every drone.
+
+        Adds the seconds spent in ``env.step`` to ``self.timing["env_s"]`` (on an accelerator that
+        is launch time, not kernel time: the loop never synchronizes).
+        """
         if self.next_obs is None:
             self._reset_env()
         buf, cfg, policy = self.buffer, self.cfg, self.policy
         obs = self.next_obs
+        cpu = self.device.type == "cpu"
+        t_env = 0.0
         for t in range(cfg.num_steps):
             buf.store_obs(t, obs)
             action, logp, value = policy.act(obs, self.gen)
             buf.actions[t] = action
             buf.logprobs[t] = logp
             buf.values[t] = value
+            t0 = time.perf_counter()
             obs, reward_raw, terminated, truncated, info = self.env.step(action)
-            reward = reward_raw
+            t_env += time.perf_counter() - t0
             # Time-out bootstrap: a truncated (not terminated) episode continues in value terms.
             timeout = truncated & ~terminated
-            # (On CPU a host check skips the extra critic pass on steps without time-outs; on an
-            # accelerator it is always run, to keep the loop free of synchronizations.)
-            if self.device.type != "cpu" or bool(timeout.any()):
+            if cpu:
+                # Only the few timed-out rows go through the critic (no pass when there are none).
+                rows = timeout.nonzero().squeeze(-1)
+                buf.rewards[t] = reward_raw
+                if rows.numel():
+                    v_final = policy.value(_obs_index(info["final_obs"], rows))
+                    buf.rewards[t, rows] += cfg.gamma * v_final
+            else:  # always run, to keep the loop free of host synchronizations
                 v_final = policy.value(info["final_obs"])
-                reward = reward + cfg.gamma * v_final * timeout.float()
-            buf.rewards[t] = reward
-            buf.dones[t] = info["done"].float()
+                buf.rewards[t] = reward_raw + cfg.gamma * v_final * timeout.float()
+            buf.dones[t] = info["done"]
             self.episode_stats.add(info, self._complete)
-            self._complete = self._complete | info["done"]
+            self._complete |= info["done"]
             self._reward_sum += reward_raw.sum()
         self.next_obs = obs
         self.global_step += self.batch_size
+        self.timing["env_s"] = self.timing.get("env_s", 0.0) + t_env
 
     @torch.no_grad()
     def compute_advantages(self) -> None:
@@ -386,18 +412,23 @@ class PPO:
             frac = 1.0 - self.iteration / self.num_iterations
             self.optimizer.param_groups[0]["lr"] = max(frac, 0.0) * cfg.learning_rate
         t0 = time.perf_counter()
+        self.timing = {"env_s": 0.0}
         self.episode_stats.reset()
         self._reward_sum = torch.zeros((), device=self.device)
         self.policy.eval()
         self.collect()
-        t_collect = time.perf_counter() - t0
+        t1 = time.perf_counter()
         self.compute_advantages()
+        t2 = time.perf_counter()
         self.policy.train()
         metrics = self.update()
         if cfg.normalize_obs:
             self.policy.obs_norm.update(self.buffer.state)
         self.iteration += 1
-        dt = time.perf_counter() - t0
+        t3 = time.perf_counter()
+        dt = t3 - t0
+        t_collect = t1 - t0
+        self.timing.update(rollout_s=t_collect, gae_s=t2 - t1, update_s=t3 - t2)
         elapsed = time.perf_counter() - self._start_time
         metrics.update(
             {
@@ -407,6 +438,7 @@ class PPO:
                 "time/sps_total": (self.global_step - self._start_step) / max(elapsed, 1e-9),
                 "time/collect_sps": self.batch_size / max(t_collect, 1e-9),
                 "time/iteration_s": dt,
+                **{f"time/{k}": v for k, v in self.timing.items()},
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "rollout/reward_per_step": float(self._reward_sum) / self.batch_size,
             }

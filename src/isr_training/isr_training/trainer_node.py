@@ -1,10 +1,12 @@
 """ROS 2 node ``trainer``: runs a training job from a config and publishes its progress.
 
 The job is :func:`isr_training.pipeline.run_pipeline` (the same as ``isr train``) on a worker
-thread, one stage at a time; a 1 Hz timer publishes ``isr_msgs/TrainingProgress`` (experiment,
-current stage, and after each stage its environment steps and throughput when the stage reports
-them). The pipeline exposes no per-iteration hook yet, so progress is per stage. When the job
-ends the node publishes a last message and shuts down; a failure is logged with its message.
+thread, one stage at a time; a 1 Hz timer publishes ``isr_msgs/TrainingProgress``: while the RL
+stage runs, its live step count, env-steps/s (updates included), mean episode return and targets
+found (``Experiment.live``, updated every PPO iteration); after a stage, that stage's totals.
+Every 10 s the node also logs a progress line. When the job ends the node publishes a last
+message and shuts down; a failure is logged with its message. Ctrl-C stops it at once (the job
+thread is a daemon; finished stages and checkpoints are on disk, ``isr train --resume`` goes on).
 
 Written against rclpy's documented API (Humble); not run on the build machine (no ROS 2). The
 pipeline itself is tested without ROS.
@@ -39,10 +41,25 @@ def build_overrides(overrides: list[str], num_drones: int) -> list[str]:
     return out
 
 
-def progress_fields(stage: str, info: dict[str, Any] | None) -> dict[str, Any]:
-    """TrainingProgress fields from a finished stage's info (``exp.stage_info``) or None."""
+def progress_fields(
+    stage: str, info: dict[str, Any] | None, live: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """TrainingProgress fields of ``stage``.
+
+    From the running stage's ``live`` progress when it is ``stage``'s, else from a finished
+    stage's info (``exp.stage_info``) or None.
+    """
+    if live and live.get("stage") == stage:
+        return {
+            "stage": stage,
+            "env_steps": int(live.get("env_steps", 0)),
+            "total_env_steps": int(live.get("total_env_steps", 0)),
+            "env_steps_per_s": float(live.get("env_steps_per_s", 0.0)),
+            "mean_episode_return": float(live.get("mean_episode_return", float("nan"))),
+            "targets_found_fraction": float(live.get("targets_found", float("nan"))),
+        }
     res = (info or {}).get("result") or {}
-    steps = int(res.get("env_steps", 0) or 0)
+    steps = int(res.get("env_steps", res.get("global_step", 0)) or 0)
     wall = float((info or {}).get("wall_s", 0.0) or 0.0)
     return {
         "stage": stage,
@@ -88,7 +105,7 @@ def make_node_class() -> type:
             self.fields: dict[str, Any] = progress_fields(self.stage, None)
             self.error = ""
             self.done = False
-            self.t0 = time.perf_counter()
+            self.t0 = self.last_log = time.perf_counter()
             self.worker = threading.Thread(target=self.run_job, args=(STAGES,), daemon=True)
             self.worker.start()
             self.timer = self.create_timer(1.0, self.publish_progress)
@@ -107,7 +124,20 @@ def make_node_class() -> type:
                 self.done = True
 
         def publish_progress(self) -> None:
-            """One TrainingProgress message."""
+            """One TrainingProgress message (and a log line every 10 s)."""
+            if not self.done:
+                live = progress_fields(self.stage, None, self.exp.live)
+                if live["stage"] == self.stage and self.exp.live.get("stage") == self.stage:
+                    self.fields = live
+            now = time.perf_counter()
+            if now - self.last_log >= 10.0 and not self.done:
+                self.last_log = now
+                f = self.fields
+                self.get_logger().info(
+                    f"{self.stage}: {f['env_steps']}/{f['total_env_steps']} env-steps, "
+                    f"{f['env_steps_per_s']:.0f}/s, return {f['mean_episode_return']:.1f}, "
+                    f"found {f['targets_found_fraction']:.2f} ({now - self.t0:.0f} s)"
+                )
             msg = self.msg_cls()
             msg.header.stamp = self.get_clock().now().to_msg()
             msg.experiment = self.exp.root.name

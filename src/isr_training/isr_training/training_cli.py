@@ -88,19 +88,30 @@ def _bench_train(args: argparse.Namespace) -> int:
         drones_per_world=args.drones_per_world,
         seed=args.seed,
     )
+    split: dict[str, float] = {}
+    extra: dict = {}
     t_build = time.perf_counter()
     env = ISREnv(cfg, args.device)
     t_build = time.perf_counter() - t_build
     if args.algo == "ppo":
         from .ppo import PPO, PPOConfig
 
-        cfg = PPOConfig(num_steps=args.num_steps, num_minibatches=args.minibatches)
+        ppo_kw: dict = {"num_steps": args.num_steps, "num_minibatches": args.minibatches}
+        if args.hidden:
+            ppo_kw["hidden_sizes"] = [int(h) for h in args.hidden.split(",")]
+        if args.epochs:
+            ppo_kw["update_epochs"] = args.epochs
+        cfg = PPOConfig(**ppo_kw)
         ppo = PPO(env, cfg, seed=args.seed)
         ppo.train_iteration()  # warm-up
         s0, t0 = ppo.global_step, time.perf_counter()
         while time.perf_counter() - t0 < args.seconds:
             ppo.train_iteration()
+            for k, v in ppo.timing.items():
+                split[k] = split.get(k, 0.0) + v
         steps, dt = ppo.global_step - s0, time.perf_counter() - t0
+        split["inference_and_buffers_s"] = split["rollout_s"] - split["env_s"]
+        extra = {"hidden_sizes": cfg.hidden_sizes, "update_epochs": cfg.update_epochs}
     else:
         from .adapters import ISRSB3VecEnv
         from .sb3_learners import SB3Config, build_sb3_model
@@ -138,6 +149,16 @@ def _bench_train(args: argparse.Namespace) -> int:
         "env_steps": steps,
         "seconds": round(dt, 3),
         "env_steps_per_s_incl_updates": steps / dt,
+        **extra,
+        "time_split_s": {k: round(v, 3) for k, v in split.items()} or None,
+        "time_split_fraction": (
+            {
+                k: round(split[k] / dt, 3)
+                for k in ("env_s", "inference_and_buffers_s", "gae_s", "update_s")
+            }
+            if split
+            else None
+        ),
         "threads": torch.get_num_threads(),
         "build_s": round(t_build, 2),
         "load_avg": load,
@@ -234,6 +255,8 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     b.add_argument("--drones-per-world", type=int, default=4)
     b.add_argument("--num-steps", type=int, default=32, help="rollout steps per drone")
     b.add_argument("--minibatches", type=int, default=4, help="PPO minibatches per epoch")
+    b.add_argument("--hidden", default="", help="PPO hidden sizes, e.g. 128,128 (default: config)")
+    b.add_argument("--epochs", type=int, default=0, help="PPO update epochs (default: PPOConfig)")
     b.add_argument("--seconds", type=float, default=20.0)
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--device", default="cpu")

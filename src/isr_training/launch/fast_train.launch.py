@@ -3,15 +3,20 @@
 Arguments: ``num_drones`` (drones per world, 0 = the config's), ``config`` (training config
 YAML, "" = none), ``preset`` (quick | standard), ``record`` (true: ``ros2 bag record -s mcap`` of
 the progress topic into ``bags/fast_train``).
+
+The launch ends when the trainer exits (``OnProcessExit`` -> ``Shutdown``), which also stops and
+closes the recording.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, ExecuteProcess
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -21,6 +26,21 @@ PROGRESS_TOPIC = "/isr/training_progress"
 def generate_launch_description():
     """The launch description (see the module docstring)."""
     params = os.path.join(get_package_share_directory("isr_training"), "config", "trainer.yaml")
+    trainer = Node(
+        package="isr_training",
+        executable="trainer_node",
+        name="trainer",
+        output="screen",
+        parameters=[
+            params,
+            {
+                "num_drones": ParameterValue(LaunchConfiguration("num_drones"), value_type=int),
+                "config": ParameterValue(LaunchConfiguration("config"), value_type=str),
+                "preset": ParameterValue(LaunchConfiguration("preset"), value_type=str),
+                "progress_topic": PROGRESS_TOPIC,
+            },
+        ],
+    )
     return LaunchDescription(
         [
             DeclareLaunchArgument(
@@ -39,20 +59,9 @@ def generate_launch_description():
                 default_value="false",
                 description="record the progress topic with ros2 bag (mcap)",
             ),
-            Node(
-                package="isr_training",
-                executable="trainer_node",
-                name="trainer",
-                output="screen",
-                parameters=[
-                    params,
-                    {
-                        "num_drones": LaunchConfiguration("num_drones"),
-                        "config": LaunchConfiguration("config"),
-                        "preset": LaunchConfiguration("preset"),
-                        "progress_topic": PROGRESS_TOPIC,
-                    },
-                ],
+            trainer,
+            RegisterEventHandler(
+                OnProcessExit(target_action=trainer, on_exit=[Shutdown(reason="training finished")])
             ),
             ExecuteProcess(
                 cmd=[

@@ -482,3 +482,46 @@ def test_config_layers_presets_and_physics_quality():
     assert medium.env.camera_resolution == "64x64"  # --set wins over the quality preset
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config("nope")
+
+
+@pytest.mark.unit
+def test_ppo_update_equals_a_plain_reference_on_a_fixed_batch():
+    """PPO.update (preallocated buffers, minibatch views, stats without host syncs) computes the
+    same parameters as a CleanRL-style update written out plainly, on one fixed rollout."""
+    env = PointEnv(n=32, horizon=9, seed=2)
+    cfg = PPOConfig(num_steps=12, num_minibatches=3, update_epochs=3, hidden_sizes=[16, 16])
+    ppo = PPO(env, cfg, seed=4)
+    ppo.collect()
+    ppo.compute_advantages()
+    ref = ActorCritic(env.obs_dim, 4, [16, 16])
+    ref.load_state_dict(ppo.policy.state_dict())
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    ref_gen = torch.Generator().set_state(ppo.gen.get_state())
+    b = ppo.buffer
+    obs, act = b.state.reshape(-1, env.obs_dim).clone(), b.actions.reshape(-1, 4).clone()
+    old_logp, old_v = b.logprobs.reshape(-1).clone(), b.values.reshape(-1).clone()
+    adv_all, ret_all = b.advantages.reshape(-1).clone(), b.returns.reshape(-1).clone()
+    before = [p.detach().clone() for p in ref.parameters()]
+    ppo.update()
+    n, mb = obs.shape[0], obs.shape[0] // 3
+    for _ in range(3):
+        perm = torch.randperm(n, generator=ref_gen)
+        for start in range(0, n, mb):
+            i = perm[start : start + mb]
+            mean = ref.actor(ref.obs_norm(obs[i]))
+            std = ref.log_std.exp()
+            logp = torch.distributions.Normal(mean, std).log_prob(act[i]).sum(-1)
+            ratio = (logp - old_logp[i]).exp()
+            a = (adv_all[i] - adv_all[i].mean()) / (adv_all[i].std() + 1e-8)
+            pg = torch.max(-a * ratio, -a * ratio.clamp(0.8, 1.2)).mean()
+            v = ref.critic(ref.obs_norm(obs[i])).squeeze(-1)
+            v_clip = old_v[i] + (v - old_v[i]).clamp(-0.2, 0.2)
+            v_loss = 0.5 * torch.max((v - ret_all[i]) ** 2, (v_clip - ret_all[i]) ** 2).mean()
+            loss = pg + 0.5 * v_loss  # ent_coef 0
+            ref_opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+            ref_opt.step()
+    for (name, p), q in zip(ppo.policy.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(not torch.equal(p, q) for p, q in zip(before, ref.parameters(), strict=True))

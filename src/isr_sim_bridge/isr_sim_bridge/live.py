@@ -1,0 +1,118 @@
+"""Live ROS topics of an embedded run: what a bag would hold, published on the ROS graph instead.
+
+:class:`LiveSink` has :class:`~isr_px4_eval.recording.BagWriter`'s interface (``factory``,
+``path``, ``write``, ``flush``, ``close``), so a :class:`~isr_px4_eval.recording.BagRecorder` or
+:class:`~isr_px4_eval.recording.EnvRecorder` built with ``sink=LiveSink(node)`` publishes every
+message it would write to a bag, on the same topic with the same type (odometry, ``cmd_vel``,
+camera image + info, detections, step metrics), through the node's publishers:
+
+- time is simulation time: when a message carries a newer time than the last, a
+  ``rosgraph_msgs/Clock`` goes out on ``/clock`` first, so nodes and tools with
+  ``use_sim_time:=true`` (RViz, ``ros2 bag record --use-sim-time``) follow a run that is faster
+  than real time;
+- every ``/drone_<i>/odom`` is also broadcast on ``/tf`` (``map`` -> ``drone_<i>/base_link``);
+- ``min_interval_s`` throttles each topic in wall time (a live view of a fast run needs a few
+  frames per second, not every step); the clock is never throttled;
+- topics in ``skip_topics`` (by default the episode metrics, which the node publishes itself
+  with its own QoS) are not published.
+
+rclpy is not imported here: the node (any object with ``create_publisher(cls, topic, qos)``) and
+the message factory are passed in, so the sink is tested without ROS with a fake node and the
+rosbags message classes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import rosmsg
+
+CLOCK_TOPIC = "/clock"
+TF_TOPIC = "/tf"
+
+
+class LiveSink:
+    """Publishes a recorder's messages on a live graph (see the module docstring).
+
+    Args:
+        node: the publishing node (``create_publisher(msg_class, topic, qos_depth)``).
+        factory: message factory (:class:`~isr_sim_bridge.rosmsg.RclpyFactory` in a node).
+        min_interval_s: per-topic minimum wall time between two published messages (0 = all).
+        skip_topics: topics never published.
+        qos_depth: history depth of the publishers.
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        factory: Any,
+        min_interval_s: float = 0.0,
+        skip_topics: tuple[str, ...] = ("/isr/episode_metrics",),
+        qos_depth: int = 10,
+    ) -> None:
+        self.node = node
+        self.factory = factory
+        self.min_interval_s = float(min_interval_s)
+        self.skip_topics = set(skip_topics)
+        self.qos_depth = int(qos_depth)
+        self.path = Path("live")
+        self.published: dict[str, int] = {}
+        """Messages published per topic (the clock and tf included)."""
+        self.closed = False
+        self._pubs: dict[str, Any] = {}
+        self._last_wall: dict[str, float] = {}
+        self._clock_ns = -1
+
+    def _publish(self, topic: str, msg: Any) -> None:
+        pub = self._pubs.get(topic)
+        if pub is None:
+            pub = self.node.create_publisher(type(msg), topic, self.qos_depth)
+            self._pubs[topic] = pub
+        pub.publish(msg)
+        self.published[topic] = self.published.get(topic, 0) + 1
+
+    def write(self, topic: str, msg: Any, t_ns: int) -> None:
+        """Publish ``msg`` on ``topic`` at simulation time ``t_ns`` (clock first if newer)."""
+        if self.closed or topic in self.skip_topics:
+            return
+        if t_ns > self._clock_ns:
+            self._clock_ns = int(t_ns)
+            f = self.factory
+            self._publish(CLOCK_TOPIC, f("rosgraph_msgs/msg/Clock")(
+                clock=rosmsg.stamp_from_sim_time(f, t_ns * 1e-9)
+            ))  # fmt: skip
+        now = time.perf_counter()
+        if (
+            self.min_interval_s > 0
+            and now - self._last_wall.get(topic, -1e18) < self.min_interval_s
+        ):
+            return
+        self._last_wall[topic] = now
+        self._publish(topic, msg)
+        if topic.endswith("/odom"):
+            self._publish(TF_TOPIC, self._tf(msg))
+
+    def _tf(self, odom: Any) -> Any:
+        f = self.factory
+        p, q = odom.pose.pose.position, odom.pose.pose.orientation
+        tf = f("geometry_msgs/msg/TransformStamped")(
+            header=odom.header,
+            child_frame_id=odom.child_frame_id,
+            transform=f("geometry_msgs/msg/Transform")(
+                translation=f("geometry_msgs/msg/Vector3")(x=p.x, y=p.y, z=p.z),
+                rotation=f("geometry_msgs/msg/Quaternion")(x=q.x, y=q.y, z=q.z, w=q.w),
+            ),
+        )
+        return f("tf2_msgs/msg/TFMessage")(transforms=[tf])
+
+    def flush(self) -> None:
+        """Nothing to flush (kept for the BagWriter interface)."""
+
+    def close(self) -> None:
+        """Stop publishing (publishers stay with the node)."""
+        self.closed = True
+
+
+__all__ = ["CLOCK_TOPIC", "TF_TOPIC", "LiveSink"]

@@ -1,0 +1,1 @@
+"""The ISR task shared by training and evaluation: config, safety filter, rewards, coverage."""
