@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.isr-installed
 PKGS   := src/isr_direct_dynamics src/isr_sim_bridge src/isr_training src/isr_px4_eval
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo showcase test lint bench clean-venv colcon
+.PHONY: setup demo showcase test lint bench clean-venv colcon ros
 
 setup: $(STAMP)
 
@@ -44,6 +44,25 @@ bench: $(STAMP)
 colcon: $(STAMP)
 	$(PY) -m pip install -q colcon-common-extensions
 	. $(VENV)/bin/activate && colcon build --packages-skip isr_msgs && colcon test --packages-skip isr_msgs && colcon test-result --verbose
+
+# The ROS 2 workspace: colcon build of all five packages (isr_msgs with rosidl) against a ROS 2
+# Humble installation, with the workspace's own interpreter (the .venv: torch, numba, ...), into
+# $(ROS_WS)/{build,install,log}; then `source $(ROS_WS)/install/setup.bash` and `ros2 launch ...`.
+# rosidl in Humble needs empy 3.x (colcon-common-extensions pulls empy 4: pinned back here), and
+# CMake gets -DPYTHON_EXECUTABLE so that FindPythonExtra takes the same interpreter.
+ROS_SETUP  ?= /opt/ros/humble/setup.bash
+ROS_WS     ?= $(CURDIR)
+ROS_PYTHON ?= $(CURDIR)/$(PY)
+ros: $(STAMP)
+	@test -f "$(ROS_SETUP)" || { echo "error: ROS 2 setup script '$(ROS_SETUP)' not found (make ros ROS_SETUP=/path/to/setup.bash)" >&2; exit 2; }
+	$(ROS_PYTHON) -m pip install -q colcon-common-extensions lark catkin_pkg
+	$(ROS_PYTHON) -m pip install -q "empy==3.3.4"
+	bash -c 'set -e; source "$(ROS_SETUP)"; cd "$(CURDIR)"; \
+	  "$(dir $(ROS_PYTHON))colcon" --log-base "$(ROS_WS)/log" build --base-paths src \
+	    --build-base "$(ROS_WS)/build" --install-base "$(ROS_WS)/install" \
+	    --cmake-args -DPYTHON_EXECUTABLE="$(ROS_PYTHON)" -DBUILD_TESTING=OFF; \
+	  source "$(ROS_WS)/install/setup.bash"; \
+	  ros2 pkg executables | grep "^isr_"'
 
 clean-venv:
 	rm -rf $(VENV)

@@ -57,6 +57,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "metrics_topic": "/isr/episode_metrics",
     "odom_topic": "/drone_0/odom",
     "output_dir": "reports/px4_eval",
+    "episode_s": 0.0,
     "decision_wait_s": 0.02,
     "live_topics": True,
     "live_min_interval_s": 0.0,
@@ -159,7 +160,9 @@ def make_node_class() -> type:
             self.types = RclpyTypes()
             self.world_seed = parse_seeds(str(p["seeds"]))[0]
             self.bg = BackgroundPilot(
-                lambda: make_fly_policy(p["policy"], self.world_seed, 0, p["device"]),
+                lambda: make_fly_policy(
+                    p["policy"], self.world_seed, 0, p["device"], float(p["episode_s"]) or None
+                ),
                 wait_s=float(p["decision_wait_s"]),
             )
             self.client = OffboardClient(

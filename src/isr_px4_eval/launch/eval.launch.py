@@ -15,6 +15,7 @@ Arguments:
   the release/namespace, odometry, camera, detections, episode metrics) into ``bag_dir``.
 - ``seeds``: world seeds (``"100000"``, ``"1,5-7"``); px4: the first one is the pilot's world.
 - ``output_dir``: where the node writes ``<backend>_result.json``.
+- ``episode_s``: px4 backend, a shorter task episode (0 = the task's 120 s).
 
 Every argument reaches the node as a string (``ParameterValue(..., value_type=str)``: ``1.15``
 or ``100000`` would otherwise become a double or an integer). The launch ends when the
@@ -42,7 +43,10 @@ from launch import LaunchDescription
 
 METRICS_TOPIC = "/isr/episode_metrics"
 DRONE_TOPICS = [
+    "/clock",
+    "/tf",
     "/drone_0/odom",
+    "/drone_0/cmd_vel",
     "/drone_0/camera/image_raw",
     "/drone_0/camera/camera_info",
     "/drone_0/detections",
@@ -104,6 +108,7 @@ def generate_launch_description():
                 "namespace": _str("namespace"),
                 "seeds": _str("seeds"),
                 "output_dir": _str("output_dir"),
+                "episode_s": ParameterValue(LaunchConfiguration("episode_s"), value_type=float),
                 "metrics_topic": METRICS_TOPIC,
             },
         ],
@@ -149,6 +154,11 @@ def generate_launch_description():
             ),
             DeclareLaunchArgument(
                 "seeds", default_value="0", description="world seeds, e.g. 100000 or 1,5-7"
+            ),
+            DeclareLaunchArgument(
+                "episode_s",
+                default_value="0.0",
+                description="px4: shorter task episode in seconds (0 = the task's)",
             ),
             DeclareLaunchArgument(
                 "output_dir",

@@ -282,3 +282,28 @@ def test_episode_metrics_carry_tick_latency():
     assert back.max_tick_interval_s == pytest.approx(0.061)
     assert back.p99_tick_interval_s == pytest.approx(0.052)
     assert rosmsg.episode_metrics_msg(f, 1.0).max_tick_interval_s == 0.0
+
+
+def test_drone_view_publishes_a_throttled_snapshot_of_the_first_world():
+    from isr_sim_bridge.live import DroneView, LiveSink
+    from isr_training.env import EnvConfig, ISREnv
+
+    env = ISREnv(EnvConfig(num_worlds=2, drones_per_world=3))
+    env.reset(seed=1)
+    node = _FakeNode()
+    view = DroneView(LiveSink(node, rosmsg.default_factory()), drones=4, min_interval_s=0.0)
+    for _ in range(3):
+        env.step(torch.zeros(6, 4))
+        view(env)
+    assert view.published == 3 and view.steps == 3
+    topics = {t for t, _ in node.log}
+    assert {"/drone_0/odom", "/drone_2/odom", "/tf", "/clock"} <= topics
+    assert "/drone_3/odom" not in topics  # only the first world's 3 drones
+    odom = [m for t, m in node.log if t == "/drone_2/odom"][-1]
+    p = env.vehicle.state.pos_enu_m[0, 2]
+    assert odom.pose.pose.position.x == pytest.approx(float(p[0]), abs=1e-5)
+    assert rosmsg.stamp_to_sec(odom.header.stamp) == pytest.approx(0.3)
+    slow = DroneView(LiveSink(_FakeNode(), rosmsg.default_factory()), min_interval_s=60.0)
+    for _ in range(5):
+        slow(env)
+    assert slow.published == 1 and slow.steps == 5

@@ -115,4 +115,49 @@ class LiveSink:
         self.closed = True
 
 
-__all__ = ["CLOCK_TOPIC", "TF_TOPIC", "LiveSink"]
+class DroneView:
+    """A throttled live view of the first drones of a running batched environment.
+
+    Called after environment steps (``view(env)``), it publishes, at most once per
+    ``min_interval_s`` of wall time, ``/drone_<i>/odom`` (+ ``/tf`` and ``/clock``) for drones
+    ``0..drones-1`` of the first world (at most its drones per world: one world, so that a
+    ``sim_bridge_node`` of that world's seed renders their camera views and detections from the
+    odometry) through ``sink``; the time stamps are the view's own simulation clock (steps seen x
+    ``control_dt_s``, monotonic across resets). Reads the environment's ``vehicle.state``.
+    """
+
+    def __init__(self, sink: Any, drones: int = 4, min_interval_s: float = 0.2) -> None:
+        self.sink = sink
+        self.drones = int(drones)
+        self.min_interval_s = float(min_interval_s)
+        self.steps = 0
+        self.published = 0
+        """Snapshots published."""
+        self._last = -1e18
+
+    def __call__(self, env: Any) -> None:
+        """Count a step; publish a snapshot when the throttle allows."""
+        self.steps += 1
+        now = time.perf_counter()
+        if now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        f = self.sink.factory
+        n = min(self.drones, env.drones_per_world)
+        t_s = self.steps * float(env.task.control_dt_s)
+        t_ns = rosmsg.sim_time_ns(t_s)
+        st = env.vehicle.state
+
+        def rows(x: Any) -> Any:
+            return x.reshape(env.num_envs, *x.shape[2:])[:n].detach().cpu().numpy()
+
+        pos, quat = rows(st.pos_enu_m), rows(st.quat_wxyz)
+        vel, rates = rows(st.vel_enu_m_s), rows(st.body_rates_flu_rad_s)
+        for i in range(n):
+            self.sink.write(f"/drone_{i}/odom", rosmsg.odometry_msg(
+                f, pos[i], quat[i], vel[i], rates[i], t_s, "map", f"drone_{i}/base_link"
+            ), t_ns)  # fmt: skip
+        self.published += 1
+
+
+__all__ = ["CLOCK_TOPIC", "TF_TOPIC", "DroneView", "LiveSink"]

@@ -462,19 +462,20 @@ def _crash_and_breach_one(
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def crashes_and_breaches(
     pos, ground_contact, box_min, box_max, box_valid, geofence_min, geofence_max, radius_m,
-    crashed, breached,
+    drone_hit_m, crashed, breached,
 ):  # fmt: skip
     """Crash and geofence-breach flags ``(W, D)`` (``ISREnv._collisions`` and ``_breach``).
 
     Crash: at or below the drone radius, ground contact, inside a building/obstacle box grown by
-    the radius, or closer than two radii to another drone of its world. Breach: outside the
+    the radius, or closer than ``drone_hit_m`` to another drone of its world (0 = drones never
+    collide with each other). Breach: outside the
     fence horizontally or above its ceiling. Comparisons of the same float32 values as the torch
     code, so the flags are identical.
     """
     nw, nd = pos.shape[0], pos.shape[1]
     f32 = np.float32
     r = f32(radius_m)
-    r2 = f32((2.0 * radius_m) ** 2)
+    r2 = f32(drone_hit_m**2)
     for flat in prange(nw * nd):
         w = flat // nd
         d = flat % nd
@@ -651,6 +652,7 @@ def task_step(
     seen,
     found,
     radius_m,
+    drone_hit_m,
     band_lo,
     band_hi,
     weights,
@@ -702,7 +704,7 @@ def task_step(
     f32 = np.float32
     zero, one = f32(0.0), f32(1.0)
     r = f32(radius_m)
-    r2 = f32((2.0 * radius_m) ** 2)
+    r2 = f32(drone_hit_m**2)
     lo, hi = f32(band_lo), f32(band_hi)
     cap = f32(10.0)
     dt = f32(dt_s)

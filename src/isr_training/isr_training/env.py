@@ -347,6 +347,7 @@ class ISREnv:
         ).to(self.device)
         self._max_range_m = COVERAGE_RANGE_M
         self._found_range2 = torch.tensor(self.task.found_range_m, device=self.device) ** 2
+        self._drone_hit_m = 2.0 * self.task.drone_radius_m if self.task.drone_collisions else 0.0
         self._area_centre = torch.tensor(
             [w.x_min_m + w.size_x_m / 2, w.y_min_m + w.size_y_m / 2], device=self.device
         )
@@ -524,10 +525,10 @@ class ISREnv:
         lo, hi = w.box_min_m[:, None] - r, w.box_max_m[:, None] + r
         in_box = ((p >= lo) & (p <= hi)).all(-1) & w.box_valid[:, None]
         hit_box = in_box.any(-1)
-        if self.drones_per_world > 1:
+        if self.drones_per_world > 1 and self._drone_hit_m > 0:
             d2 = ((pos[:, :, None] - pos[:, None]) ** 2).sum(-1)  # (W, D, D)
             eye = torch.eye(self.drones_per_world, dtype=torch.bool, device=self.device)
-            hit_drone = ((d2 < (2 * r) ** 2) & ~eye).any(-1)
+            hit_drone = ((d2 < self._drone_hit_m**2) & ~eye).any(-1)
         else:
             hit_drone = torch.zeros_like(hit_box)
         return ground | hit_box | hit_drone
@@ -646,7 +647,8 @@ class ISREnv:
                 a(self.det_boxes), v(self.det_visible), a(w.target_pos_enu_m),
                 *self._task_np, head[5], head[6], head[7], head[8], head[9],
                 *self._coverage_np, float(self._max_range_m), v(self.seen),
-                v(self.found), float(self.task.drone_radius_m), *self.task.altitude_band_m,
+                v(self.found), float(self.task.drone_radius_m), self._drone_hit_m,
+                *self.task.altitude_band_m,
                 self._reward_weights, bool(self.task.terminate_on_geofence),
                 int(self.max_episode_steps), float(self.task.control_dt_s), v(self.step_count),
                 v(self.ep_return), v(self._ep_terms_all), v(self.ep_collisions),

@@ -115,6 +115,9 @@ class Experiment:
         self.logs_dir = self.root / "logs"
         self.stages_dir = self.root / "stages"
         self.final_dir = self.root / "final_model"
+        self.step_hook: Callable[[Any], None] | None = None
+        """Called with the RL environment after every rollout step (the trainer node's live
+        view of a few drones); None = nothing."""
         self.live: dict[str, Any] = {}
         """Progress of the running stage, updated while it runs (read by the trainer node from
         another thread; replaced as a whole, never mutated): ``stage``, ``env_steps``,
@@ -501,6 +504,7 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         init_actor_from_bc(policy, bc)
         log.info("actor mean and normalizer initialized from imitation_model/best.pt")
     ppo = PPO(env, rl.ppo, seed=cfg.seed, policy=policy)
+    ppo.step_hook = exp.step_hook
     state = _RLState()
     latest = exp.checkpoint_dir / "latest.pt"
     if latest.is_file():

@@ -258,6 +258,8 @@ class PPO:
         self._reward_sum = torch.zeros((), device=self.device)
         self._start_time = time.perf_counter()
         self._start_step = 0
+        self.step_hook: Callable[[Any], None] | None = None
+        """Called with the environment after every rollout step (e.g. a throttled live view)."""
         self.timing: dict[str, float] = {}
         """Seconds of the last iteration by part: ``env_s`` (environment steps), ``rollout_s``
         (the whole rollout, inference included), ``gae_s``, ``update_s``."""
@@ -313,6 +315,8 @@ class PPO:
             self.episode_stats.add(info, self._complete)
             self._complete |= info["done"]
             self._reward_sum += reward_raw.sum()
+            if self.step_hook is not None:
+                self.step_hook(self.env)
         self.next_obs = obs
         self.global_step += self.batch_size
         self.timing["env_s"] = self.timing.get("env_s", 0.0) + t_env

@@ -27,9 +27,14 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "num_drones": 0,
     "experiments_dir": "experiments",
     "progress_topic": "/isr/training_progress",
+    "view_drones": 4,
+    "view_min_interval_s": 0.2,
 }
 """Parameters and their defaults (also in ``config/trainer.yaml``). ``num_drones > 0`` sets
-``env.drones_per_world``; ``overrides`` are ``key=value`` strings as for ``isr train --set``."""
+``env.drones_per_world``; ``overrides`` are ``key=value`` strings as for ``isr train --set``;
+``view_drones`` (0 = off) drones of the first training world are published live during RL
+(``/drone_<i>/odom``, ``/tf``, ``/clock``) at most every
+``view_min_interval_s`` (:class:`isr_sim_bridge.live.DroneView`)."""
 
 
 def build_overrides(overrides: list[str], num_drones: int) -> list[str]:
@@ -101,6 +106,16 @@ def make_node_class() -> type:
                 p["config"] or None,
             )
             self.exp = Experiment.create(cfg, p["experiments_dir"])
+            if int(p["view_drones"]) > 0:
+                from isr_sim_bridge.live import DroneView, LiveSink
+                from isr_sim_bridge.rosmsg import RclpyFactory
+
+                self.view = DroneView(
+                    LiveSink(self, RclpyFactory()),
+                    int(p["view_drones"]),
+                    float(p["view_min_interval_s"]),
+                )
+                self.exp.step_hook = self.view
             self.stage = "starting"
             self.fields: dict[str, Any] = progress_fields(self.stage, None)
             self.error = ""

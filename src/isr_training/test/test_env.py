@@ -370,8 +370,32 @@ def test_numba_crash_and_breach_flags_match_torch():
     cpu_kernels.crashes_and_breaches(
         pos.numpy(), env.vehicle.state.ground_contact.numpy(), w.box_min_m.numpy(),
         w.box_max_m.numpy(), w.box_valid.numpy(), w.geofence_min_m.numpy(),
-        w.geofence_max_m.numpy(), env.task.drone_radius_m, crashed.numpy(), breached.numpy(),
+        w.geofence_max_m.numpy(), env.task.drone_radius_m, 2 * env.task.drone_radius_m,
+        crashed.numpy(), breached.numpy(),
     )  # fmt: skip
     assert torch.equal(crashed, env._collisions(pos))
     assert torch.equal(breached, env._breach(pos))
     assert crashed[0, :5].all() and breached[1, :2].all() and not breached[0].any()
+
+
+def test_drone_collisions_can_be_turned_off_in_both_step_paths():
+    from isr_training import cpu_kernels
+
+    cfg = EnvConfig(num_worlds=1, drones_per_world=3, stagger=False, cpu_kernels=True)
+    cfg.task.drone_collisions = False
+    env = ISREnv(cfg)
+    env.reset(seed=0)
+    pos = env.vehicle.state.pos_enu_m.clone()
+    pos[0, 1] = pos[0, 0] + 0.05  # two drones touching, in the air
+    crashed = torch.empty(env._shape, dtype=torch.bool)
+    breached = torch.empty(env._shape, dtype=torch.bool)
+    w = env.world
+    cpu_kernels.crashes_and_breaches(
+        pos.numpy(), env.vehicle.state.ground_contact.numpy(), w.box_min_m.numpy(),
+        w.box_max_m.numpy(), w.box_valid.numpy(), w.geofence_min_m.numpy(),
+        w.geofence_max_m.numpy(), env.task.drone_radius_m, env._drone_hit_m,
+        crashed.numpy(), breached.numpy(),
+    )  # fmt: skip
+    assert not crashed[0, :2].any() and torch.equal(crashed, env._collisions(pos))
+    cfg.task.drone_collisions = True
+    assert ISREnv(cfg)._collisions(pos)[0, :2].all()

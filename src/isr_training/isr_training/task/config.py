@@ -109,6 +109,10 @@ class TaskConfig:
     """Minimum altitude enforced by the safety filter (the geofence floor if higher)."""
     drone_radius_m: float = 0.5
     """Collision radius of a drone (drone-drone and drone-obstacle contacts)."""
+    drone_collisions: bool = True
+    """Drones of one world crash into each other (closer than two radii). Off in training with
+    several drones per world whose policies do not observe each other: a crash caused by a drone
+    the policy cannot see is noise, and evaluation flies one drone per world."""
     terminate_on_geofence: bool = True
     """A geofence breach ends the episode (``terminated``); otherwise only the cost applies."""
     found_range_m: tuple[float, ...] = (50.0, 25.0, 60.0)
