@@ -16,6 +16,12 @@
   tick waits at most ``decision_wait_s`` for a decision and otherwise holds the last setpoint,
   so the heartbeat never stops. The worst and 99th-percentile gap between ticks in FLY go into
   the result JSON and the ``EpisodeMetrics``.
+- ``direct``: the design card's topic graph: the same :class:`~isr_px4_eval.px4_pilot.PolicyPilot`
+  (built and warmed up the same way) flies a vehicle simulated by ``direct_dynamics_node`` (the
+  direct model, or ``model:=quadrotor``, the embedded full-fidelity one): it reads
+  ``nav_msgs/Odometry`` on ``odom_topic`` and publishes ``geometry_msgs/TwistStamped`` ENU velocity
+  / yaw-rate setpoints on ``cmd_topic`` every ``tick_period_s``; the episode ends as in the task.
+  Nothing on the policy side differs from the px4 backend: only the vehicle behind the topics.
 - ``embedded``: :func:`isr_px4_eval.evaluation.evaluate_policy` flies the trained ``policy``
   file on the embedded full-fidelity model (quadrotor + PX4-like cascade) on ``seeds``, on a
   worker thread, and publishes the run live (``live_topics``): ``/drone_<i>/odom``, ``cmd_vel``,
@@ -56,6 +62,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "device": "cpu",
     "metrics_topic": "/isr/episode_metrics",
     "odom_topic": "/drone_0/odom",
+    "cmd_topic": "/drone_0/cmd_vel",
     "output_dir": "reports/px4_eval",
     "episode_s": 0.0,
     "decision_wait_s": 0.02,
@@ -64,7 +71,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
 }
 """Parameters and their defaults (also in ``config/px4_eval.yaml``)."""
 
-BACKENDS = ("px4", "embedded")
+BACKENDS = ("px4", "direct", "embedded")
 
 
 def px4_episode_fields(client: Any) -> dict[str, Any]:
@@ -102,11 +109,21 @@ def embedded_episode_fields(row: dict[str, Any]) -> dict[str, Any]:
 def make_node_class() -> type:
     """The rclpy ``Node`` subclass (imports rclpy)."""
     from rclpy.node import Node
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import (
+        DurabilityPolicy,
+        QoSProfile,
+        ReliabilityPolicy,
+        qos_profile_sensor_data,
+    )
 
     from isr_direct_dynamics.ros_node import declare_parameters
     from isr_sim_bridge.live import LiveSink
-    from isr_sim_bridge.rosmsg import RclpyFactory, episode_metrics_msg, odometry_msg
+    from isr_sim_bridge.rosmsg import (
+        RclpyFactory,
+        episode_metrics_msg,
+        odometry_msg,
+        twist_stamped_msg,
+    )
 
     from .evaluation import parse_seeds
     from .offboard import (
@@ -117,7 +134,12 @@ def make_node_class() -> type:
     )
     from .px4_convert import RclpyTypes
     from .px4_emulator_node import MSG_CLASSES
-    from .px4_pilot import BackgroundPilot, make_fly_policy, pilot_episode_fields
+    from .px4_pilot import (
+        BackgroundPilot,
+        make_fly_policy,
+        odometry_from_ros,
+        pilot_episode_fields,
+    )
     from .px4_topics import PX4_IN_QOS, PX4_OUT_QOS, px4_topic_names, rclpy_qos_profile
     from .recording import EnvRecorder
 
@@ -142,6 +164,8 @@ def make_node_class() -> type:
             self.t0 = self.last_log = time.perf_counter()
             if p["backend"] == "px4":
                 self._setup_px4()
+            elif p["backend"] == "direct":
+                self._setup_direct()
             else:
                 self.status = "starting"
                 self.worker = threading.Thread(target=self.run_embedded, daemon=True)
@@ -258,6 +282,93 @@ def make_node_class() -> type:
                         ],
                     }
                 )
+
+        # ---------------------------------------------------------------- direct (topics)
+        def _setup_direct(self) -> None:
+            p = self.p
+            self.world_seed = parse_seeds(str(p["seeds"]))[0]
+            self.bg = BackgroundPilot(
+                lambda: make_fly_policy(
+                    p["policy"], self.world_seed, 0, p["device"], float(p["episode_s"]) or None
+                ),
+                wait_s=float(p["decision_wait_s"]),
+            )
+            self.odom: Any = None
+            self.fly_start_s: float | None = None
+            self.last_tick_s: float | None = None
+            self.tick_gaps: list[float] = []
+            self.sub = self.create_subscription(
+                self.factory("nav_msgs/msg/Odometry"), p["odom_topic"], self.on_odom,
+                qos_profile_sensor_data,  # as direct_dynamics_node publishes it (best effort)
+            )  # fmt: skip
+            self.cmd_pub = self.create_publisher(
+                self.factory("geometry_msgs/msg/TwistStamped"), p["cmd_topic"], 10
+            )
+            self.timer = self.create_timer(float(p["tick_period_s"]), self.on_direct_tick)
+            self.get_logger().info(f"flying over {p['odom_topic']} -> {p['cmd_topic']}")
+
+        def on_odom(self, msg: Any) -> None:
+            """Keep the newest odometry."""
+            self.odom = msg
+
+        def on_direct_tick(self) -> None:
+            """Hover until the policy is ready, then one pilot tick; publish the setpoint."""
+            now_s = self.get_clock().now().nanoseconds * 1e-9
+            if self.done:
+                return
+            if self.odom is None or not self.bg.ready():
+                self._every_10_s("waiting for odometry and the policy (load, build, warm-up)")
+                sp_vel, sp_rate = (0.0, 0.0, 0.0), 0.0
+            else:
+                if self.fly_start_s is None:
+                    self.fly_start_s = now_s
+                    st = self.bg.stats()
+                    self.get_logger().info(
+                        f"policy ready (build {st['build_s']:.1f} s, warm-up "
+                        f"{st['warm_up_s']:.1f} s): flying"
+                    )
+                if self.last_tick_s is not None:
+                    self.tick_gaps.append(now_s - self.last_tick_s)
+                self.last_tick_s = now_s
+                sp = self.bg(odometry_from_ros(self.odom), now_s - self.fly_start_s)
+                if sp is None:
+                    self.finish_direct(now_s)
+                    sp_vel, sp_rate = (0.0, 0.0, 0.0), 0.0
+                else:
+                    sp_vel, sp_rate = tuple(sp.vel_enu_m_s), sp.yaw_rate_enu_rad_s
+                self._every_10_s(f"flying: {now_s - self.fly_start_s:.0f} s")
+            self.cmd_pub.publish(
+                twist_stamped_msg(self.factory, sp_vel, (0.0, 0.0, sp_rate), now_s, "map")
+            )
+
+        def finish_direct(self, now_s: float) -> None:
+            """The episode ended: metrics, result file, stop."""
+            import numpy as np
+
+            pilot = self.bg.pilot
+            gaps = np.asarray(self.tick_gaps or [0.0])
+            ticks = {
+                "max_s": float(gaps.max()),
+                "p99_s": float(np.percentile(gaps, 99)),
+                "n": len(self.tick_gaps),
+            }
+            fields = pilot_episode_fields(pilot, self.world_seed) if pilot is not None else {}
+            fields["max_tick_interval_s"], fields["p99_tick_interval_s"] = (
+                ticks["max_s"], ticks["p99_s"],
+            )  # fmt: skip
+            self.publish_metrics([fields])
+            self.write_result(
+                {
+                    "backend": "direct",
+                    "world_seed": self.world_seed,
+                    "tick_intervals": ticks,
+                    "policy_timing": self.bg.stats(),
+                    "episode": None if pilot is None else pilot.episode,
+                    "trajectory": None if pilot is None else pilot.trace,
+                }
+            )
+            self.get_logger().info(f"episode done: {fields}")
+            self.done = True
 
         # ---------------------------------------------------------------- embedded backend
         def _live(self, env: Any) -> Any:

@@ -329,6 +329,22 @@ class BackgroundPilot:
         }
 
 
+def odometry_from_ros(msg: Any) -> OdometryENU:
+    """A ``nav_msgs/Odometry`` (ENU pose, body twist; REP 105) as the pilot's odometry.
+
+    The odometry of ``direct_dynamics_node`` (or any node of the graph) -> :class:`OdometryENU`.
+    """
+    from isr_sim_bridge.rosmsg import odometry_to_numpy
+
+    d = odometry_to_numpy(msg)
+    w, x, y, z = (float(v) for v in d["quat_wxyz"])
+    yaw = math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    return OdometryENU(
+        int(round(float(d["t_s"]) * 1e6)), d["pos_enu_m"], d["vel_enu_m_s"], d["quat_wxyz"],
+        d["body_rates_flu_rad_s"], yaw,
+    )  # fmt: skip
+
+
 def make_fly_policy(
     policy: str,
     world_seed: int = 0,
@@ -388,5 +404,6 @@ __all__ = [
     "ExternalVehicle",
     "PolicyPilot",
     "make_fly_policy",
+    "odometry_from_ros",
     "pilot_episode_fields",
 ]

@@ -183,8 +183,14 @@ class Report:
                 for k in ("targets_found", "coverage", "score"):
                     if k in ev[0]:
                         ax.plot(xs, [e.get(k, np.nan) for e in ev], marker="o", label=k)
+                base = rl.get("val_baselines") or {}
+                for (name, m), style in zip(sorted(base.items()), ("--", ":"), strict=False):
+                    ax.axhline(
+                        m.get("targets_found", np.nan), ls=style, color="grey",
+                        label=f"{name}: targets_found",
+                    )  # fmt: skip
                 ax.set_xlabel("environment steps")
-                ax.set_title(f"RL evaluations (best step {rl.get('best_step')})")
+                ax.set_title(f"RL validation worlds (best step {rl.get('best_step')})")
                 ax.legend()
                 parts.append(_png(fig))
         else:

@@ -1,8 +1,13 @@
 """Full-fidelity evaluation: ``ros2 launch isr_px4_eval eval.launch.py``.
 
 Arguments:
-- ``backend``: ``px4`` (the offboard client over uXRCE-DDS, PX4 SITL or hardware) or
-  ``embedded`` (the trained policy on the embedded quadrotor + PX4-like cascade).
+- ``backend``: ``px4`` (the offboard client over uXRCE-DDS, PX4 SITL or hardware), ``direct``
+  (the design card's topic graph: ``direct_dynamics_node`` simulates the vehicle,
+  ``vehicle:=direct`` or ``quadrotor``, and the evaluation node flies it over
+  ``/drone_0/cmd_vel`` and ``/drone_0/odom`` with the same pilot as on PX4) or ``embedded`` (the
+  trained policy on the embedded quadrotor + PX4-like cascade, in-process, published live with
+  simulated time).
+- ``vehicle``: the model of ``direct_dynamics_node`` with ``backend:=direct``.
 - ``policy``: the trained policy file or experiment directory (px4 backend: flown through the
   offboard client by ``PolicyPilot``, the ISR task run on PX4's odometry; also ``hover`` |
   ``box``, scripted patterns to check the link).
@@ -118,8 +123,8 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "backend",
                 default_value="px4",
-                choices=["px4", "embedded"],
-                description="px4 (offboard over uXRCE-DDS) or embedded",
+                choices=["px4", "direct", "embedded"],
+                description="px4 (offboard over uXRCE-DDS), direct (topic graph) or embedded",
             ),
             DeclareLaunchArgument(
                 "policy",
@@ -195,6 +200,27 @@ def generate_launch_description():
                         ]
                     )
                 ),
+            ),
+            DeclareLaunchArgument(
+                "vehicle",
+                default_value="direct",
+                choices=["direct", "quadrotor"],
+                description="direct_dynamics_node's model (backend:=direct)",
+            ),
+            Node(
+                package="isr_direct_dynamics",
+                executable="direct_dynamics_node",
+                name="direct_dynamics",
+                output="screen",
+                parameters=[
+                    {
+                        "num_drones": 1,
+                        "model": _str("vehicle"),
+                        "spawn_altitude_m": 25.0,
+                        "control_dt_s": 0.02,
+                    }
+                ],
+                condition=IfCondition(PythonExpression(["'", backend, "' == 'direct'"])),
             ),
             Node(
                 package="isr_sim_bridge",

@@ -85,9 +85,10 @@ def test_expected_nodes_and_recording():
     _, nodes, procs = launch_info(LAUNCH_FILES["eval"])
     assert ("isr_px4_eval", "px4_eval_node") in nodes
     assert ("isr_px4_eval", "px4_emulator_node") in nodes
+    assert ("isr_direct_dynamics", "direct_dynamics_node") in nodes
     assert any(p[:5] == ["ros2", "bag", "record", "-s", "mcap"] for p in procs)
     _, nodes, procs = launch_info(LAUNCH_FILES["fast_train"])
-    assert nodes == [("isr_training", "trainer_node")]
+    assert nodes == [("isr_training", "trainer_node"), ("isr_sim_bridge", "sim_bridge_node")]
     assert any(p[:5] == ["ros2", "bag", "record", "-s", "mcap"] for p in procs)
 
 

@@ -313,8 +313,38 @@ def _progress(cfg: TrainingConfig, **kwargs: Any):
     return tqdm(disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr, **kwargs)
 
 
+def pretrained_policy_file(path: str | Path) -> Path:
+    """The PPO policy file of ``rl.pretrained``.
+
+    A file, or an experiment's ``rl_model/best.pt`` (else ``final.pt``); a clear error when there
+    is none.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "final.pt"):
+            if (p / "rl_model" / name).is_file():
+                return p / "rl_model" / name
+        raise FileNotFoundError(
+            f"rl.pretrained: {p} has no rl_model/best.pt or rl_model/final.pt (not a finished "
+            "PPO experiment)"
+        )
+    if not p.is_file():
+        raise FileNotFoundError(f"rl.pretrained: {p} does not exist")
+    return p
+
+
+def _skipped_for_pretrained(exp: Experiment, stage: str) -> dict[str, Any] | None:
+    if exp.cfg.rl.pretrained is None:
+        return None
+    exp.logger(stage).info("skipped: rl.pretrained continues %s", exp.cfg.rl.pretrained)
+    return {"skipped": "rl.pretrained", "pretrained": str(exp.cfg.rl.pretrained)}
+
+
 def stage_data(exp: Experiment) -> dict[str, Any]:
     """Collect expert demonstrations into ``data/demonstrations.pt``."""
+    skipped = _skipped_for_pretrained(exp, "data")
+    if skipped is not None:
+        return skipped
     cfg, log = exp.cfg, exp.logger("data")
     seeds = [cfg.env.seed + i for i in range(cfg.data.num_worlds)]
     t0 = time.perf_counter()
@@ -378,6 +408,9 @@ def _bc_model(cfg: TrainingConfig, obs_dim: int) -> BCPolicy | LSTMBCPolicy:
 
 def stage_imitation(exp: Experiment) -> dict[str, Any]:
     """Behaviour cloning on the demonstrations (``imitation_model/``)."""
+    skipped = _skipped_for_pretrained(exp, "imitation")
+    if skipped is not None:
+        return skipped
     cfg, log = exp.cfg, exp.logger("imitation")
     demos = Demonstrations.load(exp.data_dir / "demonstrations.pt")
     model = _bc_model(cfg, demos.obs.shape[-1])
@@ -433,6 +466,8 @@ class _RLState:
         self.evals: list[dict[str, float]] = []
         self.best_score = -math.inf
         self.best_step = -1
+        self.val_baselines: dict[str, dict[str, float]] = {}
+        """Scripted expert and random policy on the validation worlds (the curves' levels)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -440,12 +475,14 @@ class _RLState:
             "evals": self.evals,
             "best_score": self.best_score,
             "best_step": self.best_step,
+            "val_baselines": self.val_baselines,
         }
 
     def load(self, d: dict[str, Any]) -> None:
         self.history = [dict(x) for x in d["history"]]
         self.evals = [dict(x) for x in d["evals"]]
         self.best_score, self.best_step = float(d["best_score"]), int(d["best_step"])
+        self.val_baselines = {k: dict(v) for k, v in d.get("val_baselines", {}).items()}
 
 
 def _score(metrics: dict[str, float]) -> float:
@@ -499,7 +536,17 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         image_shape=env.image_shape if env.image is not None else None,
         cnn_features=rl.ppo.cnn_features,
     )
-    if rl.init_from_bc:
+    if rl.pretrained is not None:
+        src = pretrained_policy_file(rl.pretrained)
+        policy, meta = load_policy(src)
+        if not isinstance(policy, ActorCritic) or policy.obs_dim != env.obs_dim:
+            raise ValueError(
+                f"rl.pretrained: {src} is a {meta.get('class')} with obs_dim "
+                f"{meta.get('obs_dim')}; PPO needs an ActorCritic for obs_dim {env.obs_dim}"
+            )
+        policy.train()
+        log.info("actor, critic and normalizer continue %s", src)
+    elif rl.init_from_bc:
         bc, _ = load_policy(exp.imitation_dir / "best.pt")
         init_actor_from_bc(policy, bc)
         log.info("actor mean and normalizer initialized from imitation_model/best.pt")
@@ -554,6 +601,21 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
             atomic_torch_save(data, exp.checkpoint_dir / f"iter_{ppo.iteration:06d}.pt")
             _rotate_checkpoints(exp, rl.keep_checkpoints)
 
+    if not state.val_baselines:  # the levels the validation curve is read against
+        base = evaluate(
+            cfg, val_seeds, {
+                "scripted_expert": lambda env: ScriptedExpert(env),
+                "random": lambda env: RandomPolicy(env.num_envs, env.device, seed=cfg.seed),
+            },
+        )  # fmt: skip
+        state.val_baselines = {
+            k: {"targets_found": m["targets_found"], "return": m["return"]} for k, m in base.items()
+        }
+        log.info(
+            "validation worlds: scripted expert finds %.3f, random %.3f of the targets",
+            state.val_baselines["scripted_expert"]["targets_found"],
+            state.val_baselines["random"]["targets_found"],
+        )
     if not state.evals:
         validate(ppo.global_step)
         checkpoint()
@@ -618,7 +680,9 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         {"global_step": ppo.global_step, "task_version": TASK_VERSION},
     )
     (exp.rl_dir / "history.json").write_text(json.dumps(state.to_dict(), indent=1))
-    plot_learning_curve(state.history, state.evals, exp.rl_dir / "learning_curve.png")
+    plot_learning_curve(
+        state.history, state.evals, exp.rl_dir / "learning_curve.png", state.val_baselines
+    )
     sps = [h["time/sps"] for h in state.history]
     info = {
         "algorithm": "ppo",
@@ -720,9 +784,17 @@ def _stage_rl_sb3(exp: Experiment) -> dict[str, Any]:
 
 
 def plot_learning_curve(
-    history: list[dict[str, float]], evals: list[dict[str, float]], path: str | Path
+    history: list[dict[str, float]],
+    evals: list[dict[str, float]],
+    path: str | Path,
+    baselines: dict[str, dict[str, float]] | None = None,
 ) -> None:
-    """Training episode return / targets found and validation targets found vs env steps."""
+    """The RL stage's learning curves vs env steps.
+
+    Reward per step; training and validation targets found against the scripted expert's and
+    random's level on the validation worlds (``baselines``); env-steps/s and where an
+    iteration's time went.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -747,10 +819,20 @@ def plot_learning_curve(
             "o-",
             label="validation worlds (deterministic)",
         )
+    for (name, m), style in zip(sorted((baselines or {}).items()), ("--", ":"), strict=False):
+        axes[1].axhline(m["targets_found"], ls=style, color="gray", label=f"{name} (validation)")
     axes[1].set_title("targets found (fraction)")
-    axes[1].legend()
-    axes[2].plot([h["global_step"] for h in history], [h["time/sps"] for h in history])
+    axes[1].legend(fontsize=7)
+    steps = [h["global_step"] for h in history]
+    axes[2].plot(steps, [h["time/sps"] for h in history], label="env-steps/s (incl. updates)")
     axes[2].set_title("env-steps/s (incl. updates)")
+    if history and "time/update_s" in history[-1]:
+        ax2 = axes[2].twinx()
+        for key, label in (("time/env_s", "env"), ("time/update_s", "update")):
+            frac = [h.get(key, 0.0) / max(h["time/iteration_s"], 1e-9) for h in history]
+            ax2.plot(steps, frac, lw=0.8, label=f"{label} share of iteration")
+        ax2.set_ylim(0, 1)
+        ax2.legend(fontsize=7, loc="lower right")
     for ax in axes:
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
@@ -820,6 +902,9 @@ def stage_finalize(exp: Experiment) -> dict[str, Any]:
     policies: dict[str, Callable[[ISREnv], Callable[[Any], torch.Tensor]]] = {
         "final": _policy_factory(policy.to(cfg.device)),
     }
+    if cfg.rl.pretrained is not None:
+        start, _ = load_policy(pretrained_policy_file(cfg.rl.pretrained), cfg.device)
+        policies["pretrained"] = _policy_factory(start)
     if cfg.eval.baselines:
         if cfg.rl.algorithm != "none" and (exp.imitation_dir / "best.pt").is_file():
             bc, _ = load_policy(exp.imitation_dir / "best.pt", cfg.device)
@@ -830,10 +915,50 @@ def stage_finalize(exp: Experiment) -> dict[str, Any]:
     seeds = cfg.test_seeds()
     results = evaluate(cfg, seeds, policies, cfg.eval.episodes, log)
     summary = build_summary(exp, results, diffs, source)
+    if cfg.rl.pretrained is not None:
+        summary["transfer"] = _transfer(cfg, seeds, policies, results, log)
     (exp.root / "SUMMARY.json").write_text(json.dumps(summary, indent=1))
     (exp.root / "SUMMARY.txt").write_text(summary_text(summary))
     log.info("\n%s", summary_text(summary))
     return {"targets_found": results["final"]["targets_found"], **diffs}
+
+
+def _transfer(
+    cfg: TrainingConfig,
+    seeds: list[int],
+    policies: dict[str, Callable[[ISREnv], Callable[[Any], torch.Tensor]]],
+    results: dict[str, dict[str, float]],
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Transfer ratio of the starting policy and of the final one, on the test worlds.
+
+    Return on this run's vehicle / return on the pretrained run's direct model.
+    """
+    src = pretrained_policy_file(cfg.rl.pretrained)
+    root = src.parent.parent
+    direct_cfg = copy.deepcopy(cfg)
+    if (root / "config.yaml").is_file():
+        direct_cfg.env = copy.deepcopy(load_config_file(root / "config.yaml").env)
+    direct_cfg.env.vehicle = "direct"
+    if direct_cfg.env.dynamics.get("tau_horizontal_s") is None:  # not a direct-model config
+        direct_cfg.env.dynamics = {}
+    chosen = {k: policies[k] for k in ("pretrained", "final")}
+    direct = evaluate(direct_cfg, seeds, chosen, cfg.eval.episodes, log)
+    out: dict[str, Any] = {"vehicle": cfg.env.vehicle, "reference": "direct model of " + root.name}
+    for when, name in (("before", "pretrained"), ("after", "final")):
+        full, ref = results[name]["return"], direct[name]["return"]
+        out[when] = {
+            "return": full,
+            "return_direct": ref,
+            "ratio": full / ref if ref else float("nan"),
+            "targets_found": results[name]["targets_found"],
+            "targets_found_direct": direct[name]["targets_found"],
+        }
+    log.info(
+        "transfer (return %s / direct): before %.3f, after %.3f",
+        cfg.env.vehicle, out["before"]["ratio"], out["after"]["ratio"],
+    )  # fmt: skip
+    return out
 
 
 def build_summary(
@@ -919,6 +1044,15 @@ def summary_text(s: dict[str, Any]) -> str:
         + f" (total {s['total_wall_s']:.0f} s, sum of the stages)",
         f"Export check: TorchScript max diff {s['export']['torchscript_max_abs_diff']:.1e}, "
         f"ONNX max diff {s['export']['onnx_max_abs_diff']:.1e}",
+        *(
+            [
+                f"Transfer to {s['transfer']['vehicle']} (return / return on the direct model): "
+                f"before fine-tuning {s['transfer']['before']['ratio']:.3f}, after "
+                f"{s['transfer']['after']['ratio']:.3f}"
+            ]
+            if "transfer" in s
+            else []
+        ),
         f"Machine: {s['machine']['cpu_count']} CPUs, torch {s['machine']['torch']}, "
         f"{s['machine']['torch_threads']} thread(s), device {s['machine']['device']}, load average "
         f"{s['machine']['load_avg_1_5_15']}",

@@ -46,6 +46,11 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("progress=false")
     if args.dynamics_config:
         overrides.extend(dynamics_overrides(args.dynamics_config))
+    if args.pretrained:
+        from .pipeline import pretrained_policy_file
+
+        pretrained_policy_file(args.pretrained)  # refuse a missing policy before any work
+        overrides.append(f"rl.pretrained={Path(args.pretrained).resolve()}")
     stages = None if args.stage in (None, "all") else [args.stage]
     if args.resume:
         if args.preset or args.config or [o for o in overrides if not o.startswith("progress=")]:
@@ -230,6 +235,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--dynamics-config",
         metavar="YAML",
         help="train on a tuned direct model (the file `isr tune-dynamics --out` writes)",
+    )
+    p.add_argument(
+        "--pretrained",
+        metavar="EXP_DIR",
+        help=(
+            "continue the PPO policy of a finished experiment (or a policy .pt): no data or "
+            "imitation stage; with --quality medium it fine-tunes on the full-fidelity quadrotor "
+            "and SUMMARY reports the transfer ratio before and after"
+        ),
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")

@@ -69,6 +69,13 @@ class RLConfig:
     algorithm: Literal["ppo", "sb3_ppo", "sb3_sac", "none"] = "ppo"
     """``ppo`` (this package's GPU-resident PPO), SB3 ``sb3_ppo`` / ``sb3_sac``, or ``none``
     (the imitation policy is the final policy)."""
+    pretrained: str | None = None
+    """An experiment directory (its ``rl_model/best.pt``, else ``final.pt``) or a PPO policy file
+    (``ActorCritic``) to continue: the data and imitation stages are skipped, PPO starts from
+    its actor, critic and normalizer, and the final evaluation also reports the starting policy
+    and the transfer ratio (return on this run's vehicle model / return on the direct model)
+    before and after. With ``physics_quality: medium`` this fine-tunes a fast-mode policy on the
+    embedded full-fidelity quadrotor (the original plan's "fine-tune with PX4 in the loop")."""
     init_from_bc: bool = True
     """Initialize the actor mean (and normalizer) from the BC MLP (``ppo`` and ``sb3_ppo``)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -175,7 +182,16 @@ class TrainingConfig:
         check(not train & test, "eval.world_seed", "test worlds overlap the training worlds")
         check(not val & test, "eval.world_seed", "test worlds overlap the validation worlds")
         check(not train & val, "rl.val_world_seed", "validation worlds overlap training worlds")
-        bc_init = self.rl.init_from_bc and self.rl.algorithm in ("ppo", "sb3_ppo")
+        check(
+            self.rl.pretrained is None or self.rl.algorithm == "ppo",
+            "rl.pretrained",
+            f"continues a PPO policy: needs rl.algorithm 'ppo', got '{self.rl.algorithm}'",
+        )
+        bc_init = (
+            self.rl.init_from_bc
+            and self.rl.algorithm in ("ppo", "sb3_ppo")
+            and self.rl.pretrained is None
+        )
         check(
             not (bc_init and self.bc.model != "mlp"),
             "rl.init_from_bc",

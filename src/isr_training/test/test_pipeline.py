@@ -96,6 +96,39 @@ def test_tiny_end_to_end_run_produces_the_experiment_layout(tmp_path):
     env = make_env(cfg.env, [100000], 1, False, 0, "cpu")
     action = ts(env.reset())
     assert action.shape == (1, 4) and action.abs().max() <= 1
+    # continued on the full-fidelity quadrotor (rl.pretrained): no data or imitation stage, PPO
+    # starts from the trained actor/critic/normalizer, SUMMARY gives the transfer before/after
+    ft_cfg = resolve_config(
+        "quick",
+        [*TINY, "rl.ppo.total_timesteps=128", "rl.eval_every_iterations=0",
+         "physics_quality=medium", "eval.baselines=false", f"rl.pretrained={root}"],
+    )  # fmt: skip
+    ft = Experiment.create(ft_cfg, tmp_path / "finetune")
+    run_pipeline(ft)
+    assert ft.stage_info("data")["result"]["skipped"] == "rl.pretrained"
+    assert not (ft.root / "data/demonstrations.pt").exists()
+    s = json.loads((ft.root / "SUMMARY.json").read_text())
+    assert set(s["results"]) == {"final", "pretrained"} and s["task"]["vehicle"] == "quadrotor"
+    for when in ("before", "after"):
+        t = s["transfer"][when]
+        assert t["ratio"] == pytest.approx(t["return"] / t["return_direct"])
+    assert s["transfer"]["before"]["return"] == pytest.approx(s["results"]["pretrained"]["return"])
+    assert "Transfer to quadrotor" in (ft.root / "SUMMARY.txt").read_text()
+    # the validation before any update is the pretrained policy's, on the quadrotor
+    from isr_training.models import load_policy
+    from isr_training.pipeline import _policy_factory, evaluate
+
+    first_val = json.loads((ft.root / "rl_model/history.json").read_text())["evals"][0]
+    start, _ = load_policy(root / "rl_model/best.pt")
+    again = evaluate(ft_cfg, ft_cfg.validation_seeds(), {"p": _policy_factory(start)})["p"]
+    assert first_val["global_step"] == 0
+    assert first_val["return"] == pytest.approx(again["return"], rel=1e-5, abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="no rl_model/best.pt"):
+        run_pipeline(
+            Experiment.create(
+                resolve_config("quick", [*TINY, f"rl.pretrained={tmp_path}"]), tmp_path / "x"
+            )
+        )
 
 
 @pytest.mark.integration
