@@ -264,14 +264,7 @@ class OffboardClient:
 
     def tick_interval_stats(self) -> dict[str, float]:
         """Worst and 99th-percentile gap between ticks in FLY (``max_s``, ``p99_s``, ``n``)."""
-        gaps = self.fly_tick_intervals_s
-        if not gaps:
-            return {"max_s": 0.0, "p99_s": 0.0, "n": 0}
-        return {
-            "max_s": float(max(gaps)),
-            "p99_s": float(np.percentile(np.asarray(gaps), 99)),
-            "n": len(gaps),
-        }
+        return gap_stats(self.fly_tick_intervals_s)
 
     # ------------------------------------------------------------------------------ the tick
     def tick(self, now_us: int, inbox: ClientInbox | None = None) -> ClientOutbox:
@@ -488,6 +481,17 @@ class OffboardClient:
         if st is None or st.nav_state != Px4.NAVIGATION_STATE_AUTO_LAND:
             if self._command_due(now_us):
                 out.commands.append(land_command())
+
+
+def gap_stats(gaps: list[float]) -> dict[str, float]:
+    """``max_s``, ``p99_s`` and ``n`` of a list of tick gaps (zeros when empty)."""
+    if not gaps:
+        return {"max_s": 0.0, "p99_s": 0.0, "n": 0}
+    return {
+        "max_s": float(max(gaps)),
+        "p99_s": float(np.percentile(np.asarray(gaps), 99)),
+        "n": len(gaps),
+    }
 
 
 # ---------------------------------------------------------------------------------- patterns

@@ -131,6 +131,7 @@ def make_node_class() -> type:
         OffboardClientConfig,
         decode_inbox,
         encode_outbox,
+        gap_stats,
     )
     from .px4_convert import RclpyTypes
     from .px4_emulator_node import MSG_CLASSES
@@ -343,15 +344,8 @@ def make_node_class() -> type:
 
         def finish_direct(self, now_s: float) -> None:
             """The episode ended: metrics, result file, stop."""
-            import numpy as np
-
             pilot = self.bg.pilot
-            gaps = np.asarray(self.tick_gaps or [0.0])
-            ticks = {
-                "max_s": float(gaps.max()),
-                "p99_s": float(np.percentile(gaps, 99)),
-                "n": len(self.tick_gaps),
-            }
+            ticks = gap_stats(self.tick_gaps)
             fields = pilot_episode_fields(pilot, self.world_seed) if pilot is not None else {}
             fields["max_tick_interval_s"], fields["p99_tick_interval_s"] = (
                 ticks["max_s"], ticks["p99_s"],
