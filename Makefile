@@ -50,6 +50,7 @@ colcon: $(STAMP)
 # $(ROS_WS)/{build,install,log}; then `source $(ROS_WS)/install/setup.bash` and `ros2 launch ...`.
 # rosidl in Humble needs empy 3.x (colcon-common-extensions pulls empy 4: pinned back here), and
 # CMake gets -DPYTHON_EXECUTABLE so that FindPythonExtra takes the same interpreter.
+# --symlink-install: the nodes import the source tree, whose numba cache the tests already filled.
 ROS_SETUP  ?= /opt/ros/humble/setup.bash
 ROS_WS     ?= $(CURDIR)
 ROS_PYTHON ?= $(CURDIR)/$(PY)
@@ -58,7 +59,7 @@ ros: $(STAMP)
 	$(ROS_PYTHON) -m pip install -q colcon-common-extensions lark catkin_pkg
 	$(ROS_PYTHON) -m pip install -q "empy==3.3.4"
 	bash -c 'set -e; source "$(ROS_SETUP)"; cd "$(CURDIR)"; \
-	  "$(dir $(ROS_PYTHON))colcon" --log-base "$(ROS_WS)/log" build --base-paths src \
+	  "$(dir $(ROS_PYTHON))colcon" --log-base "$(ROS_WS)/log" build --symlink-install --base-paths src \
 	    --build-base "$(ROS_WS)/build" --install-base "$(ROS_WS)/install" \
 	    --cmake-args -DPYTHON_EXECUTABLE="$(ROS_PYTHON)" -DBUILD_TESTING=OFF; \
 	  source "$(ROS_WS)/install/setup.bash"; \

@@ -347,8 +347,14 @@ class EnvRecorder:
         image_drones: Sequence[int] | None = None,
         metadata: dict[str, Any] | None = None,
         sink: Any | None = None,
+        min_interval_s: float = 0.0,
     ) -> None:
         self.env = env
+        self.min_interval_s = float(min_interval_s)
+        """Write a step only when this much wall time passed since the last written one (or when
+        an episode ends); 0 = every step. Bookkeeping (returns, time) still counts every step:
+        a throttled live view of a fast run builds only the messages it sends."""
+        self._last_emit = -1e18
         n, dpw = env.num_envs, env.drones_per_world
         lim = env.limits
         cam = (
@@ -482,6 +488,10 @@ class EnvRecorder:
         done = _np(info.get("done", np.zeros(n, bool))).reshape(n).astype(bool)
         ep = info.get("episode", {})
         self.ep_return += r
+        if self.min_interval_s > 0 and not done.any():
+            if now - self._last_emit < self.min_interval_s:
+                return
+        self._last_emit = now
         rendered = bool(info.get("rendered", True))
         gt, det = self._detections() if rendered else (None, None)
         ram, vram = process_memory_mb()

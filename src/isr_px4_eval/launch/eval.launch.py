@@ -186,7 +186,7 @@ def generate_launch_description():
                     emulator_params,
                     {
                         "px4_release": _str("px4_release"),
-                        "namespaces": [_str("namespace")],
+                        "namespaces": [LaunchConfiguration("namespace")],
                     },
                 ],
                 condition=IfCondition(

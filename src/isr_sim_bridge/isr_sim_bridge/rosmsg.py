@@ -115,6 +115,9 @@ class MessageFactory(Protocol):
     def float64_array(self, data: Sequence[float] | np.ndarray) -> Any:
         """A fixed-size ``float64[N]`` field value."""
 
+    def byte(self, value: int) -> Any:
+        """A ``byte`` field value (e.g. ``DiagnosticStatus.level``)."""
+
 
 class TypestoreFactory:
     """Constructors from a rosbags typestore (default :func:`isr_typestore`)."""
@@ -140,6 +143,10 @@ class TypestoreFactory:
     def float64_array(self, data: Sequence[float] | np.ndarray) -> Any:
         """A ``float64[N]`` value."""
         return np.asarray(data, dtype=np.float64).reshape(-1)
+
+    def byte(self, value: int) -> Any:
+        """A ``byte`` value (an int for rosbags)."""
+        return int(value)
 
     def serialize(self, msg: Any) -> bytes:
         """CDR bytes of ``msg`` (its type name is read from the instance)."""
@@ -176,6 +183,10 @@ class RclpyFactory:
     def float64_array(self, data: Sequence[float] | np.ndarray) -> Any:
         """A ``float64[N]`` value."""
         return np.asarray(data, dtype=np.float64).reshape(-1)
+
+    def byte(self, value: int) -> Any:
+        """A ``byte`` value (rclpy wants one byte of ``bytes``)."""
+        return bytes([int(value) & 0xFF])
 
 
 @functools.lru_cache(maxsize=1)
@@ -423,10 +434,11 @@ def step_metrics_msg(
     type); :func:`step_metrics_to_dict` parses them back.
     """
     st = f("diagnostic_msgs/msg/DiagnosticStatus")
-    status = [st(level=0, name="sim", message="", hardware_id="isr", values=key_values(f, sim))]
+    ok = f.byte(0)  # DiagnosticStatus.OK
+    status = [st(level=ok, name="sim", message="", hardware_id="isr", values=key_values(f, sim))]
     for i, d in enumerate(drones):
         status.append(
-            st(level=0, name=f"drone_{i}", message="", hardware_id="isr", values=key_values(f, d))
+            st(level=ok, name=f"drone_{i}", message="", hardware_id="isr", values=key_values(f, d))
         )
     return f("diagnostic_msgs/msg/DiagnosticArray")(
         header=header_msg(f, t_s, frame_id), status=status

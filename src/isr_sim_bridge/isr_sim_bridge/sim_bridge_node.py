@@ -92,12 +92,18 @@ def make_node_class() -> type:
             self.det_pubs = pubs("detections_topic", "vision_msgs/msg/Detection2DArray")
             self.odom_pubs = pubs("render_odom_topic", "nav_msgs/msg/Odometry")
             self.timer = self.create_timer(1.0 / float(p["render_rate_hz"]), self.on_render)
-            try:  # the design card's cv_bridge where it is installed; else the workspace builder
+            self.bridge = None  # the design card's cv_bridge where it works; else the builder
+            try:
                 from cv_bridge import CvBridge
 
-                self.bridge = CvBridge()
-            except ImportError:
-                self.bridge = None
+                bridge = CvBridge()
+                bridge.cv2_to_imgmsg(np.zeros((2, 2, 3), np.uint8), encoding="rgb8")
+                self.bridge = bridge
+            except Exception as exc:  # e.g. a cv_bridge built against another NumPy major
+                self.get_logger().warning(
+                    f"cv_bridge unusable here ({type(exc).__name__}: {exc}); images are built "
+                    "by isr_sim_bridge.rosmsg (the same sensor_msgs/Image, rgb8)"
+                )
             self.get_logger().info(
                 f"rendering {n} drone(s) of world {p['world_seed']} at {p['render_rate_hz']} Hz "
                 f"({'cv_bridge' if self.bridge is not None else 'rosmsg'} images)"

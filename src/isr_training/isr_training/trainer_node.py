@@ -133,6 +133,12 @@ def make_node_class() -> type:
                     self.stage = s
                     run_pipeline(self.exp, [s])
                     self.fields = progress_fields(s, self.exp.stage_info(s))
+                # the last message: the RL totals and the final policy's test-world score
+                final = progress_fields("rl", self.exp.stage_info("rl"))
+                found = (self.exp.stage_info("finalize").get("result") or {}).get("targets_found")
+                if found is not None:
+                    final["targets_found_fraction"] = float(found)
+                self.fields = final
             except Exception as exc:  # reported, the node then stops
                 self.error = f"{type(exc).__name__}: {exc}"
             finally:
