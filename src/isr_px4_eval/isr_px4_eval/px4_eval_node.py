@@ -129,6 +129,7 @@ def make_node_class() -> type:
 
     from .evaluation import parse_seeds
     from .offboard import (
+        SCRIPTED_POLICIES,
         OffboardClient,
         OffboardClientConfig,
         decode_inbox,
@@ -186,12 +187,8 @@ def make_node_class() -> type:
             p = self.p
             self.types = RclpyTypes()
             self.world_seed = parse_seeds(str(p["seeds"]))[0]
-            self.bg = BackgroundPilot(
-                lambda: make_fly_policy(
-                    p["policy"], self.world_seed, 0, p["device"], float(p["episode_s"]) or None
-                ),
-                wait_s=float(p["decision_wait_s"]),
-            )
+            self.scripted = p["policy"] in SCRIPTED_POLICIES
+            self.bg = BackgroundPilot(self._build_pilot, wait_s=float(p["decision_wait_s"]))
             self.client = OffboardClient(
                 self.bg,
                 OffboardClientConfig(
@@ -219,11 +216,37 @@ def make_node_class() -> type:
                 )
                 for k in ("vehicle_odometry", "vehicle_status", "vehicle_command_ack")
             ]
-            self.odom_pub = self.create_publisher(
-                self.factory("nav_msgs/msg/Odometry"), p["odom_topic"], out_qos
-            )
+            if self.scripted:  # PX4's odometry for the sim bridge (a trained pilot publishes its
+                # world-frame odometry itself, with the other live topics)
+                self.odom_pub = self.create_publisher(
+                    self.factory("nav_msgs/msg/Odometry"), p["odom_topic"], out_qos
+                )
             self.timer = self.create_timer(float(p["tick_period_s"]), self.on_tick)
             self.get_logger().info(f"offboard client on {topics}")
+
+        def _build_pilot(self) -> tuple[Any, Any]:
+            """Worker thread: the FLY policy.
+
+            A trained one also publishes its episode live, in the world frame (odometry,
+            commands, detections, step metrics, metadata: the graph's topics).
+            """
+            p = self.p
+            fly, pilot = make_fly_policy(
+                p["policy"], self.world_seed, 0, p["device"], float(p["episode_s"]) or None
+            )
+            # (with backend direct, direct_dynamics_node owns /drone_0/odom: nothing more here)
+            if pilot is not None and p["live_topics"] and p["backend"] == "px4":
+                latched = QoSProfile(
+                    depth=1,
+                    reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                )
+                sink = LiveSink(self, self.factory, clock=False, latched={"/isr/metadata": latched})
+                pilot.recorder = EnvRecorder(
+                    pilot.env, None, f"{p['backend']} flight: {p['policy']}", p["backend"],
+                    image_drones=[0], sink=sink,
+                )  # fmt: skip
+            return fly, pilot
 
         def on_tick(self) -> None:
             """Decode what arrived, tick the client, publish its messages."""
@@ -231,7 +254,7 @@ def make_node_class() -> type:
             inbox, self.pending = decode_inbox(self.pending), []
             phase_before = self.client.phase
             out = self.client.tick(now_us, inbox)
-            if inbox.odometry:  # PX4's state for the sim bridge, in workspace frames
+            if inbox.odometry and self.scripted:  # (a trained pilot publishes world-frame odom)
                 o = inbox.odometry[-1]
                 self.odom_pub.publish(
                     odometry_msg(
@@ -290,12 +313,7 @@ def make_node_class() -> type:
         def _setup_direct(self) -> None:
             p = self.p
             self.world_seed = parse_seeds(str(p["seeds"]))[0]
-            self.bg = BackgroundPilot(
-                lambda: make_fly_policy(
-                    p["policy"], self.world_seed, 0, p["device"], float(p["episode_s"]) or None
-                ),
-                wait_s=float(p["decision_wait_s"]),
-            )
+            self.bg = BackgroundPilot(self._build_pilot, wait_s=float(p["decision_wait_s"]))
             self.odom: Any = None
             self.fly_start_s: float | None = None
             self.last_tick_s: float | None = None

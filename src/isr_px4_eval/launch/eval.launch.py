@@ -50,6 +50,9 @@ METRICS_TOPIC = "/isr/episode_metrics"
 DRONE_TOPICS = [
     "/clock",
     "/tf",
+    "/isr/metadata",
+    "/isr/step_metrics",
+    "/isr/rendered",
     "/drone_0/odom",
     "/drone_0/cmd_vel",
     "/drone_0/camera/image_raw",
@@ -186,7 +189,11 @@ def generate_launch_description():
                     emulator_params,
                     {
                         "px4_release": _str("px4_release"),
-                        "namespaces": [LaunchConfiguration("namespace")],
+                        # one namespace as a one-element string array ("" = no namespace)
+                        "namespaces": ParameterValue(
+                            PythonExpression(["['", LaunchConfiguration("namespace"), "']"]),
+                            value_type=list[str],
+                        ),
                     },
                 ],
                 condition=IfCondition(

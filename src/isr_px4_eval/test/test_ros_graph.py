@@ -68,11 +68,15 @@ class Ros:
         self.ws = ws
         self.domain = random.randint(100, 200)  # keep parallel runs apart
 
-    def run(self, cmd: str, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, cmd: str, timeout: float, cwd: Path | None = None, domain: int | None = None
+    ) -> subprocess.CompletedProcess:
+        """``cmd`` in bash with ROS and the workspace sourced (``domain``: the DDS domain, e.g.
+        the one PX4's XRCE-DDS agent uses; default a random one of this test run)."""
         script = (
             f"source {shlex.quote(str(ROS_SETUP))} && "
             f"source {shlex.quote(str(self.ws / 'install' / 'setup.bash'))} && "
-            f"export ROS_DOMAIN_ID={self.domain} && {cmd}"
+            f"export ROS_DOMAIN_ID={self.domain if domain is None else domain} && {cmd}"
         )
         return subprocess.run(
             ["bash", "-c", script],
@@ -146,6 +150,27 @@ def test_eval_launch_embedded_publishes_live_records_and_ends(ros, tmp_path, exp
     assert clock == sorted(clock) and clock[-1] == pytest.approx(120.0, abs=0.2), clock[-3:]
 
 
+def test_ctrl_c_stops_a_running_evaluation_within_2_s_and_closes_the_bag(
+    ros, tmp_path, export_tiny_policy
+):
+    import time
+
+    policy = export_tiny_policy(tmp_path / "policy")
+    bag = tmp_path / "bag"
+    t0 = time.perf_counter()
+    # the px4 backend with no PX4 on the graph: it streams and waits (10 s) when Ctrl-C comes
+    r = ros.run(
+        f"timeout -s INT 6 ros2 launch isr_px4_eval eval.launch.py backend:=px4 "
+        f"policy:={policy} seeds:=100000 record:=true bag_dir:={bag} "
+        f"output_dir:={tmp_path / 'out'}; echo rc=$?",
+        timeout=120,
+    )
+    wall = time.perf_counter() - t0
+    assert "rc=124" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]  # it was still running
+    assert wall < 6 + 2.0 + 1.0, wall  # SIGINT -> every process ended (+1 s of shell start)
+    assert (bag / "metadata.yaml").is_file()  # the recorder closed its bag
+
+
 def test_eval_launch_px4_emulator_flies_a_policy_with_a_steady_heartbeat(
     ros, tmp_path, export_tiny_policy
 ):
@@ -165,6 +190,27 @@ def test_eval_launch_px4_emulator_flies_a_policy_with_a_steady_heartbeat(
     counts = _bag_topics(bag)
     assert counts.get("/isr/episode_metrics") == 1, counts
     assert counts.get("/fmu/in/offboard_control_mode", 0) > 15 / 0.05, counts
+    # the pilot's episode on the graph, in the world frame (one per decision) with its metadata
+    assert counts.get("/isr/metadata") == 1 and counts.get("/drone_0/odom", 0) >= 150, counts
+
+
+def test_eval_launch_direct_flies_the_pilot_over_the_topic_graph(ros, tmp_path, export_tiny_policy):
+    policy = export_tiny_policy(tmp_path / "policy")
+    bag, out = tmp_path / "bag", tmp_path / "out"
+    r = ros.run(
+        f"ros2 launch isr_px4_eval eval.launch.py backend:=direct vehicle:=quadrotor "
+        f"policy:={policy} seeds:=100000 episode_s:=8 record:=true bag_dir:={bag} "
+        f"output_dir:={out}",
+        timeout=600,
+    )
+    log = r.stdout[-4000:] + r.stderr[-4000:]
+    assert r.returncode == 0, log
+    res = json.loads((out / "direct_result.json").read_text())
+    assert res["episode"]["length"] == 80, res["episode"]
+    assert res["tick_intervals"]["max_s"] <= 0.1 and res["policy_timing"]["error"] == ""
+    counts = _bag_topics(bag)
+    assert counts.get("/drone_0/cmd_vel", 0) > 8 / 0.05 and counts.get("/drone_0/odom", 0) > 100
+    assert counts.get("/isr/episode_metrics") == 1, counts
 
 
 def test_fast_train_launch_trains_shows_drones_and_ends(ros, tmp_path):
@@ -216,8 +262,10 @@ def test_trained_policy_flies_real_px4_sitl(ros, tmp_path, export_tiny_policy):
     try:
         r = ros.run(
             f"ros2 launch isr_px4_eval eval.launch.py backend:=px4 policy:={policy} "
-            f"seeds:=100000 episode_s:=30 record:=true bag_dir:={bag} output_dir:={out}",
-            timeout=600,
+            f"seeds:=100000 episode_s:={os.environ.get('ISR_PX4_EPISODE_S', '30')} record:=true "
+            f"bag_dir:={bag} output_dir:={out}",
+            timeout=900,
+            domain=int(os.environ.get("ISR_PX4_DOMAIN_ID", "0")),  # PX4's uXRCE-DDS domain
         )
     finally:
         stop = os.environ.get("ISR_PX4_SITL_STOP")

@@ -51,12 +51,19 @@ class LiveSink:
         min_interval_s: float = 0.0,
         skip_topics: tuple[str, ...] = ("/isr/episode_metrics",),
         qos_depth: int = 10,
+        clock: bool = True,
+        latched: dict[str, Any] | None = None,
     ) -> None:
         self.node = node
         self.factory = factory
         self.min_interval_s = float(min_interval_s)
         self.skip_topics = set(skip_topics)
         self.qos_depth = int(qos_depth)
+        self.clock = bool(clock)
+        """Publish ``/clock`` (off where the graph runs on wall time, e.g. a PX4 flight)."""
+        self.latched = dict(latched or {})
+        """Topic -> QoS profile for topics a late subscriber must still get (e.g. the run's
+        ``/isr/metadata`` with a transient-local profile)."""
         self.path = Path("live")
         self.published: dict[str, int] = {}
         """Messages published per topic (the clock and tf included)."""
@@ -68,7 +75,9 @@ class LiveSink:
     def _publish(self, topic: str, msg: Any) -> None:
         pub = self._pubs.get(topic)
         if pub is None:
-            pub = self.node.create_publisher(type(msg), topic, self.qos_depth)
+            pub = self.node.create_publisher(
+                type(msg), topic, self.latched.get(topic, self.qos_depth)
+            )
             self._pubs[topic] = pub
         pub.publish(msg)
         self.published[topic] = self.published.get(topic, 0) + 1
@@ -77,7 +86,7 @@ class LiveSink:
         """Publish ``msg`` on ``topic`` at simulation time ``t_ns`` (clock first if newer)."""
         if self.closed or topic in self.skip_topics:
             return
-        if t_ns > self._clock_ns:
+        if self.clock and t_ns > self._clock_ns:
             self._clock_ns = int(t_ns)
             f = self.factory
             self._publish(CLOCK_TOPIC, f("rosgraph_msgs/msg/Clock")(
