@@ -9,7 +9,7 @@
 - ``STREAM``: heartbeat (``OffboardControlMode``, velocity) + zero velocity setpoints for
   ``stream_ticks`` ticks (>= 10 at >= 10 Hz: PX4 only accepts OFFBOARD while the signal is live),
   and until the FLY policy is ready (``ready()``: loaded, built and warmed up; nothing heavy may
-  run after arming), at most ``ready_timeout_s``.
+  run after arming) and PX4's pre-flight checks pass, at most ``ready_timeout_s``.
 - ``REQUEST_OFFBOARD``: ``VehicleCommand`` 176 (param1 1, param2 6), resent every
   ``command_retry_s`` until ``nav_state == 14``; rejections (acks) and a timeout fail.
 - ``ARM``: 400 with param1 1 until ``arming_state == ARMED``; likewise.
@@ -123,7 +123,11 @@ class OffboardClientConfig:
     failsafe_command_repeats: int = 3
     """How often the link-loss command is sent (every ``command_retry_s``)."""
     ready_timeout_s: float = 600.0
-    """STREAM waits at most this long for the FLY policy to be ready, then fails (unarmed)."""
+    """STREAM waits at most this long for the FLY policy to be ready (and PX4's pre-flight
+    checks), then fails (unarmed)."""
+    wait_for_preflight_checks: bool = True
+    """STREAM also waits for ``VehicleStatus.pre_flight_checks_pass`` (a freshly started PX4
+    refuses to arm until its estimator has converged)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field."""
@@ -354,10 +358,14 @@ class OffboardClient:
         except Exception as exc:  # the policy could not be built: never arm
             self._fail(now_us, f"policy not ready: {exc} (not armed)")
             return
-        if ready:
+        checks = not self.cfg.wait_for_preflight_checks or (
+            self.status is not None and self.status.pre_flight_checks_pass
+        )
+        if ready and checks:
             self._enter(now_us, Phase.REQUEST_OFFBOARD)
         elif self._elapsed_s(now_us) > self.cfg.ready_timeout_s:
-            self._fail(now_us, f"policy not ready after {self.cfg.ready_timeout_s} s (not armed)")
+            what = "policy not ready" if not ready else "PX4 pre-flight checks not passing"
+            self._fail(now_us, f"{what} after {self.cfg.ready_timeout_s} s (not armed)")
 
     def _tick_request_offboard(self, now_us: int, inbox: ClientInbox, out: ClientOutbox) -> None:
         out.setpoint = self._hold_setpoint()

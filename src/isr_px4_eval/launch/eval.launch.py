@@ -14,8 +14,8 @@ Arguments:
 - ``px4_release``: topic-name preset (1.15, 1.16, 1.17, 1.18, main).
 - ``namespace``: PX4 vehicle namespace (``px4_1`` -> ``/px4_1/fmu/...``), "" for none.
 - ``emulator``: true starts ``px4_emulator_node`` (rehearsal without PX4; px4 backend only).
-- ``camera``: true starts ``sim_bridge_node`` for drone 0 (camera and detections from the
-  vehicle's odometry).
+- ``camera``: true starts ``sim_bridge_node`` for drone 0 on the world of the first seed
+  (camera and detections from the drone's world-frame odometry).
 - ``record``: true starts ``ros2 bag record -s mcap`` on the evaluation topics (PX4 topics of
   the release/namespace, odometry, camera, detections, episode metrics) into ``bag_dir``.
 - ``seeds``: world seeds (``"100000"``, ``"1,5-7"``); px4: the first one is the pilot's world.
@@ -234,7 +234,22 @@ def generate_launch_description():
                 executable="sim_bridge_node",
                 name="sim_bridge",
                 output="screen",
-                parameters=[{"num_drones": 1}],
+                parameters=[
+                    {
+                        "num_drones": 1,
+                        # the world of the evaluation: the first of ``seeds`` ("100000-100019")
+                        "world_seed": ParameterValue(
+                            PythonExpression(
+                                [
+                                    "int('",
+                                    LaunchConfiguration("seeds"),
+                                    "'.split(',')[0].split('-')[0])",
+                                ]
+                            ),
+                            value_type=int,
+                        ),
+                    }
+                ],
                 condition=IfCondition(LaunchConfiguration("camera")),
             ),
             OpaqueFunction(function=_record),

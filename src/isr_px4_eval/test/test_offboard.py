@@ -234,3 +234,27 @@ def test_heartbeat_loss_triggers_px4_failsafe(action, nav):
     # Stale setpoints kept coming: they alone never kept offboard alive.
     assert any("trajectory_setpoint" in t.sent for t in r.ticks if t.t_us - 1e6 > lose_at + 5e5)
     assert math.isfinite(c.fly_time_s)
+
+
+def test_stream_waits_for_px4_preflight_checks_before_offboard_and_arming():
+    from isr_px4_eval.offboard import ClientInbox
+    from isr_px4_eval.px4_convert import OdometryENU, VehicleStatusInfo
+
+    z3 = np.zeros(3)
+    odom = OdometryENU(0, z3, z3, np.array([1.0, 0, 0, 0]), z3, 0.0)
+
+    def status(ok: bool) -> VehicleStatusInfo:
+        return VehicleStatusInfo(0, 4, 1, False, ok)  # loiter, disarmed
+
+    c = client(hover_forever, ready_timeout_s=3.0)
+    t = 1_000_000
+    for _ in range(30):  # 1.5 s of ticks: the estimator has not converged yet
+        c.tick(t, ClientInbox(odometry=[odom], status=[status(False)]))
+        t += 50_000
+    assert c.phase == Phase.STREAM
+    c.tick(t, ClientInbox(odometry=[odom], status=[status(True)]))
+    assert c.phase == Phase.REQUEST_OFFBOARD
+    stuck = client(hover_forever, ready_timeout_s=1.0)
+    for k in range(40):
+        stuck.tick(1_000_000 + k * 50_000, ClientInbox(odometry=[odom], status=[status(False)]))
+    assert stuck.phase == Phase.FAILED and "pre-flight checks" in stuck.failure_reason
