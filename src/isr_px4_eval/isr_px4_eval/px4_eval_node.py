@@ -241,7 +241,11 @@ def make_node_class() -> type:
                     reliability=ReliabilityPolicy.RELIABLE,
                     durability=DurabilityPolicy.TRANSIENT_LOCAL,
                 )
-                sink = LiveSink(self, self.factory, clock=False, latched={"/isr/metadata": latched})
+                sink = LiveSink(
+                    self, self.factory, clock=False, latched={"/isr/metadata": latched},
+                    # the camera's topics belong to sim_bridge (camera:=true), which renders
+                    skip_topics=("/isr/episode_metrics", "/drone_0/camera/camera_info"),
+                )  # fmt: skip
                 pilot.recorder = EnvRecorder(
                     pilot.env, None, f"{p['backend']} flight: {p['policy']}", p["backend"],
                     image_drones=[0], sink=sink,
@@ -272,8 +276,12 @@ def make_node_class() -> type:
                         f"policy ready: build {st['build_s']:.1f} s, "
                         f"warm-up {st['warm_up_s']:.1f} s"
                     )
-            if self.client.phase.value == "stream" and not self.bg.ready():
-                self._every_10_s("streaming; waiting for the policy (load, build, warm-up)")
+            if self.client.phase.value == "stream":
+                self._every_10_s(
+                    "streaming; waiting for the policy (load, build, warm-up)"
+                    if not self.bg.ready()
+                    else "streaming; waiting for PX4's pre-flight checks to pass"
+                )
             elif self.client.phase.value == "fly":
                 self._every_10_s(f"flying: {self.client.fly_time_s:.0f} s")
             if self.client.finished and not self.done:

@@ -57,6 +57,7 @@ DRONE_TOPICS = [
     "/drone_0/cmd_vel",
     "/drone_0/camera/image_raw",
     "/drone_0/camera/camera_info",
+    "/drone_0/camera/detections",
     "/drone_0/detections",
 ]
 
@@ -237,6 +238,8 @@ def generate_launch_description():
                 parameters=[
                     {
                         "num_drones": 1,
+                        # its boxes next to its images; /drone_0/detections stays the policy's
+                        "detections_topic": "/drone_{i}/camera/detections",
                         # the world of the evaluation: the first of ``seeds`` ("100000-100019")
                         "world_seed": ParameterValue(
                             PythonExpression(
