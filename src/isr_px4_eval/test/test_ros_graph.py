@@ -31,8 +31,10 @@ SETUP_CANDIDATES = (
     "/opt/ros2_humble/env.sh",
 )
 ROS_SETUP = next((p for p in SETUP_CANDIDATES if p and Path(p).is_file()), None)
-NEEDED = ("rclpy", "launch_ros", "rosbag2_py", "vision_msgs.msg", "px4_msgs.msg")
-"""What the graph needs besides ROS 2's core (px4_msgs of the PX4 release, as an overlay)."""
+NEEDED = ("rclpy", "rosbag2_py", "vision_msgs.msg", "px4_msgs.msg")
+"""What the graph needs from the ROS installation (px4_msgs of the PX4 release, as an overlay);
+the Python packages ROS tools need in the workspace's interpreter (lark, ...) are installed by
+``make ros``, which the tests run first."""
 
 
 def _ros_problem() -> str | None:
