@@ -993,7 +993,8 @@ def build_summary(
             "drones_per_world_eval": 1,
         },
         "training": {
-            "demonstration_worlds": cfg.data.num_worlds,
+            "pretrained": cfg.rl.pretrained,
+            "demonstration_worlds": cfg.data.num_worlds if cfg.rl.pretrained is None else 0,
             "rl_worlds": cfg.env.num_worlds,
             "rl_drones_per_world": cfg.env.drones_per_world,
             "rl_algorithm": cfg.rl.algorithm,
@@ -1035,9 +1036,13 @@ def summary_text(s: dict[str, Any]) -> str:
     sps = tr["rl_env_steps_per_s_incl_updates"] or float("nan")
     lines += [
         "",
-        f"Training: demonstrations from {tr['demonstration_worlds']} worlds; RL "
-        f"({tr['rl_algorithm']}) on {tr['rl_worlds']} worlds x {tr['rl_drones_per_world']} drones, "
-        f"{tr['rl_env_steps'] or 0} env steps at "
+        (
+            f"Training: continued from {tr['pretrained']}; RL "
+            if tr.get("pretrained")
+            else f"Training: demonstrations from {tr['demonstration_worlds']} worlds; RL "
+        )
+        + f"({tr['rl_algorithm']}) on {tr['rl_worlds']} worlds x "
+        f"{tr['rl_drones_per_world']} drones, {tr['rl_env_steps'] or 0} env steps at "
         f"{sps:.0f} env-steps/s (incl. updates)",
         "Wall time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items() if v is not None)
