@@ -112,6 +112,19 @@ def _bag_topics(bag: Path) -> dict[str, int]:
     return counts
 
 
+def _eval_launch(ros: Ros, tmp_path: Path, args: str, timeout: float = 600) -> tuple[Path, Path]:
+    """``ros2 launch isr_px4_eval eval.launch.py ARGS record:=true`` into ``tmp_path``; it must end
+    by itself with status 0. Returns ``(bag, output_dir)``."""
+    bag, out = tmp_path / "bag", tmp_path / "out"
+    r = ros.run(
+        f"ros2 launch isr_px4_eval eval.launch.py {args} record:=true bag_dir:={bag} "
+        f"output_dir:={out}",
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return bag, out
+
+
 def test_colcon_build_installs_every_node(ros):
     out = ros.run("ros2 pkg executables", timeout=60)
     assert out.returncode == 0, out.stderr
@@ -130,14 +143,7 @@ def test_colcon_build_installs_every_node(ros):
 
 def test_eval_launch_embedded_publishes_live_records_and_ends(ros, tmp_path, export_tiny_policy):
     policy = export_tiny_policy(tmp_path / "policy")
-    bag, out = tmp_path / "bag", tmp_path / "out"
-    r = ros.run(
-        f"ros2 launch isr_px4_eval eval.launch.py backend:=embedded policy:={policy} "
-        f"seeds:=100000 record:=true bag_dir:={bag} output_dir:={out}",
-        timeout=600,
-    )
-    log = r.stdout[-4000:] + r.stderr[-4000:]
-    assert r.returncode == 0, log
+    bag, out = _eval_launch(ros, tmp_path, f"backend:=embedded policy:={policy} seeds:=100000")
     res = json.loads((out / "embedded_result.json").read_text())
     assert len(res["episodes"]) == 1 and res["episodes"][0]["length_s"] == pytest.approx(120.0)
     counts = _bag_topics(bag)
@@ -177,16 +183,11 @@ def test_eval_launch_px4_emulator_flies_a_policy_with_a_steady_heartbeat(
     ros, tmp_path, export_tiny_policy
 ):
     policy = export_tiny_policy(tmp_path / "policy")
-    bag, out = tmp_path / "bag", tmp_path / "out"
-    r = ros.run(
-        f"ros2 launch isr_px4_eval eval.launch.py backend:=px4 emulator:=true policy:={policy} "
-        f"seeds:=100000 episode_s:=15 record:=true bag_dir:={bag} output_dir:={out}",
-        timeout=600,
+    bag, out = _eval_launch(
+        ros, tmp_path, f"backend:=px4 emulator:=true policy:={policy} seeds:=100000 episode_s:=15"
     )
-    log = r.stdout[-4000:] + r.stderr[-4000:]
-    assert r.returncode == 0, log
     res = json.loads((out / "px4_result.json").read_text())
-    assert res["phase"] == "done", (res["failure_reason"], log)
+    assert res["phase"] == "done", res["failure_reason"]
     assert res["episode"]["length"] == 150
     assert res["tick_intervals_in_fly"]["max_s"] <= 0.1, res["tick_intervals_in_fly"]
     counts = _bag_topics(bag)
@@ -198,15 +199,10 @@ def test_eval_launch_px4_emulator_flies_a_policy_with_a_steady_heartbeat(
 
 def test_eval_launch_direct_flies_the_pilot_over_the_topic_graph(ros, tmp_path, export_tiny_policy):
     policy = export_tiny_policy(tmp_path / "policy")
-    bag, out = tmp_path / "bag", tmp_path / "out"
-    r = ros.run(
-        f"ros2 launch isr_px4_eval eval.launch.py backend:=direct vehicle:=quadrotor "
-        f"policy:={policy} seeds:=100000 episode_s:=8 record:=true bag_dir:={bag} "
-        f"output_dir:={out}",
-        timeout=600,
-    )
-    log = r.stdout[-4000:] + r.stderr[-4000:]
-    assert r.returncode == 0, log
+    bag, out = _eval_launch(
+        ros, tmp_path,
+        f"backend:=direct vehicle:=quadrotor policy:={policy} seeds:=100000 episode_s:=8",
+    )  # fmt: skip
     res = json.loads((out / "direct_result.json").read_text())
     assert res["episode"]["length"] == 80, res["episode"]
     assert res["tick_intervals"]["max_s"] <= 0.1 and res["policy_timing"]["error"] == ""
