@@ -345,6 +345,14 @@ def make_node_class() -> type:
             now_s = self.get_clock().now().nanoseconds * 1e-9
             if self.done:
                 return
+            if self.bg.error:  # the policy could not be built (or a step failed): stop, hovering
+                self.get_logger().error(self.bg.error)
+                self.cmd_pub.publish(
+                    twist_stamped_msg(self.factory, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), now_s, "map")
+                )
+                self.write_result({"backend": "direct", "error": self.bg.error})
+                self.done = True
+                return
             if self.odom is None or not self.bg.ready():
                 self._every_10_s("waiting for odometry and the policy (load, build, warm-up)")
                 sp_vel, sp_rate = (0.0, 0.0, 0.0), 0.0
