@@ -49,6 +49,7 @@ from torch import Tensor
 from isr_direct_dynamics import InitialState
 from isr_direct_dynamics.base import VehicleModel, scale_action
 
+from .frames import yaw_from_quat_wxyz
 from .px4_convert import OdometryENU, VelocitySetpointENU
 
 
@@ -337,8 +338,7 @@ def odometry_from_ros(msg: Any) -> OdometryENU:
     from isr_sim_bridge.rosmsg import odometry_to_numpy
 
     d = odometry_to_numpy(msg)
-    w, x, y, z = (float(v) for v in d["quat_wxyz"])
-    yaw = math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    yaw = float(yaw_from_quat_wxyz(d["quat_wxyz"]))
     return OdometryENU(
         int(round(float(d["t_s"]) * 1e6)), d["pos_enu_m"], d["vel_enu_m_s"], d["quat_wxyz"],
         d["body_rates_flu_rad_s"], yaw,
