@@ -240,10 +240,16 @@ def image_msg(f: MessageFactory, image: np.ndarray, t_s: float, frame_id: str) -
 def pinhole_k(
     width: int, height: int, hfov_deg: float, vfov_deg: float | None = None
 ) -> np.ndarray:
-    """3x3 intrinsics of a pinhole camera from its fields of view (square pixels by default)."""
+    """3x3 intrinsics of a pinhole camera from its fields of view (square pixels by default).
+
+    The renderer's convention (:func:`isr_sim_bridge.camera.camera_intrinsics`, OpenCV/ROS): the
+    principal point is the image centre in pixel-centre coordinates, ``cx = (width - 1) / 2``,
+    ``cy = (height - 1) / 2`` (pixel ``u`` covers ``[u - 0.5, u + 0.5]``).
+    """
     fx = 0.5 * width / np.tan(np.radians(hfov_deg) / 2.0)
     fy = fx if vfov_deg is None else 0.5 * height / np.tan(np.radians(vfov_deg) / 2.0)
-    return np.array([[fx, 0.0, width / 2.0], [0.0, fy, height / 2.0], [0.0, 0.0, 1.0]])
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
 def camera_info_msg(

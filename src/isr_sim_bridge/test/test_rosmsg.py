@@ -44,7 +44,12 @@ def test_camera_info_roundtrip():
     msg = _roundtrip(rosmsg.camera_info_msg(F, 64, 48, 70.0, 0.5, "cam"))
     info = rosmsg.camera_info_to_numpy(msg)
     assert info["hfov_deg"] == pytest.approx(70.0)
-    assert info["K"][0, 2] == 32 and info["K"][1, 2] == 24
+    # The renderer's principal point (pixel-centre convention), not w/2: half a pixel matters.
+    from isr_sim_bridge.camera import CameraConfig, camera_intrinsics
+
+    fx, fy, cx, cy = camera_intrinsics(CameraConfig(resolution="64x48", horizontal_fov_deg=70.0))
+    assert info["K"][0, 2] == cx == 31.5 and info["K"][1, 2] == cy == 23.5
+    assert info["K"][0, 0] == pytest.approx(fx) and info["K"][1, 1] == pytest.approx(fy)
     assert msg.distortion_model == "plumb_bob" and len(msg.d) == 5 and not np.any(msg.d)
     assert np.asarray(msg.p).reshape(3, 4)[0, 0] == pytest.approx(info["K"][0, 0])
 
