@@ -8,6 +8,9 @@ Two models share one interface (:class:`VehicleModel`): the direct dynamics of f
 
 from __future__ import annotations
 
+from . import threads as threads  # first: sets libgomp's spin before torch loads it
+
+# isort: split
 from typing import Any
 
 import torch

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import threads as _threads
+
 CHUNK = 32
 """Drones per parallel work item of the per-drone kernels (their scratch arrays are allocated
 once per chunk, not per drone); the task and camera kernel modules use the same."""
@@ -62,13 +64,22 @@ def as_numpy(tensor) -> np.ndarray:
 
 @contextmanager
 def threads_for(work_items: int, min_parallel: int) -> Iterator[None]:
-    """Run the numba kernels in this block on one thread when there is little work.
+    """Run the numba kernels in this block on the threads the machine has free for them.
 
-    Waking numba's worker threads costs tens of microseconds per parallel region; below
-    ``min_parallel`` work items (drones, cameras, ...) a kernel is faster serial. Used by every
-    kernel wrapper of the workspace (the setting is numba's, per calling thread).
+    First brings numba's thread count (per calling thread) to
+    :func:`isr_direct_dynamics.threads.current_threads`: fewer threads than cores when other
+    processes keep cores busy (see :mod:`isr_direct_dynamics.threads`). Then, since waking
+    numba's worker threads costs tens of microseconds per parallel region, runs the block on one
+    thread below ``min_parallel`` work items (drones, cameras, ...). Used by every kernel wrapper
+    of the workspace.
     """
-    if numba is None or work_items >= min_parallel or numba.get_num_threads() == 1:
+    if numba is None:
+        yield
+        return
+    count = min(_threads.current_threads(), numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != count:
+        numba.set_num_threads(count)
+    if work_items >= min_parallel or count == 1:
         yield
         return
     previous = numba.get_num_threads()
