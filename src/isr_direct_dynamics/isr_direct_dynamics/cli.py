@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 
 import torch
+
+from isr_direct_dynamics.config import json_dumps
 
 from . import MODEL_NAMES, make_vehicle_model
 
@@ -42,8 +43,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare_bench(args: argparse.Namespace) -> tuple[torch.device, int]:
     """Apply ``--threads``, check ``--device`` and the drone split; return (device, worlds)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from .threads import configure_threads
+
+    configure_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
@@ -120,9 +122,9 @@ def run_dynamics_benchmark(args: argparse.Namespace) -> dict:
 def _bench(args: argparse.Namespace) -> int:
     result = run_dynamics_benchmark(args)
     if args.json:
-        print(json.dumps(result))
+        print(json_dumps(result))
     else:
-        print(json.dumps(result, indent=2))
+        print(json_dumps(result, indent=2))
     return 0
 
 

@@ -11,13 +11,14 @@ Everything is written under ``reports/demo/`` (plots, the view grid, ``summary.j
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from isr_direct_dynamics import MODEL_NAMES, InitialState, make_vehicle_model
+from isr_direct_dynamics.config import json_dumps
+from isr_direct_dynamics.io_checks import check_output_dir
 
 # (duration s, normalized action [vx, vy, vz, yaw_rate])
 STEP_SEQUENCE: tuple[tuple[float, tuple[float, float, float, float]], ...] = (
@@ -93,7 +94,7 @@ def plot_responses(series: dict[str, dict[str, list[float]]], path: Path) -> Non
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; print where its outputs are."""
-    out_dir = Path(args.out)
+    out_dir = check_output_dir(args.out, "--out")
     models = available_models()
     series = {}
     for name in models:
@@ -138,7 +139,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )  # fmt: skip
             bench.append(run_dynamics_benchmark(ns))
     (out_dir / "summary.json").write_text(
-        json.dumps({"responses": summary, "baselines": baselines, "bench": bench}, indent=2)
+        json_dumps({"responses": summary, "baselines": baselines, "bench": bench}, indent=2)
     )
     for b in bench:
         rate = b["drone_steps_per_s"]

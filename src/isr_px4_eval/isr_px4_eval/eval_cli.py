@@ -23,13 +23,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from isr_direct_dynamics.config import ConfigError, run_command
+from isr_direct_dynamics.io_checks import check_output_dir, check_output_file
 
 from .evaluation import (
     BACKENDS,
+    check_finite_actions,
     evaluate_policy,
     format_table,
     load_settings,
@@ -57,9 +60,24 @@ def _settings(args: argparse.Namespace):
     return s
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unusable output paths before any work (see :mod:`isr_direct_dynamics.io_checks`)."""
+    if getattr(args, "json", None):
+        check_output_file(args.json, "--json")
+    if getattr(args, "record_dir", None):
+        check_output_dir(args.record_dir, "--record-dir")
+        for backend in {getattr(args, k, None) for k in ("backend", "reference", "candidate")}:
+            if backend:
+                check_output_file(Path(args.record_dir) / f"{backend}.npz", "--record-dir")
+    if getattr(args, "bag", None):
+        check_output_dir(args.bag, "--bag", new=True)
+
+
 def _setup(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _check_outputs(args)
+    from isr_direct_dynamics.threads import configure_threads
+
+    configure_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device} but CUDA is not available")
 
@@ -80,14 +98,14 @@ def run_eval(args: argparse.Namespace) -> int:
     """``isr eval``: evaluate, print the table, write the JSON."""
     _setup(args)
     seeds = parse_seeds(args.world_seeds)
-    result = evaluate_policy(
-        args.policy, args.backend, seeds, _settings(args), **_run_options(args)
-    )
+    settings = _settings(args)
+    result = evaluate_policy(args.policy, args.backend, seeds, settings, **_run_options(args))
     print(format_table(result))
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
     if result.get("recording"):
         print(f"wrote {result['recording']}")
+    check_finite_actions(result, settings.max_nonfinite_action_fraction)
     return 0
 
 

@@ -93,7 +93,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isr_direct_dynamics.config import ConfigError, check, from_dict, load_yaml, to_dict
+from isr_direct_dynamics.config import ConfigError, check, from_dict, json_dumps, load_yaml, to_dict
+from isr_direct_dynamics.io_checks import atomic_write_text, describe_exception
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 """Package data: ``eval.yaml`` (evaluation preset) and ``parity.yaml`` (parity tolerances)."""
@@ -139,6 +140,9 @@ class EvalSettings:
     """QuadrotorConfig keys of the embedded backend (the "eval full-fidelity" preset)."""
     direct: dict[str, Any] = field(default_factory=dict)
     """DirectDynamicsConfig keys of the direct backend."""
+    max_nonfinite_action_fraction: float = 0.01
+    """An evaluation fails (:class:`NonFiniteActionsError`) when more than this share of the
+    policy's actions had a NaN/inf entry (each one is replaced by the zero command and counted)."""
 
     def validate(self) -> None:
         """Check ranges and both vehicle configs; raises ConfigError naming the field."""
@@ -147,6 +151,8 @@ class EvalSettings:
         check(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
         d = self.drones_per_world
         check(1 <= d <= 32, "drones_per_world", f"must be in 1..32, got {d}")
+        f = self.max_nonfinite_action_fraction
+        check(0.0 <= f <= 1.0, "max_nonfinite_action_fraction", f"must be in [0, 1], got {f}")
         if self.episode_length_s is not None:
             e = self.episode_length_s
             check(math.isfinite(e) and e > 0, "episode_length_s", f"must be > 0, got {e}")
@@ -165,11 +171,20 @@ def load_settings(path: str | Path | None = None) -> EvalSettings:
     return load_yaml(EvalSettings, path or CONFIG_DIR / "eval.yaml")
 
 
-def parse_seeds(text: str) -> list[int]:
-    """World seeds from ``"100000,100001"``, ``"100000-100019"`` or a mix (``"1,5-7"``)."""
+MAX_EVAL_WORLDS = 10_000
+"""Most world seeds one evaluation takes (each world is an episode of one drone)."""
+
+
+def parse_seeds(text: str, max_count: int = MAX_EVAL_WORLDS) -> list[int]:
+    """World seeds from ``"100000,100001"``, ``"100000-100019"`` or a mix (``"1,5-7"``).
+
+    At most ``max_count`` seeds, each < 2**31 (checked before any list is built).
+    """
     import re
 
     seeds: list[int] = []
+    if len(str(text)) > 100_000:
+        raise ConfigError(f"world seeds '{str(text)[:40]}...' is longer than 100,000 characters")
     for part in str(text).split(","):
         part = part.strip()
         if not part:
@@ -179,8 +194,20 @@ def parse_seeds(text: str) -> list[int]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise ConfigError(f"world seed range '{part}' is empty (end < start)")
+            if hi >= 2**31:
+                raise ConfigError(f"world seed {hi} in '{part}' is too large (at most 2**31 - 1)")
+            if len(seeds) + hi - lo + 1 > max_count:
+                raise ConfigError(
+                    f"world seeds '{part}' are {hi - lo + 1:,} worlds; at most {max_count:,} "
+                    "per evaluation"
+                )
             seeds.extend(range(lo, hi + 1))
         elif re.fullmatch(r"\d+", part):
+            if int(part) >= 2**31 or len(seeds) >= max_count:
+                raise ConfigError(
+                    f"world seed {part[:20]} is too large (at most 2**31 - 1) or there are more "
+                    f"than {max_count:,} seeds"
+                )
             seeds.append(int(part))
         else:
             raise ConfigError(
@@ -199,19 +226,11 @@ def load_direct_dynamics_file(path: str | Path) -> dict[str, Any]:
     Accepts a plain DirectDynamicsConfig mapping (the tuner's format) or a file with a ``direct:``
     section (the training pipeline's ``dynamics_config.yaml``).
     """
-    import yaml
-
     from isr_direct_dynamics import DirectDynamicsConfig
+    from isr_direct_dynamics.config import read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"dynamics config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"dynamics config {p} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"dynamics config {p} must be a mapping of DirectDynamicsConfig keys")
+    data = read_yaml(p, "dynamics config")
     if "direct" in data and isinstance(data["direct"], dict):
         data = data["direct"]
     try:
@@ -238,6 +257,8 @@ class LoadedPolicy:
     """Observation (tensor or ``{"state", "image"}``) -> action ``(N, 4)`` in ``[-1, 1]``."""
     experiment_dir: Path | None = None
     """The experiment the policy belongs to (its ``config.yaml`` defines the task), if any."""
+    input_dim: int | None = None
+    """Observation values the network takes, read from its weights (None: not determinable)."""
 
 
 def _find_policy_file(path: Path) -> Path:
@@ -261,38 +282,145 @@ def _experiment_of(file: Path) -> Path | None:
     return None
 
 
-def _load_torchscript(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+def _policy_meta(raw: Any, file: Path, where: str) -> dict[str, Any]:
+    """The export metadata of a policy (a JSON object in ``where``); ConfigError naming the file."""
+    if raw is None or raw in ("", b""):
+        return {}
+    fix = "re-export the policy"
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"policy '{file}': its {where} is not text (binary data at byte {exc.start}); {fix}"
+            ) from None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"policy '{file}': its {where} is not valid JSON ({exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}); {fix}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"policy '{file}': its {where} is nested too deeply; {fix}") from None
+    if not isinstance(meta, dict):
+        kind = {list: "a JSON list", str: "a JSON string"}.get(type(meta), f"JSON {meta!r:.20}")
+        raise ConfigError(f"policy '{file}': its {where} holds {kind}, expected an object; {fix}")
+    obs_dim = meta.get("obs_dim")
+    if obs_dim is not None and (
+        isinstance(obs_dim, bool) or not isinstance(obs_dim, int) or obs_dim <= 0
+    ):
+        raise ConfigError(
+            f"policy '{file}': its {where} has obs_dim {obs_dim!r}, expected a positive integer; "
+            f"{fix}"
+        )
+    image_shape = meta.get("image_shape")
+    if image_shape is not None and not (
+        isinstance(image_shape, list)
+        and len(image_shape) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_shape)
+    ):
+        raise ConfigError(
+            f"policy '{file}': its {where} has image_shape {image_shape!r:.40}, expected "
+            f"[height, width, 3] or null; {fix}"
+        )
+    version = meta.get("task_version")
+    if version is not None and not isinstance(version, str):
+        raise ConfigError(f"policy '{file}': its {where} has a non-text task_version; {fix}")
+    return meta
+
+
+def _policy_format(file: Path) -> str:
+    """``torchscript``, ``state_dict`` or ``unknown``, from the content of a non-ONNX file."""
+    import zipfile
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy '{file}': {exc.strerror or exc}") from None
+    if size == 0:
+        raise ConfigError(f"policy '{file}' is empty (0 bytes); export or copy it again")
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(file) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            why = "not a complete zip archive" if isinstance(exc, zipfile.BadZipFile) else exc
+            raise ConfigError(
+                f"policy '{file}' is cut short or corrupt ({why}); export or copy it again"
+            ) from None
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        return "state_dict"
+    if head[:1] == b"\x80":  # a pickle of a legacy (non-zip) torch.save
+        return "state_dict"
+    return "unknown"
+
+
+def _first_linear_inputs(params: list[tuple[str, Tensor]]) -> int | None:
+    """Input size of the first weight matrix, when the network starts with a linear layer."""
+    for name, t in params:
+        if name.endswith("weight"):
+            return int(t.shape[1]) if t.dim() == 2 else None
+    return None
+
+
+def _load_torchscript(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
     extra = {"meta.json": ""}
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001 - a corrupt archive is a user error
+        raise ConfigError(
+            f"policy '{file}' is a corrupt TorchScript archive ({describe_exception(exc)}); "
+            "export or copy it again"
+        ) from None
     module.eval()
-    raw = extra["meta.json"]
-    meta = json.loads(raw) if raw else {}
-    return module, meta
+    meta = _policy_meta(extra["meta.json"], file, "meta.json")
+    buffers = dict(module.named_buffers())
+    if "obs_norm.mean" in buffers and buffers["obs_norm.mean"].dim() == 1:
+        input_dim: int | None = int(buffers["obs_norm.mean"].shape[0])
+    elif meta.get("image_shape"):
+        input_dim = None
+    else:
+        input_dim = _first_linear_inputs(list(module.named_parameters()))
+    return module, meta, input_dim
 
 
-def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
     import onnx
     import onnxruntime as ort
 
+    if file.stat().st_size == 0:
+        raise ConfigError(f"policy '{file}' is empty (0 bytes); export or copy it again")
     try:
         model = onnx.load(str(file))
     except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
         raise ConfigError(
-            f"policy '{file}' is not a valid ONNX model ({exc.__class__.__name__})"
+            f"policy '{file}' is not a valid ONNX model ({exc.__class__.__name__}); export or "
+            "copy it again"
         ) from None
     props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props["meta"]) if props.get("meta") else {}
+    meta = _policy_meta(props.get("meta"), file, "ONNX metadata 'meta'")
     if "task_version" in props:
         meta.setdefault("task_version", props["task_version"])
     try:
         sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"policy '{file}' cannot be loaded by onnxruntime: {exc}") from None
-    names = [i.name for i in sess.get_inputs()]
+        raise ConfigError(
+            f"policy '{file}' cannot be loaded by onnxruntime ({describe_exception(exc)})"
+        ) from None
+    inputs = sess.get_inputs()
+    if not inputs:
+        raise ConfigError(f"policy '{file}' is an ONNX model without inputs")
+    names = [i.name for i in inputs]
+    shape = list(inputs[0].shape or [])
+    input_dim = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
 
     def run(state: Tensor, image: Tensor | None = None) -> Tensor:
         feeds = {names[0]: state.detach().cpu().numpy().astype(np.float32)}
@@ -300,42 +428,57 @@ def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
             feeds[names[1]] = image.detach().cpu().numpy()
         return torch.from_numpy(sess.run(None, feeds)[0])
 
-    return run, meta
+    return run, meta, input_dim
 
 
-def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
     """``policy.pt`` of :func:`isr_training.export.export_policy` (a DeployPolicy state dict)."""
-    from isr_training.models import ACTIVATIONS, mlp, safe_load
+    from isr_training.models import ACTIVATIONS, TorchFileError, mlp, safe_load
 
-    data = safe_load(file)
-    if not isinstance(data, dict) or "model" not in data:
+    try:
+        data = safe_load(file, what="policy")
+    except TorchFileError as exc:
+        raise ConfigError(
+            f"policy '{file}' is corrupt ({exc.reason}); export or copy it again"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ConfigError(f"policy '{file}' is not an exported policy (no 'model' state dict)")
-    sd, meta = data["model"], dict(data.get("meta") or {})
-    if any(k.startswith("encoder.") for k in sd):
+    sd = data["model"]
+    raw_meta = data.get("meta")
+    if raw_meta is not None and not isinstance(raw_meta, dict):
+        raise ConfigError(f"policy '{file}': its 'meta' is a {type(raw_meta).__name__}, not a dict")
+    meta = _policy_meta(json_dumps(raw_meta or {}, default=str), file, "'meta'")
+    if any(str(k).startswith("encoder.") for k in sd):
         raise ConfigError(
             f"policy '{file}' has a camera encoder: evaluate its policy_torchscript.pt instead"
         )
-    if "obs_norm.mean" not in sd:
+    if "obs_norm.mean" not in sd or "obs_norm.var" not in sd:
         raise ConfigError(f"policy '{file}' is not a DeployPolicy state dict (no obs_norm)")
-    layers = sorted(
-        {int(k.split(".")[1]) for k in sd if k.startswith("actor.") and k.endswith(".weight")}
-    )
-    dims = [sd[f"actor.{i}.weight"].shape for i in layers]
     activation = meta.get("activation", "elu")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"policy '{file}': unknown activation {activation!r}")
-    net = mlp(int(dims[0][1]), [int(d[0]) for d in dims[:-1]], int(dims[-1][0]), activation)
-    actor_sd = {k[len("actor.") :]: v for k, v in sd.items() if k.startswith("actor.")}
-    net.load_state_dict(actor_sd)
+    try:
+        layers = sorted(
+            {int(k.split(".")[1]) for k in sd if k.startswith("actor.") and k.endswith(".weight")}
+        )
+        dims = [sd[f"actor.{i}.weight"].shape for i in layers]
+        net = mlp(int(dims[0][1]), [int(d[0]) for d in dims[:-1]], int(dims[-1][0]), activation)
+        actor_sd = {k[len("actor.") :]: v for k, v in sd.items() if k.startswith("actor.")}
+        net.load_state_dict(actor_sd)
+        mean, var = sd["obs_norm.mean"], sd["obs_norm.var"]
+        input_dim = int(mean.shape[0])
+    except Exception as exc:  # noqa: BLE001 - malformed weights are a user error
+        raise ConfigError(
+            f"policy '{file}' is not a usable DeployPolicy state dict ({describe_exception(exc)})"
+        ) from None
     net.eval()
-    mean, var = sd["obs_norm.mean"], sd["obs_norm.var"]
 
     def run(state: Tensor, image: Tensor | None = None) -> Tensor:
         x = ((state - mean) / torch.sqrt(var + 1e-4)).clamp(-10.0, 10.0)
         return net(x).clamp(-1.0, 1.0)
 
-    meta.setdefault("obs_dim", int(mean.shape[0]))
-    return run, meta
+    meta.setdefault("obs_dim", input_dim)
+    return run, meta, input_dim
 
 
 def load_policy_file(path: str | Path, expect_task_version: str | None = None) -> LoadedPolicy:
@@ -350,31 +493,29 @@ def load_policy_file(path: str | Path, expect_task_version: str | None = None) -
 
     file = _find_policy_file(Path(path))
     if file.suffix.lower() == ".onnx":
-        try:
-            act_fn, meta = _load_onnx(file)
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a file we cannot use is a user error
-            raise ConfigError(
-                f"policy '{file}' is corrupt or not an ONNX policy ({exc.__class__.__name__})"
-            ) from None
         kind = "onnx"
+        loader = _load_onnx
     else:
-        try:
-            act_fn, meta = _load_torchscript(file)
-            kind = "torchscript"
-        except Exception as ts_exc:  # noqa: BLE001 - not TorchScript: try the state-dict format
-            try:
-                act_fn, meta = _load_state_dict(file)
-                kind = "state_dict"
-            except ConfigError:
-                raise
-            except Exception as sd_exc:  # noqa: BLE001
-                raise ConfigError(
-                    f"policy '{file}' is corrupt or not a policy file: neither TorchScript "
-                    f"({ts_exc.__class__.__name__}) nor a policy.pt state dict "
-                    f"({sd_exc.__class__.__name__})"
-                ) from None
+        kind = _policy_format(file)
+        if kind == "unknown":
+            raise ConfigError(
+                f"policy '{file}' is not a policy file (neither TorchScript, a policy.pt state "
+                "dict nor ONNX, which needs a .onnx name)"
+            )
+        loader = _load_torchscript if kind == "torchscript" else _load_state_dict
+    try:
+        act_fn, meta, input_dim = loader(file)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file we cannot use is a user error
+        raise ConfigError(
+            f"policy '{file}' is corrupt or not a {kind} policy ({describe_exception(exc)})"
+        ) from None
+    if input_dim is not None and meta.get("obs_dim") not in (None, input_dim):
+        raise ConfigError(
+            f"policy '{file}': its metadata says obs_dim {meta['obs_dim']}, but its network takes "
+            f"{input_dim} observation values; re-export the policy"
+        )
     want = expect_task_version or TASK_VERSION
     got = meta.get("task_version")
     if got is None:
@@ -395,7 +536,41 @@ def load_policy_file(path: str | Path, expect_task_version: str | None = None) -
             out = act_fn(obs.cpu())
         return out.float().clamp(-1.0, 1.0)
 
-    return LoadedPolicy(file, kind, meta, act, _experiment_of(file))
+    return LoadedPolicy(file, kind, meta, act, _experiment_of(file), input_dim)
+
+
+def check_policy_fits(policy: LoadedPolicy, env: Any) -> None:
+    """Refuse (``ConfigError``) a policy that cannot run on ``env``'s observations, before a run.
+
+    Compares the policy's input size (from its weights, else its metadata) with
+    ``env.obs_dim`` (naming both), then runs it once on a zero observation and checks that it
+    returns one 4-value action per drone.
+    """
+    size = policy.input_dim if policy.input_dim is not None else policy.meta.get("obs_dim")
+    if size is not None and int(size) != env.obs_dim:
+        raise ConfigError(
+            f"policy '{policy.path}' takes {size} observation values, this task gives "
+            f"{env.obs_dim} (a policy of another task version or observation settings)"
+        )
+    state = torch.zeros(1, env.obs_dim, device=getattr(env, "device", "cpu"))
+    obs: Any = state
+    camera = getattr(env, "image", None) is not None
+    if camera:
+        image = torch.zeros(1, *env.image_shape, dtype=torch.uint8, device=state.device)
+        obs = {"state": state, "image": image}
+    what = f"{env.obs_dim} observation values" + (" and a camera image" if camera else "")
+    try:
+        out = policy.act(obs)
+    except Exception as exc:  # noqa: BLE001 - a policy that cannot run is a user error
+        raise ConfigError(
+            f"policy '{policy.path}' cannot run on this task's observation ({what}): "
+            f"{describe_exception(exc)}"
+        ) from None
+    if not isinstance(out, Tensor) or tuple(out.shape) != (1, 4):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"policy '{policy.path}' returns {got} for one observation, expected (1, 4) actions"
+        )
 
 
 # ----------------------------------------------------------------------------------- metrics
@@ -471,6 +646,11 @@ def aggregate_metrics(rows: list[dict[str, Any]], success_min_targets_found: flo
         [float(t) for t in found_any]
     )
     out["episodes_with_a_find"] = len(found_any)
+    if all("nonfinite_actions" in r for r in rows):
+        bad = sum(int(r["nonfinite_actions"]) for r in rows)
+        steps = sum(int(r["length_steps"]) for r in rows)
+        out["nonfinite_actions"] = bad
+        out["nonfinite_action_fraction"] = bad / max(steps, 1)
     out["success_definition"] = SUCCESS_DEFINITION.format(threshold=thr)
     out["success_min_targets_found"] = thr
     return out
@@ -506,6 +686,11 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"  {label:<28}{f(key + '_mean'):>10}{f(key + '_std'):>10}")
     lines.append(f"  {'success rate':<28}{f('success_rate'):>10}")
     lines.append(f"  {'crash rate':<28}{f('crash_rate'):>10}")
+    if m.get("nonfinite_actions"):
+        lines.append(
+            f"  non-finite actions: {m['nonfinite_actions']} ({m['nonfinite_action_fraction']:.2%} "
+            "of steps; replaced by the zero command)"
+        )
     det = result.get("detection")
     if det:
         lines.append(
@@ -600,7 +785,7 @@ def make_eval_env(cfg, device: str | torch.device = "cpu"):
     from isr_training.env import ISREnv
     from isr_training.pipeline import _WORLD_CACHE
 
-    spec_key = json.dumps(to_dict(cfg.world), sort_keys=True)
+    spec_key = json_dumps(to_dict(cfg.world), sort_keys=True)
     worlds = []
     for s in cfg.world_seeds:
         key = (spec_key, int(s))
@@ -726,6 +911,7 @@ def run_episodes(
     dt = env.task.control_dt_s
     done_count = torch.zeros(n, dtype=torch.long)
     start_step = torch.zeros(n, dtype=torch.long)
+    bad_actions = torch.zeros(n, dtype=torch.long)  # steps with a NaN/inf action, this episode
     rows: list[dict[str, Any]] = []
     limit = env.max_episode_steps * episodes + 1
     bar = None
@@ -743,6 +929,7 @@ def run_episodes(
         if step == 1:
             t_first = time.perf_counter()
         action = act(obs)
+        bad_actions += (~torch.isfinite(action.detach()).reshape(n, -1).all(-1)).long().cpu()
         if recorder is not None:
             recorder.before(action)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -768,6 +955,7 @@ def run_episodes(
                         float(ep["targets_found"][i]) * float(env.num_targets[w])
                     ),
                     "num_targets": int(env.world.target_valid[w].sum()),
+                    "nonfinite_actions": int(bad_actions[i]),
                 }
                 for k in EPISODE_KEYS:
                     v = float(ep[k][i])
@@ -779,6 +967,7 @@ def run_episodes(
                 row["_start_step"] = int(start_step[i])
                 rows.append(row)
         start_step = torch.where(done, step + 1, start_step)
+        bad_actions.masked_fill_(done, 0)
         done_count += done.long()
         if bar is not None:
             bar.update(1)
@@ -849,12 +1038,7 @@ def evaluate_policy(
     dyn = load_direct_dynamics_file(dynamics_config) if dynamics_config else None
     cfg = build_env_config(policy, backend, seeds, settings, perception, detector, dyn)
     env = make_eval_env(cfg, device)
-    want = policy.meta.get("obs_dim")
-    if want is not None and int(want) != env.obs_dim:
-        raise ConfigError(
-            f"policy '{policy.path}' expects {want} observation values, the environment gives "
-            f"{env.obs_dim} (different task/observation settings)"
-        )
+    check_policy_fits(policy, env)
     if hasattr(env.perception, "reset_counters"):
         env.perception.reset_counters()
     record = record_dir is not None or keep_arrays
@@ -898,17 +1082,36 @@ def evaluate_policy(
     return result
 
 
+class NonFiniteActionsError(ValueError):
+    """A policy produced NaN/inf actions on more than the allowed share of steps."""
+
+
+def check_finite_actions(result: dict[str, Any], max_fraction: float) -> None:
+    """Raise :class:`NonFiniteActionsError` when the policy gave too many NaN/inf actions."""
+    m = result.get("metrics", {})
+    frac = m.get("nonfinite_action_fraction")
+    if frac is not None and frac > max_fraction:
+        raise NonFiniteActionsError(
+            f"policy '{result.get('policy', {}).get('path')}' gave non-finite (NaN/inf) actions on "
+            f"{frac:.1%} of steps ({m.get('nonfinite_actions')} actions, each replaced by the zero "
+            f"command; allowed {max_fraction:.1%}): the policy is broken"
+        )
+
+
 def save_recording(result: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) -> Path:
     """Write the recorded arrays of ``result`` (keys in the module docstring) to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: result[k] for k in ("backend", "perception", "policy", "world_seeds")}
     meta["settings"] = result["settings"]
-    np.savez_compressed(path, meta_json=np.array(json.dumps(meta, default=str)), **arrays)
+    np.savez_compressed(path, meta_json=np.array(json_dumps(meta, default=str)), **arrays)
     return path
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write the JSON-safe part of a result (keys starting with ``_`` are dropped; NaN -> null)."""
+    """Write the JSON-safe part of a result (keys starting with ``_`` are dropped; NaN -> null).
+
+    Written atomically (a temporary file renamed into place).
+    """
 
     def clean(v: Any) -> Any:
         if isinstance(v, float):
@@ -922,6 +1125,5 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
         return v
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(clean(result), indent=1, default=str))
+    atomic_write_text(p, json_dumps(clean(result), indent=1, default=str))
     return p

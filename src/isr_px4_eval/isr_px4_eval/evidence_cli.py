@@ -9,11 +9,15 @@ renders a rosbag2 bag (see :mod:`isr_px4_eval.video`); ``isr report EXPERIMENT_D
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from isr_direct_dynamics.io_checks import check_output_dir, check_output_file
 
 
 def _video(args: argparse.Namespace) -> int:
     from .video import make_video
 
+    check_output_file(args.out, "-o/--out")
     r = make_video(
         args.bag, args.out, mode=args.mode, drone=args.drone, bag2=args.bag2, fps=args.fps,
         max_frames=args.max_frames,
@@ -29,6 +33,10 @@ def _video(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import make_report
 
+    if args.out:
+        check_output_file(args.out, "-o/--out")
+    else:
+        check_output_file(Path(args.experiment) / "report.html", "report")
     path, missing = make_report(args.experiment, args.out, args.embed_video_mb)
     print(f"[report] {path}")
     for m in missing:
@@ -39,6 +47,7 @@ def _report(args: argparse.Namespace) -> int:
 def _npz(args: argparse.Namespace) -> int:
     from .recording import npz_to_bag
 
+    check_output_dir(args.out, "-o/--out", new=True)
     print(f"[record] {npz_to_bag(args.npz, args.out, args.test_name, args.phase)}")
     return 0
 

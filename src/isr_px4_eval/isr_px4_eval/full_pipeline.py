@@ -65,7 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from isr_direct_dynamics.config import ConfigError
+from isr_direct_dynamics.config import ConfigError, json_dumps
+from isr_direct_dynamics.io_checks import atomic_write_text, read_json_file
 
 PIPELINE_STAGES: tuple[str, ...] = ("train", "eval", "parity", "record", "videos", "report")
 """Stages of the full pipeline, in order."""
@@ -230,7 +231,7 @@ class PipelineRun:
             "paths": self.paths(),
             "updated": _dt.datetime.now().isoformat(timespec="seconds"),
         }
-        _atomic_write(self.root / "pipeline.json", json.dumps(data, indent=1, default=str))
+        _atomic_write(self.root / "pipeline.json", json_dumps(data, indent=1, default=str))
 
     def paths(self) -> dict[str, Any]:
         """Where the model, evaluation, parity, bags, videos and report are (existing only)."""
@@ -321,7 +322,7 @@ class PipelineRun:
                 "error": err,
                 "traceback": traceback.format_exc(),
             }
-            _atomic_write(self.failed_marker(stage), json.dumps(info, indent=1, default=str))
+            _atomic_write(self.failed_marker(stage), json_dumps(info, indent=1, default=str))
             return {"status": "failed", "wall_s": wall, "error": err}
         wall = time.perf_counter() - t0
         info = {
@@ -332,7 +333,7 @@ class PipelineRun:
             "result": result,
         }
         if stage != "train":
-            self.exp.mark_done(stage, json.loads(json.dumps(info, default=str)))
+            self.exp.mark_done(stage, json.loads(json_dumps(info, default=str)))
         self.failed_marker(stage).unlink(missing_ok=True)
         self._log.info("done in %.1f s", wall)
         return {"status": "done", "wall_s": wall}
@@ -349,10 +350,15 @@ class PipelineRun:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
+
+
+def _read_result(path: Path, what: str) -> dict[str, Any]:
+    """A JSON result this pipeline wrote; damaged: a ConfigError naming it and the fix."""
+    try:
+        return read_json_file(path, what)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; delete it and resume to write it again") from None
 
 
 # ------------------------------------------------------------------------------------- stages
@@ -431,7 +437,7 @@ def evaluate_baseline(
 
 def stage_eval(run: PipelineRun) -> dict[str, Any]:
     """Trained policy, scripted expert and random policy on both backends (held-out worlds)."""
-    from .evaluation import evaluate_policy, write_json
+    from .evaluation import check_finite_actions, evaluate_policy, write_json
 
     policy = run.policy()
     settings = run.settings()
@@ -444,7 +450,7 @@ def stage_eval(run: PipelineRun) -> dict[str, Any]:
         out = run.eval_dir / f"{name}_{backend}.json"
         bar.set_postfix_str(f"{name} on {backend}, {len(seeds)} worlds")
         if out.is_file():
-            result = json.loads(out.read_text())
+            result = _read_result(out, "evaluation result")
             run.log.info("%s on %s: kept %s", name, backend, out.name)
         else:
             t0 = time.perf_counter()
@@ -470,6 +476,7 @@ def stage_eval(run: PipelineRun) -> dict[str, Any]:
                     random_seed=run.exp.cfg.eval.world_seed,
                 )
             write_json(result, out)
+            check_finite_actions(result, settings.max_nonfinite_action_fraction)
             m = result["metrics"]
             run.log.info(
                 "%-16s %-8s return %7.1f  targets found %.3f  coverage %.3f  success %.2f  "
@@ -497,7 +504,7 @@ def stage_eval(run: PipelineRun) -> dict[str, Any]:
         "held_out": _held_out_note(run.exp.cfg, seeds),
         "results": summary,
     }
-    _atomic_write(run.eval_dir / "summary.json", json.dumps(data, indent=1, default=_json_num))
+    _atomic_write(run.eval_dir / "summary.json", json_dumps(data, indent=1, default=_json_num))
     run.log.info("\n%s", format_eval_summary(data))
     return {"worlds": len(seeds), "runs": len(jobs)}
 
@@ -554,7 +561,7 @@ def stage_parity(run: PipelineRun) -> dict[str, Any]:
         for p in (res_path, npz):
             if not p.is_file():
                 raise FileNotFoundError(f"parity needs {p} (written by the eval stage)")
-        res = json.loads(res_path.read_text())
+        res = _read_result(res_path, "evaluation result")
         with np.load(npz, allow_pickle=False) as z:
             res["_arrays"] = {k: z[k] for k in z.files if k != "meta_json"}
         res["_env_config"] = build_env_config(policy, backend, res["world_seeds"], settings)
@@ -758,12 +765,15 @@ def load_options(root: Path) -> PipelineOptions | None:
     if not p.is_file():
         return None
     try:
-        data = json.loads(p.read_text())
-    except ValueError as exc:
+        data = read_json_file(p, "pipeline status")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; delete it to start its stages anew") from None
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
         raise ConfigError(
-            f"{p} is not valid JSON ({exc}); delete it to start its stages anew"
-        ) from None
-    return PipelineOptions.from_dict(dict(data.get("options") or {}))
+            f"pipeline status {p}: 'options' is not an object; delete it to start its stages anew"
+        )
+    return PipelineOptions.from_dict(dict(options))
 
 
 def open_experiment(root: str | Path):
@@ -808,12 +818,11 @@ def run_full_pipeline(
     progress: bool = True,
 ) -> PipelineRun:
     """Run the pipeline over ``exp`` (an :class:`isr_training.pipeline.Experiment`)."""
-    import torch
-
     options.validate()
     check_seeds(exp.cfg, options.world_seeds)
-    if exp.cfg.threads:
-        torch.set_num_threads(exp.cfg.threads)
+    from isr_direct_dynamics.threads import configure_threads
+
+    configure_threads(exp.cfg.threads)
     run = PipelineRun(exp, options, progress=progress)
     run.run(stages)
     return run
@@ -835,12 +844,12 @@ def final_text(run: PipelineRun, wall_s: float) -> str:
         lines.append(f"  {stage:<8}{st['status']}{extra}{': ' + why if why else ''}")
     summary = run.eval_dir / "summary.json"
     if summary.is_file():
-        data = json.loads(summary.read_text())
+        data = _read_result(summary, "evaluation summary")
         lines += ["", f"evaluation on {len(data['world_seeds'])} held-out worlds:"]
         lines += ["  " + x for x in format_eval_summary(data).splitlines()]
     parity = run.parity_dir / "parity.json"
     if parity.is_file():
-        p = json.loads(parity.read_text())
+        p = _read_result(parity, "parity report")
         failed = [c["name"] for c in p["checks"] if not c["passed"]]
         lines.append(
             f"parity (embedded vs direct): return ratio {p['return_ratio']:.3f}, "

@@ -41,6 +41,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from isr_direct_dynamics.io_checks import describe_exception
+
 from .frames import (
     euler_yaw_rate_from_body_rates,
     ned_to_enu_vector,
@@ -459,11 +461,23 @@ def read_bag(
     path = Path(path)
     if not path.exists():
         raise FlightLogError(f"bag not found: {path}")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        mcaps = sorted(path.glob("*.mcap"))
+        if len(mcaps) != 1:
+            held = ", ".join(p.name for p in mcaps) or "no .mcap file"
+            raise FlightLogError(
+                f"cannot open {path} as a rosbag2 bag: the directory has no metadata.yaml (it "
+                f"holds {held}); give the bag's .mcap file instead"
+            )
+        path = mcaps[0]  # a bag cut short before its metadata: read its storage file
+    if path.is_file() and path.stat().st_size == 0:
+        raise FlightLogError(f"bag {path} is empty (0 bytes)")
     try:
         reader = AnyReader([path], default_typestore=px4_typestore())
         reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for unreadable input
-        raise FlightLogError(f"cannot open {path} as a rosbag2 bag: {exc}") from None
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlightLogError(f"cannot open {path} as a rosbag2 bag: {why}") from None
     try:
         by_topic = {c.topic: c for c in reader.connections}
         holds = (
@@ -500,7 +514,16 @@ def read_bag(
                 raise FlightLogError(
                     f"bag {path}: topic {t} has no messages; the bag holds: {holds}"
                 )
-        streams = _read_bag_streams(reader, by_topic, state_topic, odom_t, sp_topic, status_topic)
+        try:
+            streams = _read_bag_streams(
+                reader, by_topic, state_topic, odom_t, sp_topic, status_topic
+            )
+        except FlightLogError:
+            raise
+        except Exception as exc:  # rosbags/CDR errors of a damaged bag
+            raise FlightLogError(
+                f"bag {path} is corrupt: cannot read its messages ({describe_exception(exc)})"
+            ) from None
     finally:
         reader.close()
     streams.source = f"rosbag2 {path} ({state_topic}, {sp_topic})"
@@ -649,19 +672,25 @@ def read_ulog(
     try:
         ulog = ULog(str(path), message_name_filter_list=wanted)
     except Exception as exc:  # pyulog raises ULogException, struct.error, ...
-        raise FlightLogError(f"cannot read {path} as a ULog: {exc}") from None
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlightLogError(f"cannot read {path} as a ULog: {why}") from None
     data = {d.name: d.data for d in ulog.data_list if d.multi_id == 0}
     missing = [m for m in (state_topic, setpoint_topic) if m not in data]
     if "vehicle_status" not in data and "offboard_control_mode" not in data:
         missing.append("vehicle_status (or offboard_control_mode)")
     if missing:
-        everything = ULog(str(path))
-        logged = ", ".join(
-            f"{d.name} ({len(d.data['timestamp'])} msgs)" for d in everything.data_list
-        )
+        try:
+            everything = ULog(str(path))
+            logged = ", ".join(
+                f"{d.name} ({len(d.data['timestamp'])} msgs)" for d in everything.data_list
+            )
+            corrupt = everything.file_corruption
+        except Exception:  # noqa: BLE001 - the filtered read worked; this one is for the message
+            logged, corrupt = "", True
+        damaged = " (the file is cut short or corrupt)" if corrupt or not logged else ""
         raise FlightLogError(
             f"ULog {path} lacks the message(s) {', '.join(missing)}; it holds: "
-            f"{logged or 'no data messages'}"
+            f"{logged or 'no data messages'}{damaged}"
         )
 
     lp = data[state_topic]

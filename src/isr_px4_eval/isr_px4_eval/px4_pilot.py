@@ -359,7 +359,13 @@ def make_fly_policy(
     policy's experiment (else the default task; ``episode_s`` shortens its episode).
     Returns ``(fly policy, pilot or None)``.
     """
-    from .evaluation import build_env_config, load_policy_file, load_settings, make_eval_env
+    from .evaluation import (
+        build_env_config,
+        check_policy_fits,
+        load_policy_file,
+        load_settings,
+        make_eval_env,
+    )
     from .offboard import SCRIPTED_POLICIES, scripted_policy
 
     if policy in SCRIPTED_POLICIES:
@@ -371,7 +377,9 @@ def make_fly_policy(
     if episode_s is not None:
         settings.episode_length_s = float(episode_s)
     cfg = build_env_config(loaded, "direct", [int(world_seed)], settings)
-    pilot = PolicyPilot(make_eval_env(cfg, device), loaded.act, seed=seed)
+    env = make_eval_env(cfg, device)
+    check_policy_fits(loaded, env)
+    pilot = PolicyPilot(env, loaded.act, seed=seed)
     return pilot, pilot
 
 

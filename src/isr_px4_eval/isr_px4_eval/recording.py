@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from isr_direct_dynamics.config import json_dumps
+from isr_direct_dynamics.io_checks import describe_exception
 from isr_sim_bridge import rosmsg
 
 BAG_VERSION = 8
@@ -188,7 +190,7 @@ class BagRecorder:
         )
         self.meta.setdefault("world_of_drone", self.world_of_drone)
         custom = {
-            k: (v if isinstance(v, str) else json.dumps(v))
+            k: (v if isinstance(v, str) else json_dumps(v))
             for k, v in self.meta.items()
             if k != "world_spec"
         }
@@ -206,7 +208,7 @@ class BagRecorder:
         self.map_frame = [f"world_{w}/map" if multi_world else "map" for w in self.world_of_drone]
         self.steps = 0
         self.bag.write(
-            TOPIC_METADATA, rosmsg.string_msg(self.f, json.dumps(self.meta, default=str)), 0
+            TOPIC_METADATA, rosmsg.string_msg(self.f, json_dumps(self.meta, default=str)), 0
         )
         self.bag.flush()
 
@@ -580,6 +582,12 @@ class BagError(ValueError):
     """A bag that cannot be read (a user error: printed as one ``error:`` line)."""
 
 
+MCAP_MAX_CHUNK_BYTES = 1 << 31
+"""Largest decompressed MCAP chunk the record scanner accepts (a larger size is corruption)."""
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _u16(b: bytes, o: int) -> int:
     return struct.unpack_from("<H", b, o)[0]
 
@@ -606,8 +614,10 @@ def scan_mcap(
     ``[(channel id, log_time_ns, data)]`` and whether the file ended before its footer.
     """
     data = path.read_bytes()
+    if not data:
+        raise BagError(f"{path} is empty (0 bytes): not an MCAP bag")
     if not data.startswith(MCAP_MAGIC):
-        raise BagError(f"{path} is not an MCAP file")
+        raise BagError(f"{path} is not an MCAP file (no MCAP magic bytes)")
     schemas: dict[int, tuple[str, str]] = {}
     channels: dict[int, tuple[str, str]] = {}
     msgs: list[tuple[int, int, bytes]] = []
@@ -645,6 +655,8 @@ def scan_mcap(
             if comp == "zstd":
                 import zstandard
 
+                if usize > MCAP_MAX_CHUNK_BYTES:
+                    raise ValueError(f"chunk of {usize} bytes")
                 payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=usize)
             elif comp:
                 raise BagError(f"unsupported MCAP chunk compression {comp!r}")
@@ -654,7 +666,12 @@ def scan_mcap(
             complete = True
 
     for op, body in records(data, len(MCAP_MAGIC), len(data)):
-        handle(op, body, False)
+        try:
+            handle(op, body, False)
+        except BagError:
+            raise
+        except Exception:  # noqa: BLE001 - a damaged record: keep what came before, as a cut
+            return schemas, channels, msgs, True
     return schemas, channels, msgs, not complete
 
 
@@ -717,6 +734,10 @@ class BagSource:
                 except Exception:  # noqa: BLE001
                     pass
                 schemas, channels, msgs, cut = scan_mcap(f)
+                if cut and not channels:
+                    raise BagError(
+                        f"{f} is cut short or corrupt: no readable MCAP records after its header"
+                    )
                 self.truncated |= cut
                 for name, text in schemas.values():
                     self._register_msgdef(name, text)
@@ -732,6 +753,24 @@ class BagSource:
         self._reader_paths = []
 
     def _scan_sqlite(self, f: Path) -> list[tuple[str, int, bytes]]:
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise BagError(f"cannot read bag {f}: {exc.strerror or exc}") from None
+        if not head:
+            raise BagError(f"{f} is empty (0 bytes): not a rosbag2 sqlite3 bag")
+        if head != SQLITE_MAGIC:
+            raise BagError(f"{f} is not a rosbag2 sqlite3 bag (not an SQLite database)")
+        try:
+            return self._read_sqlite(f)
+        except sqlite3.Error as exc:
+            msg = str(exc)
+            if "no such table" in msg or "no such column" in msg:
+                raise BagError(f"{f} is an SQLite database but not a rosbag2 bag ({msg})") from None
+            raise BagError(f"{f} is a corrupt or cut-short sqlite3 bag ({msg})") from None
+
+    def _read_sqlite(self, f: Path) -> list[tuple[str, int, bytes]]:
         con = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
         try:
             cols = [r[1] for r in con.execute("PRAGMA table_info(topics)")]
@@ -774,13 +813,22 @@ class BagSource:
         if self._raw is None:
             from rosbags.highlevel import AnyReader
 
-            with AnyReader(self._reader_paths, default_typestore=self.typestore) as reader:
-                conns = [c for c in reader.connections if c.topic in want]
-                for c, t, raw in reader.messages(connections=conns):
-                    try:
-                        yield c.topic, t, reader.deserialize(raw, c.msgtype)
-                    except Exception:  # noqa: BLE001
-                        continue
+            try:
+                with AnyReader(self._reader_paths, default_typestore=self.typestore) as reader:
+                    conns = [c for c in reader.connections if c.topic in want]
+                    for c, t, raw in reader.messages(connections=conns):
+                        try:
+                            msg = reader.deserialize(raw, c.msgtype)
+                        except Exception:  # noqa: BLE001
+                            continue
+                        yield c.topic, t, msg
+            except BagError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - rosbags raises several types for damage
+                raise BagError(
+                    f"bag {self.path} is corrupt: cannot read its messages "
+                    f"({describe_exception(exc)})"
+                ) from None
             return
         for topic, t, raw in self._raw:
             if topic not in want:
@@ -823,6 +871,29 @@ def natural_key(s: str) -> list[Any]:
 # npz episodes (isr eval --record-dir) -> bag
 
 
+def load_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` recording (``isr eval --record-dir``).
+
+    A missing, empty, cut-short or foreign file is an error naming it (``FileNotFoundError`` /
+    :class:`BagError`).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recording not found: {p}")
+    if p.stat().st_size == 0:
+        raise BagError(f"recording {p} is empty (0 bytes)")
+    try:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - zipfile, numpy and OS errors alike
+        raise BagError(
+            f"recording {p} is not a readable .npz recording ({describe_exception(exc)})"
+        ) from None
+
+
 def npz_to_bag(
     npz_path: str | Path, bag_path: str | Path, test_name: str = "", phase: str = ""
 ) -> Path:
@@ -833,10 +904,14 @@ def npz_to_bag(
     ``det_visible``) go to both ``detections`` and ``detections_gt`` (the recording holds what
     perception gave the policy); ``meta_json`` goes to ``/isr/metadata``.
     """
-    z = np.load(npz_path, allow_pickle=False)
-    keys = set(z.files)
+    z = load_npz_arrays(npz_path)
+    keys = set(z)
     if "pos_enu_m" not in keys:
         raise BagError(f"{npz_path} has no pos_enu_m (keys: {', '.join(sorted(keys))})")
+    if z["pos_enu_m"].ndim != 3 or z["pos_enu_m"].shape[2] != 3:
+        raise BagError(
+            f"{npz_path}: pos_enu_m has shape {z['pos_enu_m'].shape}, expected (episodes, steps, 3)"
+        )
     pos = z["pos_enu_m"].astype(np.float64)  # (E, T, 3)
     e_count, t_max = pos.shape[:2]
     length = z["length"].astype(int) if "length" in keys else np.full(e_count, t_max)

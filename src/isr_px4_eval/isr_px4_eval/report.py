@@ -13,7 +13,10 @@ task's own footprint geometry; from a bag, which holds no camera geometry, the t
 cell), videos. Plots are PNGs embedded as base64. Videos are embedded as base64
 ``data:video/mp4`` when they total at most ``embed_video_mb`` (default 25 MiB), else linked by a
 path relative to the HTML file. A missing stage is named in the report's
-"Missing" list and its sections say so; the rest renders.
+"Missing" list and its sections say so; the rest renders. A JSON input that exists but cannot be
+read (``SUMMARY.json``, a history, ``pipeline.json`` or any ``*.json`` under the directory: empty,
+binary, cut short, invalid, or a list where an object is expected) is an error naming the file;
+an unreadable bag or recording is named in the "Missing" list.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -29,6 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from isr_direct_dynamics.io_checks import (
+    atomic_write_text,
+    check_output_file,
+    describe_exception,
+    read_json_file,
+)
 
 STAGES = ("data", "imitation", "rl", "finalize")
 METRIC_COLUMNS = (
@@ -64,11 +73,15 @@ def _figure(w: float = 7.0, h: float = 3.6) -> tuple[Any, Any]:
     return plt.subplots(figsize=(w, h))
 
 
-def _load_json(p: Path) -> Any:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
+def _load_json(p: Path, what: str = "JSON file", expect: type | None = dict) -> Any:
+    """The JSON of ``p``, or None when it is absent.
+
+    An unreadable file (empty, binary, cut short, invalid JSON, not of type ``expect``) is a
+    ``ConfigError`` naming it: a damaged input is an error, not a silently missing section.
+    """
+    if not p.exists():
         return None
+    return read_json_file(p, what, expect)
 
 
 def _num(v: Any) -> str:
@@ -99,7 +112,16 @@ class Report:
         self.embed_video_mb = embed_video_mb
         self.sections: list[tuple[str, str]] = []
         self.missing: list[str] = []
-        self.summary = _load_json(exp / "SUMMARY.json") or {}
+        self.summary = _load_json(exp / "SUMMARY.json", "experiment summary") or {}
+        self._scanned: dict[Path, Any] | None = None
+
+    def scanned_json(self) -> dict[Path, Any]:
+        """Every ``*.json`` under the experiment, parsed (an unreadable one is an error)."""
+        if self._scanned is None:
+            self._scanned = {
+                p: _load_json(p, "JSON file", None) for p in sorted(self.exp.rglob("*.json"))
+            }
+        return self._scanned
 
     def add(self, title: str, body: str) -> None:
         """One section."""
@@ -125,7 +147,7 @@ class Report:
         if self.summary:
             tr = self.summary.get("training", {})
             body += _table(["key", "value"], [[k, v] for k, v in tr.items()])
-        pipe = _load_json(self.exp / "pipeline.json")  # isr pipeline's stage status
+        pipe = _load_json(self.exp / "pipeline.json", "pipeline status")  # isr pipeline's
         if isinstance(pipe, dict) and isinstance(pipe.get("stages"), dict):
             prow = []
             for s, st in pipe["stages"].items():
@@ -142,7 +164,7 @@ class Report:
     def learning_curves(self) -> None:
         """Imitation losses and RL reward / evaluation score."""
         parts = []
-        im = _load_json(self.exp / "imitation_model" / "history.json")
+        im = _load_json(self.exp / "imitation_model" / "history.json", "imitation history")
         if isinstance(im, dict) and im.get("train_loss"):
             fig, ax = _figure()
             ax.plot(im["train_loss"], label="train loss")
@@ -155,7 +177,7 @@ class Report:
             parts.append(_png(fig))
         else:
             self.missing.append("imitation history (imitation_model/history.json)")
-        rl = _load_json(self.exp / "rl_model" / "history.json")
+        rl = _load_json(self.exp / "rl_model" / "history.json", "RL history")
         if isinstance(rl, dict) and rl.get("history"):
             hist = rl["history"]
             x = [h.get("global_step", i) for i, h in enumerate(hist)]
@@ -206,8 +228,7 @@ class Report:
         for name, m in (self.summary.get("results") or {}).items():
             if isinstance(m, dict):
                 res[f"train-eval: {name}"] = m
-        for p in sorted(self.exp.rglob("*.json")):
-            d = _load_json(p)
+        for p, d in self.scanned_json().items():
             if isinstance(d, dict) and isinstance(d.get("metrics"), dict) and "backend" in d:
                 m = {k[: -len("_mean")]: v for k, v in d["metrics"].items() if k.endswith("_mean")}
                 m.update({k: v for k, v in d["metrics"].items() if k.endswith("_rate")})
@@ -248,8 +269,7 @@ class Report:
 
     def parity(self) -> None:
         """Parity checks table."""
-        for p in sorted(self.exp.rglob("*.json")):
-            d = _load_json(p)
+        for p, d in self.scanned_json().items():
             if isinstance(d, dict) and "checks" in d and "return_ratio" in d:
                 rows = [
                     [
@@ -288,16 +308,19 @@ class Report:
                     by.setdefault(topic, []).append(odometry_to_numpy(msg)["pos_enu_m"][:2])
                 if by:
                     return [np.array(v) for v in by.values()], str(b.relative_to(self.exp))
-            except Exception:  # noqa: BLE001 - try the next source
+            except Exception as exc:  # noqa: BLE001 - name it, try the next source
+                self.missing.append(f"unreadable bag {b.relative_to(self.exp)}: {exc}")
                 continue
         for p in sorted(self.exp.rglob("*.npz")):
             try:
-                z = np.load(p, allow_pickle=False)
-                pos, length = z["pos_enu_m"], z["length"]
+                with np.load(p, allow_pickle=False) as z:
+                    pos, length = z["pos_enu_m"], z["length"]
                 return [pos[e, : int(length[e]), :2] for e in range(len(length))], str(
                     p.relative_to(self.exp)
                 )
-            except (KeyError, OSError, ValueError):
+            except Exception as exc:  # noqa: BLE001 - zipfile/numpy/OS errors: name it, go on
+                why = describe_exception(exc)
+                self.missing.append(f"unreadable recording {p.relative_to(self.exp)}: {why}")
                 continue
         return None
 
@@ -458,6 +481,7 @@ def make_report(
     if not exp.is_dir():
         raise FileNotFoundError(f"experiment directory not found: {exp}")
     out_p = Path(out) if out else exp / "report.html"
+    check_output_file(out_p, "-o/--out" if out else "report")
     rep = Report(exp, out_p, embed_video_mb)
     rep.stages()
     rep.learning_curves()
@@ -465,6 +489,5 @@ def make_report(
     rep.parity()
     rep.trajectories()
     rep.videos()
-    out_p.parent.mkdir(parents=True, exist_ok=True)
-    out_p.write_text(rep.html())
+    atomic_write_text(out_p, rep.html())
     return out_p, rep.missing

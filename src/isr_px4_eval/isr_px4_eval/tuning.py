@@ -250,7 +250,11 @@ class TuningConfig:
         check(
             0 < self.fit_fraction < 1, "fit_fraction", f"must be in (0, 1), got {self.fit_fraction}"
         )
-        check(self.population >= 4, "population", f"must be >= 4, got {self.population}")
+        check(
+            self.population >= 8,
+            "population",
+            f"must be >= 8 (the search keeps at least 5 elites), got {self.population}",
+        )
         check(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
         check(0 < self.elite_fraction < 1, "elite_fraction", "must be in (0, 1)")
         check(self.smoothing <= 1, "smoothing", "must be <= 1")
@@ -1009,7 +1013,8 @@ class EmbeddedConfig:
         check(
             1 <= self.num_fit_sequences < self.num_sequences,
             "num_fit_sequences",
-            f"must be in [1, num_sequences), got {self.num_fit_sequences}",
+            f"must be in [1, {self.num_sequences}) (fewer than the sequences), got "
+            f"{self.num_fit_sequences}",
         )
         check(self.duration_s > 0, "duration_s", "must be > 0")
         check(self.control_dt_s > 0, "control_dt_s", "must be > 0")

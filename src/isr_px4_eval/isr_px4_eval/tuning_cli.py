@@ -15,7 +15,6 @@ Until ``isr_px4_eval.cli.COMMAND_MODULES`` lists this module, the same commands 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 
 from isr_direct_dynamics import DirectDynamicsConfig
-from isr_direct_dynamics.config import ConfigError, load_yaml, run_command
+from isr_direct_dynamics.config import ConfigError, json_dumps, load_yaml, run_command
+from isr_direct_dynamics.io_checks import atomic_write_text, check_output_file
 
 from .px4_logs import BagTopics, FlightLog, FlightLogConfig, read_bag, read_ulog
 from .tuning import (
@@ -108,8 +108,14 @@ def print_result(result: TuningResult) -> None:
 
 def run_tune_dynamics(args: argparse.Namespace) -> int:
     """Fit, print, write the outputs."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_output_file(args.out, "--out")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.plot:
+        check_output_file(args.plot, "--plot")
+    from isr_direct_dynamics.threads import configure_threads
+
+    configure_threads(args.threads)
     cfg = _tuning_config(args)
     base = (
         load_yaml(DirectDynamicsConfig, args.base_config)
@@ -148,9 +154,7 @@ def run_tune_dynamics(args: argparse.Namespace) -> int:
     if args.json:
         report = result.report()
         report["elapsed_s"] = round(elapsed, 2)
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str))
+        path = atomic_write_text(Path(args.json), json_dumps(report, indent=2, default=str))
         print(f"[tune] report: {path}")
     if args.plot:
         print(f"[tune] plot:   {plot_fit(result, args.plot)}")
@@ -162,10 +166,11 @@ def run_replay_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Time one batched replay of ``--candidates`` parameter sets over synthetic windows."""
     import numpy as np
 
+    from isr_direct_dynamics.threads import configure_threads
+
     from .tuning import Candidates, FitParams, make_windows
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     dt, n = 0.02, int(round(args.seconds / 0.02))
     rng = np.random.default_rng(0)
     logs = []
@@ -207,7 +212,7 @@ def run_replay_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    print(json.dumps(result))
+    print(json_dumps(result))
     return result
 
 
@@ -272,7 +277,23 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(func=run_tune_dynamics)
+    p.set_defaults(
+        func=run_tune_dynamics,
+        field_options={
+            "window_s": "--window",
+            "burn_in_s": "--burn-in",
+            "fit_fraction": "--fit-fraction",
+            "max_delay_s": "--max-delay",
+            "population": "--population",
+            "iterations": "--iterations",
+            "control_dt_s": "--control-dt (or --grid-dt with --from embedded)",
+            "tilt_drag_1_s": "--tilt-drag",
+            "num_sequences": "--sequences",
+            "num_fit_sequences": "--fit-sequences",
+            "duration_s": "--duration",
+            "max_horizontal_speed_m_s": "--max-speed",
+        },
+    )
 
     b = bench_sub.add_parser("tuning-replay", help="batched open-loop replay of the tuner")
     b.add_argument("--candidates", type=int, default=1024)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from isr_direct_dynamics.config import json_dumps
 from isr_sim_bridge import rosmsg
 
 from .recording import (
@@ -172,7 +173,7 @@ def load_run(path: str | Path, need: str = "any") -> Run:
         what = {
             "image": "a camera topic (sensor_msgs/msg/Image)",
             "odom": "an odometry topic (nav_msgs/msg/Odometry)",
-            "any": "a camera (sensor_msgs/msg/Image) or odometry (nav_msgs/msg/Odometry) topic",
+            "any": "camera (sensor_msgs/msg/Image) or odometry (nav_msgs/msg/Odometry) topic",
         }[need]
         raise BagError(f"bag {src.path} has no {what}; it holds: {src.describe()}")
     drones: dict[str, DroneSeries] = {}
@@ -494,7 +495,6 @@ _world_targets: dict[tuple[int, str], np.ndarray] = {}
 def _world_of(
     run: Run, names: list[str]
 ) -> tuple[np.ndarray | None, tuple[float, float, float, float], np.ndarray]:
-    import json
 
     meta = run.meta
     seeds = meta.get("world_seeds") or []
@@ -504,7 +504,7 @@ def _world_of(
         i = int(names[0][6:])
         w = int(wod[i]) if i < len(wod) else 0
     if seeds and w < len(seeds):
-        spec_json = json.dumps(meta.get("world_spec")) if meta.get("world_spec") else ""
+        spec_json = json_dumps(meta.get("world_spec")) if meta.get("world_spec") else ""
         got = _world_texture(int(seeds[w]), spec_json)
         if got is not None:
             return got[0], got[1], _world_targets.get((int(seeds[w]), spec_json), np.zeros((0, 2)))

@@ -196,3 +196,23 @@ def test_eval_cli_embedded_writes_sane_json(
     assert z["pos_enu_m"].shape == (e, t, 3) and z["applied_action"].shape == (e, t, 4)
     assert z["det_visible"].shape[:2] == (e, t) and "r_coverage" in z.files
     assert json.loads(str(z["meta_json"]))["backend"] == "embedded"
+
+
+def test_eval_of_a_nan_policy_counts_and_fails(
+    export_tiny_policy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every action NaN: counted per episode, the JSON is valid (no NaN literal), exit 2."""
+    policy = export_tiny_policy(tmp_path / "nan_policy", nan=True)
+    out = tmp_path / "eval.json"
+    rc = px4_eval_main(
+        ["eval", "--policy", str(policy / "policy_torchscript.pt"), "--backend", "direct",
+         "--world-seeds", "100000", "--episode-seconds", "2", "--json", str(out), "--no-progress"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert "non-finite" in err[0] and "100.0%" in err[0] and "Traceback" not in err[0]
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    res = json.loads(text)
+    assert res["metrics"]["nonfinite_actions"] == 20 == res["episodes"][0]["nonfinite_actions"]
+    assert res["metrics"]["nonfinite_action_fraction"] == 1.0

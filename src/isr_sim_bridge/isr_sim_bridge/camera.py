@@ -136,10 +136,11 @@ def parse_resolution(text: str) -> tuple[int, int]:
         return RESOLUTION_PRESETS[name]
     m = re.fullmatch(r"(\d+)\s*[x*]\s*(\d+)", name)
     if m is None:
-        raise ConfigError(
-            f"invalid config field 'resolution': unknown resolution {text!r}; use one of "
-            f"{sorted(RESOLUTION_PRESETS)} or 'WIDTHxHEIGHT' such as '80x80'"
+        reason = (
+            f"unknown resolution {text!r}; use one of {sorted(RESOLUTION_PRESETS)} or "
+            "'WIDTHxHEIGHT' such as '80x80'"
         )
+        raise ConfigError(f"invalid config field 'resolution': {reason}", "resolution", reason)
     w, h = int(m.group(1)), int(m.group(2))
     check(1 <= w <= 8192 and 1 <= h <= 8192, "resolution", f"{w}x{h} is out of range 1..8192")
     return w, h

@@ -16,7 +16,6 @@ the machine do not distort (with ``T`` free cores, ``frames_per_s <= T * frames_
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from isr_direct_dynamics.config import json_dumps
+from isr_direct_dynamics.io_checks import check_output_file
 from isr_sim_bridge.camera import CameraConfig, TiledCamera, parse_resolution
 from isr_sim_bridge.detections import DetectionConfig, GroundTruthDetector
 from isr_sim_bridge.world_batch import TARGET_CLASSES, WorldBatch
@@ -116,6 +117,7 @@ def render_main(args: argparse.Namespace) -> int:
 
     if args.drones < 1:
         raise ValueError("--drones must be >= 1")
+    check_output_file(args.out, "--out")
     overrides = {} if args.pitch_deg is None else {"mount_pitch_deg": args.pitch_deg}
     cfg = CameraConfig.from_preset(args.resolution, **overrides)
     world = _make_worlds(args.world_seed, 1, 1, args.device)
@@ -162,8 +164,9 @@ def _sync(device: torch.device) -> None:
 
 def bench_main(args: argparse.Namespace) -> int:
     """``isr bench camera``: print one JSON object with the throughput of render + GT boxes."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    from isr_direct_dynamics.threads import configure_threads
+
+    configure_threads(args.threads)
     if args.drones < 1 or args.drones_per_world < 1 or args.drones % args.drones_per_world:
         raise ValueError("--drones must be a positive multiple of --drones-per-world")
     device = torch.device(args.device)
@@ -247,9 +250,9 @@ def bench_main(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
     }
     if args.json:
-        print(json.dumps(result))
+        print(json_dumps(result))
     else:
-        print(json.dumps(result, indent=2))
+        print(json_dumps(result, indent=2))
     return 0
 
 

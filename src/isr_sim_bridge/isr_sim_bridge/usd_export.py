@@ -31,12 +31,12 @@ GPU there); checked with ``pxr`` only.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from isr_direct_dynamics.config import json_dumps
 from isr_sim_bridge.world import World
 
 SEMANTIC_TYPE = "class"
@@ -87,7 +87,7 @@ def export_usd(world: World, path: str | Path) -> Path:
         "isr:generator": "isr_sim_bridge.world.generate_world",
         "isr:seed": int(world.seed),
         "isr:texture_seed": int(world.texture_seed),
-        "isr:spec_json": json.dumps(world.spec),
+        "isr:spec_json": json_dumps(world.spec),
         "isr:world_json": world.to_json(),
         "isr:area_min_m": Gf.Vec2d(x0, y0),
         "isr:area_size_m": Gf.Vec2d(world.size_x_m, world.size_y_m),

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isr_direct_dynamics.config import check, from_dict, to_dict
+from isr_direct_dynamics.config import check, from_dict, json_dumps, to_dict
 from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.world_batch import GROUND_CLASSES, TARGET_CLASSES, WorldBatch
 
@@ -158,6 +158,15 @@ def _structure_spec() -> TargetClassSpec:
     )
 
 
+MAX_WORLD_SIZE_M = 5000.0
+"""Largest world side, metres."""
+MAX_TEXTURE_PIXELS = 64_000_000
+"""Largest ground texture of one world (8000 x 8000 px)."""
+WORLD_BYTES_PER_PIXEL = 8
+"""Memory of a generated world per texture pixel (RGB texture and the per-pixel rasters; measured
+about 6 MB per default 800 x 800 px world)."""
+
+
 @dataclass
 class WorldSpec:
     """Everything :func:`generate_world` draws from; ranges are inclusive ``(min, max)``."""
@@ -248,12 +257,38 @@ class WorldSpec:
     max_path_points: int = 8
     """Padded number of waypoints of a moving target's path (>= road_max_bends + 2)."""
 
+    @property
+    def texture_pixels(self) -> int:
+        """Pixels of one world's ground texture (and of each of its rasters)."""
+        return round(self.size_x_m / self.texture_res_m) * round(self.size_y_m / self.texture_res_m)
+
+    def memory_bytes(self) -> float:
+        """Estimated memory of one generated world (rasters, boxes, targets), bytes."""
+        return self.texture_pixels * WORLD_BYTES_PER_PIXEL + 2**20
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field whose value is out of range."""
         _check_lengths(self, "")
-        check(self.size_x_m > 0.0, "size_x_m", "must be positive")
-        check(self.size_y_m > 0.0, "size_y_m", "must be positive")
-        check(self.texture_res_m > 0.0, "texture_res_m", "must be positive")
+        for name in ("size_x_m", "size_y_m"):
+            v = getattr(self, name)
+            check(
+                math.isfinite(v) and 10.0 <= v <= MAX_WORLD_SIZE_M,
+                name,
+                f"must be in [10, {MAX_WORLD_SIZE_M:.0f}] m, got {v}",
+            )
+        check(
+            math.isfinite(self.texture_res_m) and self.texture_res_m >= 0.01,
+            "texture_res_m",
+            f"must be >= 0.01 m, got {self.texture_res_m}",
+        )
+        px = self.texture_pixels
+        check(
+            px <= MAX_TEXTURE_PIXELS,
+            "texture_res_m",
+            f"{self.texture_res_m} m over {self.size_x_m:g} x {self.size_y_m:g} m is a "
+            f"{px / 1e6:.0f} Mpx texture per world ({px * WORLD_BYTES_PER_PIXEL / 2**30:.1f} GiB; "
+            f"at most {MAX_TEXTURE_PIXELS / 1e6:.0f} Mpx): use a coarser resolution",
+        )
         for name in ("size_x_m", "size_y_m"):
             n = getattr(self, name) / self.texture_res_m
             check(abs(n - round(n)) < 1e-6, "texture_res_m", f"must divide {name}")
@@ -535,7 +570,7 @@ class World:
 
     def to_json(self, indent: int | None = None) -> str:
         """JSON text; :meth:`from_json` restores an equal world (floats round-trip exactly)."""
-        return json.dumps(self.to_dict(), indent=indent)
+        return json_dumps(self.to_dict(), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> World:

@@ -11,15 +11,12 @@ or ``FileNotFoundError``, which the ``isr`` entry point prints as one ``error:``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from isr_direct_dynamics.config import ConfigError, apply_overrides
+from isr_direct_dynamics.config import apply_overrides, json_dumps, read_yaml
 from isr_sim_bridge.world import World, WorldSpec, generate_world, generate_worlds
 
 CLASS_COLORS: dict[str, str] = {"vehicle": "#ff2a2a", "person": "#ffe600", "structure": "#ff4dff"}
@@ -34,14 +31,7 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> Wo
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"world spec file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"world spec file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"world spec file {path} must hold a mapping")
+        data = read_yaml(path, "world spec file")
         if set(data) == {"world"} and isinstance(data["world"], dict):
             data = data["world"]
     return WorldSpec.from_dict(apply_overrides(data, overrides or []))
@@ -159,6 +149,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(
             "isr world export needs at least one output: --json OUT.json and/or --usd OUT.usda"
         )
+    from isr_direct_dynamics.io_checks import check_output_file
+
+    for option, path in (("--json", args.json), ("--usd", args.usd)):
+        if path is not None:
+            check_output_file(path, option)
     world = generate_world(load_spec(args.spec, args.set), args.seed)
     if args.json is not None:
         print(f"wrote {world.save_json(args.json)}")
@@ -172,6 +167,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     if (args.seed is None) == (args.world is None):
         raise ValueError("isr world show needs exactly one of --seed S or --world IN.json")
+    from isr_direct_dynamics.io_checks import check_output_file
+
+    check_output_file(args.out, "--out")
     if args.world is not None:
         world = World.load_json(args.world)
     else:
@@ -195,7 +193,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "per_world_s": round((t2 - t1) / args.worlds, 4),
         "batch_s": round(t2 - t1, 4),
     }
-    print(json.dumps(result) if args.json else "  ".join(f"{k}={v}" for k, v in result.items()))
+    print(json_dumps(result) if args.json else "  ".join(f"{k}={v}" for k, v in result.items()))
     return 0
 
 

@@ -22,7 +22,6 @@ YAML that ships inside the package. Importing this module does not import ultral
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isr_direct_dynamics.config import check
+from isr_direct_dynamics.config import check, json_dumps
 from isr_direct_dynamics.math3d import quat_from_euler, quat_to_rotmat
 from isr_sim_bridge.camera import (
     CameraConfig,
@@ -1032,7 +1031,7 @@ def make_yolo_dataset(
         "empty_images": info.empty_images,
     }  # fmt: skip
     (root / "frames.csv").write_text("\n".join(frames_csv) + "\n")
-    (root / "dataset.json").write_text(json.dumps(meta, indent=1, default=list) + "\n")
+    (root / "dataset.json").write_text(json_dumps(meta, indent=1, default=list) + "\n")
     return info
 
 

@@ -17,7 +17,6 @@ as one ``error:`` line.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -25,7 +24,14 @@ from typing import Any
 
 import yaml
 
-from isr_direct_dynamics.config import ConfigError, apply_overrides, from_dict, run_command, to_dict
+from isr_direct_dynamics.config import (
+    apply_overrides,
+    from_dict,
+    json_dumps,
+    read_yaml,
+    run_command,
+    to_dict,
+)
 
 CLASS_RGB: tuple[tuple[int, int, int], ...] = ((255, 42, 42), (255, 230, 0), (255, 77, 255))
 """Box colour of each target class (index = class id) in ``isr yolo predict`` grids."""
@@ -60,14 +66,7 @@ def load_yolo_config(path: str | Path | None, overrides: list[str] | None = None
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"YOLO config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"YOLO config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"YOLO config file {path} must hold a mapping")
+        data = read_yaml(path, "YOLO config file")
         if set(data) == {"yolo"} and isinstance(data["yolo"], dict):
             data = data["yolo"]
     return from_dict(YoloConfig, apply_overrides(data, overrides or []))
@@ -82,10 +81,12 @@ def _dataset_root(data: str | Path) -> Path:
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
+    from isr_direct_dynamics.io_checks import check_output_dir
     from isr_sim_bridge.detections import DetectionConfig
     from isr_sim_bridge.world_cli import load_spec
     from isr_sim_bridge.yolo import ViewSamplingConfig, make_yolo_dataset
 
+    check_output_dir(args.out, "--out")
     views = ViewSamplingConfig(altitude_m=args.altitude, target_bias=args.target_bias)
     train = list(range(args.first_seed, args.first_seed + args.train_worlds))
     val = list(range(train[-1] + 1, train[-1] + 1 + args.val_worlds))
@@ -106,8 +107,10 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from isr_direct_dynamics.io_checks import check_output_dir
     from isr_sim_bridge.yolo import YoloDetector, evaluate_map50, train_yolo
 
+    check_output_dir(args.out, "--out")
     root = _dataset_root(args.data)
     config = load_yolo_config(args.config, args.set)
     out = Path(args.out)
@@ -122,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     map50 = sum(aps.values()) / len(aps) if aps else 0.0
     result = {"weights": str(best), "train_s": round(train_s, 1), "val_map50": round(map50, 4),
               "val_ap50": {detector.names[c]: round(a, 4) for c, a in aps.items()}}  # fmt: skip
-    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "result.json").write_text(json_dumps(result, indent=1) + "\n")
     print(f"best weights: {best}")
     print(f"training time: {train_s:.1f} s")
     print(f"mAP50 on held-out rendered frames ({root / 'images' / 'val'}): {map50:.4f}")
@@ -186,6 +189,10 @@ def draw_grid(
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
+
+    from isr_direct_dynamics.io_checks import check_output_file
+
+    check_output_file(args.out, "--out")
 
     from isr_sim_bridge.camera import CameraConfig, TiledCamera
     from isr_sim_bridge.detections import GroundTruthDetector

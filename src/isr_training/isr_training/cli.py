@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 from isr_direct_dynamics.cli import prepare_bench
-from isr_direct_dynamics.config import apply_overrides, from_dict, to_dict
+from isr_direct_dynamics.config import apply_overrides, from_dict, json_dumps, to_dict
 
 from .env import EnvConfig, ISREnv
 
@@ -46,10 +45,11 @@ def add_env_arguments(p: argparse.ArgumentParser, worlds: int, drones: int) -> N
 
 
 def _baseline(args: argparse.Namespace) -> int:
+    from isr_direct_dynamics.threads import configure_threads
+
     from .baselines import RandomPolicy, ScriptedExpert, run_policy
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     cfg = env_config_from_args(args)
     cfg.stagger = False
     env = ISREnv(cfg, args.device)
@@ -62,7 +62,7 @@ def _baseline(args: argparse.Namespace) -> int:
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["policy"] = args.policy
     if args.json:
-        print(json.dumps(metrics))
+        print(json_dumps(metrics))
     else:
         for k, v in metrics.items():
             print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
@@ -128,7 +128,7 @@ def _bench_env(args: argparse.Namespace) -> int:
         "build_s": round(t_build, 3),
         "threads": torch.get_num_threads(),
     }
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    print(json_dumps(result) if args.json else json_dumps(result, indent=2))
     return 0
 
 

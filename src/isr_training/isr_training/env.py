@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from isr_direct_dynamics import InitialState, make_vehicle_model
-from isr_direct_dynamics.config import check, validate_tree
+from isr_direct_dynamics.config import ConfigError, check, check_memory, validate_tree
 from isr_direct_dynamics.cpu_kernels import as_numpy, threads_for
 from isr_sim_bridge.world import WorldSpec, advance_targets, generate_worlds
 from isr_sim_bridge.world_batch import TARGET_CLASSES, WorldBatch
@@ -101,6 +101,10 @@ class Perception(Protocol):
 
     def __call__(self, world: WorldBatch, pos_enu_m: Tensor, quat_wxyz: Tensor) -> PerceptionOutput:
         """Detections (and the image) of every drone."""
+
+
+MAX_WORLDS = 100_000
+"""Most worlds of one environment (memory is checked too: see ``WorldSpec.memory_bytes``)."""
 
 
 @dataclass
@@ -162,7 +166,11 @@ class EnvConfig:
 
     def validate(self) -> None:
         """Check ranges; raises ConfigError naming the field."""
-        check(self.num_worlds >= 1, "num_worlds", f"must be >= 1, got {self.num_worlds}")
+        check(
+            1 <= self.num_worlds <= MAX_WORLDS,
+            "num_worlds",
+            f"must be in 1..{MAX_WORLDS}, got {self.num_worlds}",
+        )
         check(
             1 <= self.drones_per_world <= 32,
             "drones_per_world",
@@ -179,6 +187,28 @@ class EnvConfig:
             weights = self.detector_weights
             check(bool(weights), "detector_weights", "perception 'yolo' needs trained weights")
             check(Path(weights).is_file(), "detector_weights", f"file not found: {weights}")
+        from isr_sim_bridge.camera import parse_resolution
+
+        try:
+            parse_resolution(self.camera_resolution)
+        except ConfigError as exc:
+            check(False, "camera_resolution", exc.reason or str(exc))
+        check(
+            0.0 < self.camera_fov_deg < 180.0,
+            "camera_fov_deg",
+            f"must be in (0, 180) degrees, got {self.camera_fov_deg}",
+        )
+        check(
+            -90.0 <= self.camera_pitch_deg <= 90.0,
+            "camera_pitch_deg",
+            f"must be in [-90, 90] degrees, got {self.camera_pitch_deg}",
+        )
+        check_memory(
+            self.num_worlds * self.world.memory_bytes(),
+            f"{self.num_worlds} worlds of {self.world.size_x_m:g} x {self.world.size_y_m:g} m "
+            f"at {self.world.texture_res_m:g} m/px",
+            "num_worlds",
+        )
         if self.world_seeds is not None:
             check(
                 len(self.world_seeds) == self.num_worlds,

@@ -9,12 +9,13 @@ the observation/action spec and the task version.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from isr_direct_dynamics.config import json_dumps
+from isr_direct_dynamics.io_checks import atomic_output
 
 from .env import ISREnv
 from .models import DeployPolicy, atomic_torch_save
@@ -45,7 +46,7 @@ def export_policy(
     if image_shape is not None:
         example.append(torch.randint(0, 256, (64, *image_shape), generator=gen, dtype=torch.uint8))
         names.append("image")
-    meta_json = json.dumps(meta)
+    meta_json = json_dumps(meta)
     atomic_torch_save({"model": deploy.state_dict(), "meta": meta}, out / "policy.pt")
     with warnings.catch_warnings():
         # TorchScript and the TorchScript-based ONNX exporter are deprecated in torch 2.x but
@@ -53,28 +54,26 @@ def export_policy(
         warnings.simplefilter("ignore", DeprecationWarning)
         with torch.no_grad():
             traced = torch.jit.trace(deploy, tuple(example))
-        tmp = out / ".policy_torchscript.pt.tmp"
-        torch.jit.save(traced, str(tmp), _extra_files={"meta.json": meta_json})
-        os.replace(tmp, out / "policy_torchscript.pt")
-        tmp = out / ".policy.onnx.tmp"
-        torch.onnx.export(
-            deploy,
-            tuple(example),
-            str(tmp),
-            dynamo=False,
-            input_names=names,
-            output_names=["action"],
-            opset_version=17,
-            dynamic_axes={**{n: {0: "batch"} for n in names}, "action": {0: "batch"}},
-        )
-    import onnx
+        with atomic_output(out / "policy_torchscript.pt") as tmp:
+            torch.jit.save(traced, str(tmp), _extra_files={"meta.json": meta_json})
+        with atomic_output(out / "policy.onnx") as tmp:
+            torch.onnx.export(
+                deploy,
+                tuple(example),
+                str(tmp),
+                dynamo=False,
+                input_names=names,
+                output_names=["action"],
+                opset_version=17,
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "action": {0: "batch"}},
+            )
+            import onnx
 
-    model = onnx.load(str(tmp))
-    for k, v in (("task_version", meta.get("task_version", "")), ("meta", meta_json)):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, str(v)
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out / "policy.onnx")
+            model = onnx.load(str(tmp))
+            for k, v in (("task_version", meta.get("task_version", "")), ("meta", meta_json)):
+                entry = model.metadata_props.add()
+                entry.key, entry.value = k, str(v)
+            onnx.save(model, str(tmp))
     return check_exports(deploy, out, tuple(example))
 
 

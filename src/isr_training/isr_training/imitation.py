@@ -17,7 +17,6 @@ copies it into the PPO policy before RL fine-tuning.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -28,11 +27,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from isr_direct_dynamics.config import check
+from isr_direct_dynamics.config import check, json_dumps
+from isr_direct_dynamics.io_checks import describe_exception
 
 from .baselines import ScriptedExpert
 from .env import ISREnv
-from .models import BCPolicy, LSTMBCPolicy, atomic_torch_save, safe_load
+from .models import (
+    BCPolicy,
+    LSTMBCPolicy,
+    atomic_torch_save,
+    checkpoint_error,
+    load_checkpoint,
+    safe_load,
+)
 
 
 @dataclass
@@ -131,8 +138,13 @@ class Demonstrations:
     @classmethod
     def load(cls, path: str | Path) -> Demonstrations:
         """Read a file of :meth:`save`."""
-        d = safe_load(path)
-        return cls(d["obs"], d["actions"], d["dones"], dict(d.get("metrics", {})))
+        d = safe_load(path, what="demonstrations file")
+        if not isinstance(d, dict) or any(k not in d for k in ("obs", "actions", "dones")):
+            raise ValueError(
+                f"demonstrations file {path} is corrupt (expected obs, actions and dones tensors); "
+                "delete it to collect the demonstrations again"
+            )
+        return cls(d["obs"], d["actions"], d["dones"], dict(d.get("metrics") or {}))
 
 
 def collect_demonstrations(
@@ -297,15 +309,21 @@ def train_bc(
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     if ckpt_path is not None and ckpt_path.is_file():
-        ck = safe_load(ckpt_path, map_location=device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"].cpu())
-        history = {k: list(v) for k, v in ck["history"].items()}
-        best_val, best_epoch = float(ck["best_val"]), int(ck["best_epoch"])
-        best_state = ck["best_state"]
-        start_epoch, bad_epochs = int(ck["epoch"]), int(ck["bad_epochs"])
-        stopped = bool(ck.get("stopped", False))
+        keys = ("model", "optimizer", "generator", "history", "best_val", "best_epoch")
+        keys += ("best_state", "epoch", "bad_epochs")
+        ck = load_checkpoint(ckpt_path, keys, map_location=device)
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            gen.set_state(ck["generator"].cpu())
+            history = {k: list(v) for k, v in ck["history"].items()}
+            best_val, best_epoch = float(ck["best_val"]), int(ck["best_epoch"])
+            best_state = ck["best_state"]
+            start_epoch, bad_epochs = int(ck["epoch"]), int(ck["bad_epochs"])
+            stopped = bool(ck.get("stopped", False))
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            why = f"does not fit this model: {describe_exception(exc)}"
+            raise ValueError(checkpoint_error(ckpt_path, why)) from None
     extra = {"seed": seed}
     n_train = tr_o.shape[0]
     t0 = time.perf_counter()
@@ -365,7 +383,7 @@ def train_bc(
     result = BCResult(history, best_epoch, best_val, stopped)
     if out is not None:
         (out / "history.json").write_text(
-            json.dumps(
+            json_dumps(
                 {
                     "best_epoch": best_epoch,
                     "best_val_loss": best_val,

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import pickle
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from isr_direct_dynamics.io_checks import atomic_output, describe_exception
 
 Obs = Tensor | dict[str, Tensor]
 """An observation batch: a state tensor ``(N, obs_dim)`` or ``{"state", "image"}``."""
@@ -38,26 +42,132 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "tanh": nn.Tanh, "relu
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place.
 
-    A crash (even ``kill -9``) leaves either the old file or the new one, never a torn file.
+    A crash (even ``kill -9``) leaves either the old file or the new one, never a torn file. The
+    temporary file (``.<name>.<pid>-<hex>.tmp``) is removed on any exception, and stale ones left
+    by a killed writer are deleted before writing (see :mod:`isr_direct_dynamics.io_checks`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+class TorchFileError(ValueError):
+    """A ``.pt`` file that cannot be loaded; ``reason`` says why in a few words."""
+
+    def __init__(self, message: str, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+def _torch_load_problem(exc: BaseException) -> str:
+    """A short reason for a failed ``torch.load(weights_only=True)``."""
+    import re
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({m.group(1)})" if m else ""
+        return (
+            f"it holds pickled Python objects{what}, not only tensors and plain data; "
+            "refused by the weights-only loader"
+        )
+    if "central directory" in text or "failed reading zip archive" in text:
+        return "cut short: not a complete zip archive"
+    if isinstance(exc, EOFError):
+        return "cut short: the data ends early"
+    if isinstance(exc, pickle.UnpicklingError) or "invalid load key" in text:
+        return "not a PyTorch file"
+    return describe_exception(exc)
+
+
+def safe_load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    what: str = "file",
+    mmap: bool = False,
+) -> Any:
+    """Load a file written by :func:`atomic_torch_save` without unpickling code.
+
+    A missing file raises ``FileNotFoundError``; an empty, cut-short, foreign or pickled-object
+    file raises :class:`TorchFileError` (a ``ValueError``) ``<what> <path> is corrupt (<why>)``.
+    ``mmap``: map the tensors instead of reading them (a cheap check of the whole structure).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    if p.stat().st_size == 0:
+        raise TorchFileError(f"{what} {p} is corrupt (empty file)", p, "empty file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK") and not zipfile.is_zipfile(p):
+            raise RuntimeError("failed reading zip archive: failed finding central directory")
+        if not head.startswith(b"PK") and head[:1] != b"\x80":  # neither zip nor legacy pickle
+            raise TorchFileError(
+                f"{what} {p} is corrupt (not a PyTorch file)", p, "not a PyTorch file"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "looks like a TorchScript archive"
+            return torch.load(
+                p, map_location=map_location, weights_only=True, mmap=mmap and head == b"PK\x03\x04"
+            )
+    except TorchFileError:
         raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+        if isinstance(exc, OSError):
+            raise TorchFileError(
+                f"cannot read {what} {p}: {exc.strerror or exc}", p, str(exc.strerror or exc)
+            ) from None
+        why = _torch_load_problem(exc)
+        raise TorchFileError(f"{what} {p} is corrupt ({why})", p, why) from None
 
 
-def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a file written by :func:`atomic_torch_save` without unpickling code."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+def load_checkpoint(
+    path: str | Path,
+    keys: Sequence[str] = (),
+    previous: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+) -> dict[str, Any]:
+    """Load a training checkpoint (a dict with ``keys``) for resuming.
+
+    Any problem (empty, cut short, pickled objects, not a dict, a missing key) raises a
+    ``ValueError`` ``checkpoint <path> is corrupt (<why>); resume from <previous> or delete it``
+    (``previous``: an earlier checkpoint; without one the message says deleting restarts).
+    ``mmap``: only map the tensors (a cheap check before resuming; see :func:`safe_load`).
+    """
+    p = Path(path)
+    try:
+        data = safe_load(p, map_location=map_location, what="checkpoint", mmap=mmap)
+    except TorchFileError as exc:
+        raise ValueError(checkpoint_error(p, exc.reason, previous)) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            checkpoint_error(p, f"holds a {type(data).__name__}, not a checkpoint dict", previous)
+        )
+    missing = [k for k in keys if k not in data]
+    if missing:
+        names = ", ".join(repr(k) for k in missing)
+        why = f"no {names} entry: not a checkpoint of this stage"
+        raise ValueError(checkpoint_error(p, why, previous))
+    return data
+
+
+def checkpoint_error(path: Path, why: str, previous: str | Path | None = None) -> str:
+    """The one-line message of a checkpoint that cannot be resumed from."""
+    if previous is not None:
+        prev = Path(previous)
+        return (
+            f"checkpoint {path} is corrupt ({why}); resume from {prev} or delete it "
+            f"(copy {prev.name} over {path.name} to resume from it)"
+        )
+    return (
+        f"checkpoint {path} is corrupt ({why}); there is no earlier checkpoint to resume from: "
+        "delete it (the stage then starts over)"
+    )
 
 
 class RunningMeanStd(nn.Module):
@@ -395,9 +505,26 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[n
 
     Uses ``weights_only=True``; returns ``(module in eval mode, meta)``.
     """
-    data = safe_load(path, map_location=device)
+    data = safe_load(path, map_location=device, what="policy file")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("meta"), dict)
+        or not isinstance(data.get("model"), dict)
+    ):
+        raise ValueError(
+            f"policy file {path} is not a policy of this workspace (expected a dict with 'model' "
+            "and 'meta')"
+        )
     meta = dict(data["meta"])
     cls = meta.get("class")
+    need = {
+        "ActorCritic": ("obs_dim", "act_dim", "hidden_sizes", "activation"),
+        "BCPolicy": ("obs_dim", "act_dim", "hidden_sizes", "activation"),
+        "LSTMBCPolicy": ("obs_dim", "act_dim", "hidden_size", "num_layers", "activation"),
+    }.get(cls, ())
+    lacking = [k for k in need if k not in meta]
+    if lacking:
+        raise ValueError(f"policy file {path}: its {cls} metadata lacks {', '.join(lacking)}")
     if cls == "ActorCritic":
         model: nn.Module = ActorCritic(
             meta["obs_dim"],
@@ -424,6 +551,12 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[n
             meta["activation"],
         )
     else:
-        raise ValueError(f"{path}: unknown policy class {cls!r}")
-    model.load_state_dict(data["model"])
+        raise ValueError(f"policy file {path}: unknown policy class {cls!r}")
+    try:
+        model.load_state_dict(data["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"policy file {path} is corrupt: its weights do not fit its {cls} metadata "
+            f"({describe_exception(exc)})"
+        ) from None
     return model.to(device).eval(), meta

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -43,7 +42,14 @@ from typing import Any
 
 import torch
 
-from isr_direct_dynamics.config import ConfigError, to_dict
+from isr_direct_dynamics.config import ConfigError, json_dumps, to_dict
+from isr_direct_dynamics.io_checks import (
+    atomic_write_text,
+    check_output_dir,
+    describe_exception,
+    read_json_file,
+    remove_stale_temp_files,
+)
 from isr_sim_bridge.world import generate_world, worlds_to_batch
 
 from .baselines import RandomPolicy, ScriptedExpert, run_policy
@@ -61,9 +67,10 @@ from .models import (
     BCPolicy,
     LSTMBCPolicy,
     atomic_torch_save,
+    checkpoint_error,
     init_actor_from_bc,
+    load_checkpoint,
     load_policy,
-    safe_load,
     save_policy,
 )
 from .ppo import PPO
@@ -125,7 +132,12 @@ class Experiment:
 
     @classmethod
     def create(cls, cfg: TrainingConfig, base_dir: str | Path = "experiments") -> Experiment:
-        """Make ``<base_dir>/<name>_<YYYYmmdd_HHMMSS>/`` and write ``config.yaml``."""
+        """Make ``<base_dir>/<name>_<YYYYmmdd_HHMMSS>/`` and write ``config.yaml``.
+
+        ``base_dir`` (``--output-dir``) is checked first: a file there, or a folder that cannot
+        be written, is a ``ConfigError`` before anything is created.
+        """
+        check_output_dir(base_dir, "--output-dir")
         stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
         root = Path(base_dir) / f"{cfg.name}_{stamp}"
         k = 1
@@ -152,13 +164,40 @@ class Experiment:
 
     @classmethod
     def open(cls, root: str | Path) -> Experiment:
-        """Open an existing experiment (its ``config.yaml`` is the configuration)."""
+        """Open an existing experiment (its ``config.yaml`` is the configuration).
+
+        Deletes the stale temporary files that a killed writer left in it (see
+        :func:`isr_direct_dynamics.io_checks.remove_stale_temp_files`) and checks the stage
+        markers, so that a corrupt file is named before any work starts.
+        """
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"experiment directory not found: {root}")
         exp = cls(root, load_config_file(root / "config.yaml"))
+        check_output_dir(root, "experiment directory")
+        remove_stale_temp_files(root, recursive=True)
         exp.make_dirs()
+        for stage in STAGES:
+            exp.stage_info(stage)
+        exp.check_checkpoints()
         return exp
+
+    def check_checkpoints(self) -> None:
+        """Refuse a corrupt resume checkpoint now, before any stage starts.
+
+        The tensors are only memory-mapped (cheap). Raises ``ValueError`` naming the checkpoint
+        and what to resume from.
+        """
+        checks = []
+        if not self.is_done("imitation"):
+            checks.append((self.imitation_dir / "checkpoint.pt", ("model", "optimizer"), None))
+        if not self.is_done("rl"):
+            key = "sb3" if self.cfg.rl.algorithm.startswith("sb3_") else "ppo"
+            latest = self.checkpoint_dir / "latest.pt"
+            checks.append((latest, (key, "stage"), _previous_checkpoint(self)))
+        for path, keys, previous in checks:
+            if path.exists():
+                load_checkpoint(path, keys, previous=previous, mmap=True)
 
     def marker(self, stage: str) -> Path:
         """Marker file of a finished stage."""
@@ -171,11 +210,18 @@ class Experiment:
     def stage_info(self, stage: str) -> dict[str, Any]:
         """Contents of a stage's marker ({} when not done)."""
         path = self.marker(stage)
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.exists():
+            return {}
+        try:
+            return read_json_file(path, "stage marker")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc}; delete it to run the '{stage}' stage again (its checkpoints are kept)"
+            ) from None
 
     def mark_done(self, stage: str, info: dict[str, Any]) -> None:
         """Write the marker of ``stage`` (atomically)."""
-        _atomic_write_text(self.marker(stage), json.dumps(info, indent=1))
+        _atomic_write_text(self.marker(stage), json_dumps(info, indent=1))
 
     def logger(self, stage: str) -> logging.Logger:
         """A logger writing ``logs/<stage>.log`` and the console."""
@@ -203,9 +249,25 @@ class Experiment:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
+
+
+def _previous_checkpoint(exp: Experiment) -> Path | None:
+    """The newest ``iter_*.pt`` that is not empty (what to resume from when latest.pt is bad)."""
+    files = [f for f in sorted(exp.checkpoint_dir.glob("iter_*.pt")) if f.stat().st_size > 0]
+    return files[-1] if files else None
+
+
+def _resume_checkpoint(exp: Experiment, latest: Path, key: str, restore: Callable) -> dict:
+    """Load ``latest`` (entries ``key`` and ``stage``) and ``restore(ck)``; one clear error."""
+    prev = _previous_checkpoint(exp)
+    ck = load_checkpoint(latest, (key, "stage"), previous=prev)
+    try:
+        restore(ck)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        why = f"does not fit this experiment: {describe_exception(exc)}"
+        raise ValueError(checkpoint_error(latest, why, prev)) from None
+    return ck
 
 
 # ----------------------------------------------------------------------------------- worlds
@@ -249,7 +311,7 @@ def make_env(
     cfg.seed = seed
     if camera is not None:
         cfg.camera = camera
-    spec_key = json.dumps(to_dict(cfg.world), sort_keys=True)
+    spec_key = json_dumps(to_dict(cfg.world), sort_keys=True)
     worlds = []
     for s in seeds:
         key = (spec_key, int(s))
@@ -301,8 +363,9 @@ def _policy_factory(model: torch.nn.Module) -> Callable[[ISREnv], Callable[[Any]
 
 
 def _setup_torch(cfg: TrainingConfig) -> None:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    from isr_direct_dynamics.threads import configure_threads
+
+    configure_threads(cfg.threads)
     if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"invalid config field 'device': {cfg.device} but CUDA is not available")
 
@@ -317,19 +380,25 @@ def pretrained_policy_file(path: str | Path) -> Path:
     """The PPO policy file of ``rl.pretrained``.
 
     A file, or an experiment's ``rl_model/best.pt`` (else ``final.pt``); a clear error when there
-    is none.
+    is none, or when the file is not a loadable policy (empty, cut short, pickled objects).
     """
     p = Path(path)
     if p.is_dir():
         for name in ("best.pt", "final.pt"):
             if (p / "rl_model" / name).is_file():
-                return p / "rl_model" / name
-        raise FileNotFoundError(
-            f"rl.pretrained: {p} has no rl_model/best.pt or rl_model/final.pt (not a finished "
-            "PPO experiment)"
-        )
+                p = p / "rl_model" / name
+                break
+        else:
+            raise FileNotFoundError(
+                f"rl.pretrained: {p} has no rl_model/best.pt or rl_model/final.pt (not a finished "
+                "PPO experiment)"
+            )
     if not p.is_file():
         raise FileNotFoundError(f"rl.pretrained: {p} does not exist")
+    try:
+        load_policy(p)
+    except ValueError as exc:
+        raise ValueError(f"rl.pretrained: {exc}") from None
     return p
 
 
@@ -384,7 +453,7 @@ def stage_data(exp: Experiment) -> dict[str, Any]:
         "collect_s": dt,
         "env_steps_per_s": demos.num_samples / dt,
     }
-    (exp.data_dir / "demonstrations.json").write_text(json.dumps(info, indent=1))
+    (exp.data_dir / "demonstrations.json").write_text(json_dumps(info, indent=1))
     log.info(
         "%d samples from %d drones in %.1f s (%.0f env-steps/s); noisy expert found %.1f%% of "
         "targets",
@@ -555,9 +624,12 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
     state = _RLState()
     latest = exp.checkpoint_dir / "latest.pt"
     if latest.is_file():
-        ck = safe_load(latest, map_location=ppo.device)
-        ppo.load_state_dict(ck["ppo"])
-        state.load(ck["stage"])
+
+        def restore(ck: dict) -> None:
+            ppo.load_state_dict(ck["ppo"])
+            state.load(ck["stage"])
+
+        _resume_checkpoint(exp, latest, "ppo", restore)
         log.info("resumed from %s at iteration %d, step %d", latest, ppo.iteration, ppo.global_step)
     writer = SummaryWriter(str(exp.tensorboard_dir), purge_step=ppo.global_step or None)
     val_seeds = cfg.validation_seeds()
@@ -679,7 +751,7 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         ppo.policy,
         {"global_step": ppo.global_step, "task_version": TASK_VERSION},
     )
-    (exp.rl_dir / "history.json").write_text(json.dumps(state.to_dict(), indent=1))
+    _atomic_write_text(exp.rl_dir / "history.json", json_dumps(state.to_dict(), indent=1))
     plot_learning_curve(
         state.history, state.evals, exp.rl_dir / "learning_curve.png", state.val_baselines
     )
@@ -730,9 +802,12 @@ def _stage_rl_sb3(exp: Experiment) -> dict[str, Any]:
     latest = exp.checkpoint_dir / "latest.pt"
     state = _RLState()
     if latest.is_file():
-        ck = safe_load(latest)
-        load_sb3_state(model, wrapped, ck["sb3"])
-        state.load(ck["stage"])
+
+        def restore(ck: dict) -> None:
+            load_sb3_state(model, wrapped, ck["sb3"])
+            state.load(ck["stage"])
+
+        _resume_checkpoint(exp, latest, "sb3", restore)
         log.info("resumed SB3 %s from step %d", sb3cfg.algorithm, model.num_timesteps)
     elif rl.init_from_bc and sb3cfg.algorithm == "ppo":
         bc, _ = load_policy(exp.imitation_dir / "best.pt")
@@ -917,8 +992,8 @@ def stage_finalize(exp: Experiment) -> dict[str, Any]:
     summary = build_summary(exp, results, diffs, source)
     if cfg.rl.pretrained is not None:
         summary["transfer"] = _transfer(cfg, seeds, policies, results, log)
-    (exp.root / "SUMMARY.json").write_text(json.dumps(summary, indent=1))
-    (exp.root / "SUMMARY.txt").write_text(summary_text(summary))
+    _atomic_write_text(exp.root / "SUMMARY.json", json_dumps(summary, indent=1))
+    _atomic_write_text(exp.root / "SUMMARY.txt", summary_text(summary))
     log.info("\n%s", summary_text(summary))
     return {"targets_found": results["final"]["targets_found"], **diffs}
 
@@ -1134,8 +1209,10 @@ def _patch_summary_wall(exp: Experiment, wall_s: float) -> None:
     path = exp.root / "SUMMARY.json"
     if not path.is_file():
         return
-    s = json.loads(path.read_text())
+    s = read_json_file(path, "experiment summary")
+    if not isinstance(s.get("stage_wall_s"), dict):
+        raise ConfigError(f"experiment summary {path} has no stage_wall_s object; delete it, rerun")
     s["stage_wall_s"]["finalize"] = wall_s
     s["total_wall_s"] = sum(v or 0.0 for v in s["stage_wall_s"].values())
-    path.write_text(json.dumps(s, indent=1))
-    (exp.root / "SUMMARY.txt").write_text(summary_text(s))
+    _atomic_write_text(path, json_dumps(s, indent=1))
+    _atomic_write_text(exp.root / "SUMMARY.txt", summary_text(s))

@@ -27,14 +27,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from isr_direct_dynamics.config import check
+from isr_direct_dynamics.io_checks import describe_exception
 
-from .models import ActorCritic, Obs, atomic_torch_save, safe_load
+from .models import ActorCritic, Obs, atomic_torch_save, checkpoint_error, load_checkpoint
 
 
 @dataclass
@@ -85,6 +87,10 @@ class PPOConfig:
     """Lower bound of the log-std parameter (kept after every update)."""
     normalize_obs: bool = True
     """Running mean/std normalization of the state observation (inside the policy)."""
+    update_obs_norm: bool = True
+    """Merge every rollout into the normalizer's statistics. False keeps them as they start (the
+    behaviour-cloning statistics when the actor starts from BC; the first rollout's otherwise), so
+    the actor's inputs do not shift under it during RL."""
     cnn_features: int = 128
     """Feature size of the CNN encoder (camera observations)."""
     critic_warmup_iterations: int = 0
@@ -430,7 +436,13 @@ class PPO:
         t2 = time.perf_counter()
         self.policy.train()
         metrics = self.update()
-        if cfg.normalize_obs:
+        if not all(bool(torch.isfinite(p).all()) for p in self.policy.parameters()):
+            raise FloatingPointError(
+                f"PPO iteration {self.iteration + 1}: the update made the network weights "
+                f"non-finite (NaN/inf; learning rate {cfg.learning_rate:g}); resume from the last "
+                "checkpoint with a lower rl.ppo.learning_rate"
+            )
+        if cfg.normalize_obs and cfg.update_obs_norm:
             self.policy.obs_norm.update(self.buffer.state)
         self.iteration += 1
         t3 = time.perf_counter()
@@ -451,6 +463,9 @@ class PPO:
                 "rollout/reward_per_step": float(self._reward_sum) / self.batch_size,
             }
         )
+        bad = getattr(self.env, "nonfinite_action_count", None)
+        if isinstance(bad, Tensor):  # running count of the environment (NaN/inf actions)
+            metrics["rollout/nonfinite_actions"] = float(bad)
         metrics.update({f"episode/{k}": v for k, v in self.episode_stats.means().items()})
         return metrics
 
@@ -505,5 +520,12 @@ class PPO:
         atomic_torch_save(self.state_dict(), path)
 
     def load(self, path: str) -> None:
-        """Load a checkpoint of :meth:`save` (``weights_only=True``)."""
-        self.load_state_dict(safe_load(path, map_location=self.device))
+        """Load a checkpoint of :meth:`save` (``weights_only=True``; corrupt: ``ValueError``)."""
+        keys = ("policy", "optimizer", "generator", "iteration", "global_step")
+        state = load_checkpoint(path, keys, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                checkpoint_error(Path(path), f"does not fit this model: {describe_exception(exc)}")
+            ) from None

@@ -17,12 +17,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from isr_direct_dynamics.config import ConfigError, run_command
+from isr_direct_dynamics.config import ConfigError, json_dumps, run_command
 
 from .pipeline import STAGES
 
@@ -82,10 +81,11 @@ def _bench_train(args: argparse.Namespace) -> int:
     """Env-steps/s of a learner on the ISR env, updates included (after one warm-up chunk)."""
     import torch
 
+    from isr_direct_dynamics.threads import configure_threads
+
     from .env import EnvConfig, ISREnv
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     if args.drones % args.drones_per_world:
         raise ValueError(f"--drones {args.drones} is not a multiple of --drones-per-world")
     cfg = EnvConfig(
@@ -168,7 +168,7 @@ def _bench_train(args: argparse.Namespace) -> int:
         "build_s": round(t_build, 2),
         "load_avg": load,
     }
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    print(json_dumps(result) if args.json else json_dumps(result, indent=2))
     return 0
 
 
@@ -178,21 +178,14 @@ def dynamics_overrides(path: str) -> list[str]:
     The file is what ``isr tune-dynamics`` writes: keys of ``DirectDynamicsConfig`` (nested
     ``limits`` allowed). Training then flies the tuned direct model (``vehicle: direct``).
     """
-    import yaml
-
-    from isr_direct_dynamics.config import from_dict
+    from isr_direct_dynamics.config import from_dict, read_yaml
     from isr_direct_dynamics.direct import DirectDynamicsConfig
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--dynamics-config: no such file: {path}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--dynamics-config: {path} is not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--dynamics-config: {path} must hold a mapping of DirectDynamicsConfig")
-    from_dict(DirectDynamicsConfig, raw)  # unknown keys / bad values: an error naming them
+    raw = read_yaml(path, "--dynamics-config file")
+    try:  # unknown keys / bad values: an error naming them and the file
+        from_dict(DirectDynamicsConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"--dynamics-config {path}: {exc}", exc.field, exc.reason) from None
     out = ["env.vehicle=direct"]
 
     def walk(prefix: str, d: dict) -> None:

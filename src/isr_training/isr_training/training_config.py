@@ -25,9 +25,19 @@ from typing import Any, Literal
 
 import yaml
 
-from isr_direct_dynamics.config import ConfigError, check, from_dict, parse_override, to_dict
+from isr_direct_dynamics.config import (
+    ConfigError,
+    check,
+    check_device,
+    check_name,
+    from_dict,
+    parse_override,
+    parse_yaml,
+    read_yaml,
+    to_dict,
+)
 
-from .env import EnvConfig
+from .env import MAX_WORLDS, EnvConfig
 from .imitation import BCConfig, DataConfig
 from .ppo import PPOConfig
 from .sb3_learners import SB3Config
@@ -172,8 +182,16 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Cross-section checks (each section validates its own fields)."""
-        check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty file name")
-        check(self.threads >= 0, "threads", "must be >= 0")
+        check_name(self.name)
+        check_device(self.device)
+        check(0 <= self.threads <= 1024, "threads", f"must be in 0..1024, got {self.threads}")
+        for fld, n in (
+            ("env.num_worlds", self.env.num_worlds),
+            ("data.num_worlds", self.data.num_worlds),
+            ("rl.val_num_worlds", self.rl.val_num_worlds),
+            ("eval.num_worlds", self.eval.num_worlds),
+        ):  # before the seed lists below are built
+            check(1 <= n <= MAX_WORLDS, fld, f"must be in 1..{MAX_WORLDS}, got {n}")
         train, val, test = (
             set(self.training_seeds()),
             set(self.validation_seeds()),
@@ -243,11 +261,17 @@ def load_dynamics_config(path: str | Path | None = None) -> dict[str, Any]:
     from isr_direct_dynamics.direct import DirectDynamicsConfig
     from isr_direct_dynamics.quadrotor import QuadrotorConfig
 
-    text = Path(path).read_text() if path else _config_text("dynamics_config.yaml")
-    raw = yaml.safe_load(text) or {}
+    source = str(path) if path else "dynamics_config.yaml"
+    if path:
+        raw = read_yaml(path, "dynamics config file")
+    else:
+        raw = parse_yaml(_config_text("dynamics_config.yaml"), source)
     unknown = sorted(set(raw) - {"direct", "quadrotor", "quality_presets"})
     if unknown:
-        raise ConfigError(f"dynamics_config.yaml: unknown section '{unknown[0]}'")
+        raise ConfigError(f"{source}: unknown section '{unknown[0]}'")
+    for name in ("direct", "quadrotor", "quality_presets"):
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping")
     out: dict[str, Any] = {}
     for name, cls in (("direct", DirectDynamicsConfig), ("quadrotor", QuadrotorConfig)):
         out[name] = _prefixed(lambda c=cls, n=name: from_dict(c, raw.get(n) or {}), f"{name}.")
@@ -258,7 +282,7 @@ def load_dynamics_config(path: str | Path | None = None) -> dict[str, Any]:
         )
     for need in ("fast", "medium", "production"):
         if need not in presets:
-            raise ConfigError(f"dynamics_config.yaml: quality preset '{need}' is missing")
+            raise ConfigError(f"{source}: quality preset '{need}' is missing")
     out["quality_presets"] = presets
     return out
 
@@ -290,12 +314,24 @@ def resolve_config(
     from isr_direct_dynamics.direct import DirectDynamicsConfig
     from isr_direct_dynamics.quadrotor import QuadrotorConfig
 
-    text = Path(config_path).read_text() if config_path else _config_text("training_config.yaml")
-    raw = yaml.safe_load(text) or {}
+    source = str(config_path) if config_path else "training_config.yaml"
+    if config_path:
+        raw = read_yaml(config_path)
+    else:
+        raw = parse_yaml(_config_text("training_config.yaml"), source)
     unknown = sorted(set(raw) - {"defaults", "presets"})
     if unknown:
-        raise ConfigError(f"training_config.yaml: unknown section '{unknown[0]}'")
+        raise ConfigError(
+            f"{source}: unknown section '{unknown[0]}' (a training config holds 'defaults' and "
+            "'presets')"
+        )
+    for name in ("defaults", "presets"):
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping")
     presets = raw.get("presets") or {}
+    for pname, layer in presets.items():
+        if layer is not None and not isinstance(layer, dict):
+            raise ConfigError(f"{source}: preset '{pname}' must be a mapping")
     if preset is not None and preset not in presets:
         raise ConfigError(f"unknown preset '{preset}' (choose from {', '.join(sorted(presets))})")
     base = _deep_merge(to_dict(TrainingConfig()), raw.get("defaults") or {})
@@ -304,7 +340,7 @@ def resolve_config(
     probe = _deep_merge(_deep_merge(base, preset_layer), set_layer)
     dyn = load_dynamics_config(dynamics_path)
     qname = probe.get("physics_quality", "fast")
-    if qname not in dyn["quality_presets"]:
+    if not isinstance(qname, str) or qname not in dyn["quality_presets"]:
         raise ConfigError(
             f"invalid config field 'physics_quality': {qname!r} is not one of "
             f"{sorted(dyn['quality_presets'])}"
@@ -332,7 +368,15 @@ def resolve_config(
             merged = _deep_merge(dyn_data, user)
             typed = _prefixed(lambda: from_dict(cls, merged), "env.dynamics.")
             env["dynamics"] = to_dict(typed)
-    return from_dict(TrainingConfig, data)
+    try:
+        return from_dict(TrainingConfig, data)
+    except ConfigError as exc:
+        # Name the user's file when the bad value came from it (not from --set).
+        from_file = _dotted_paths(_deep_merge(raw.get("defaults") or {}, preset_layer or {}))
+        field = (exc.field or "").split("[")[0]
+        if config_path and field in from_file and field not in _dotted_paths(set_layer):
+            raise ConfigError(f"{config_path}: {exc}", exc.field, exc.reason) from None
+        raise
 
 
 def _override_layer(overrides: list[str]) -> dict[str, Any]:
@@ -341,8 +385,15 @@ def _override_layer(overrides: list[str]) -> dict[str, Any]:
     Unlike plain YAML 1.1, ``3e-4`` (no dot) is read as the number it looks like.
     """
     layer: dict[str, Any] = {}
+    known = _dotted_paths(to_dict(TrainingConfig()))
     for text in overrides:
         keys, value = parse_override(text)
+        dotted = ".".join(keys)
+        if dotted not in known and not any(k.startswith(dotted + ".") for k in known):
+            near = sorted(k for k in known if k.endswith("." + dotted))
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            if near or keys[0] not in known:
+                raise ConfigError(f"--set {text[:80]}: unknown config key '{dotted}'{hint}")
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -350,6 +401,16 @@ def _override_layer(overrides: list[str]) -> dict[str, Any]:
                 pass
         layer = _deep_merge(layer, _nest(keys, value))
     return layer
+
+
+def _dotted_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted key path of a nested mapping (sections and leaves)."""
+    out: set[str] = set()
+    for k, v in data.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _dotted_paths(v, f"{prefix}{k}.")
+    return out
 
 
 def _nest(keys: list[str], value: Any) -> dict[str, Any]:
@@ -369,4 +430,9 @@ def load_config_file(path: str | Path) -> TrainingConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config.yaml in {path.parent}")
-    return from_dict(TrainingConfig, yaml.safe_load(path.read_text()) or {})
+    try:
+        return from_dict(TrainingConfig, read_yaml(path, "experiment config"))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}", exc.field, exc.reason) from None
