@@ -26,19 +26,22 @@ log="$OUT/soak.log"
 pid=$!
 exp=""
 for i in $(seq 1 "$KILLS"); do
-  sleep "$(awk -v s="$RANDOM" 'BEGIN{srand(s); printf "%.1f", 2 + 10 * rand()}')"
+  sleep "$(awk -v s="$RANDOM" 'BEGIN{srand(s); printf "%.1f", 1 + 7 * rand()}')"
   [[ -z "$exp" ]] && exp="$(ls -d "$OUT"/soak_* 2>/dev/null | head -1 || true)"
   if kill -0 "$pid" 2>/dev/null; then
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    echo "kill $i: SIGKILL during $(ls "$exp/logs" 2>/dev/null | tr '\n' ' ')"
+    echo "kill $i: SIGKILL during ${exp:+stage }$(ls -t "$exp/logs" 2>/dev/null | head -1 | sed 's/\.log$//')${exp:+ }$(tail -c 200 "$exp/logs/$(ls -t "$exp/logs" 2>/dev/null | head -1)" 2>/dev/null | tr '\r' '\n' | tail -1 | cut -c1-80)"
   else
     wait "$pid" 2>/dev/null || true
     echo "kill $i: the run had already finished"
     break
   fi
-  [[ -n "$exp" ]] || { echo "error: no experiment directory in $OUT after the first start" >&2; exit 1; }
-  "$ISR" train --resume "$exp" --no-progress >>"$log" 2>&1 &
+  if [[ -n "$exp" ]]; then
+    "$ISR" train --resume "$exp" --no-progress >>"$log" 2>&1 &
+  else  # killed before the experiment directory existed: start again
+    "$ISR" train --preset quick --name soak --output-dir "$OUT" --no-progress "${SETS[@]}" >>"$log" 2>&1 &
+  fi
   pid=$!
 done
 wait "$pid" || { echo "error: the last resume failed; see $log" >&2; exit 1; }

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from isr_direct_dynamics.config import json_dumps
+from isr_direct_dynamics.io_checks import atomic_write_text
 from isr_direct_dynamics.ros_node import run_node
 
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -455,7 +456,7 @@ def make_node_class() -> type:
             out = Path(self.p["output_dir"])
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"{self.p['backend']}_result.json"
-            path.write_text(json_dumps(result, indent=2, default=str))
+            atomic_write_text(path, json_dumps(result, indent=2, default=str))
             self.get_logger().info(f"wrote {path}")
 
     return Px4EvalNode

@@ -68,6 +68,7 @@ from isr_direct_dynamics import (
 )
 from isr_direct_dynamics.config import ConfigError, check, to_dict
 from isr_direct_dynamics.direct import GRAVITY_M_S2
+from isr_direct_dynamics.io_checks import atomic_write_text
 from isr_direct_dynamics.math3d import quat_rotate
 
 from .frames import euler_yaw_rate_from_body_rates
@@ -1192,7 +1193,7 @@ def write_dynamics_config(result: TuningResult, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "".join(f"# {line}\n" for line in config_header(result))
     body = yaml.safe_dump(to_dict(result.config), sort_keys=False)
-    path.write_text(header + body)
+    atomic_write_text(path, header + body)
     return path
 
 

@@ -726,16 +726,29 @@ class _TwoRunMap:
 def encode(
     frames: Iterator[np.ndarray], out: str | Path, fps: float = 10.0
 ) -> tuple[int, tuple[int, int]]:
-    """Write frames (same size) as H.264 mp4; returns (frame count, (width, height))."""
-    import imageio_ffmpeg
+    """Write frames (same size) as H.264 mp4; returns (frame count, (width, height)).
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    Written atomically: frames go to a temporary file next to ``out`` that replaces it only when
+    encoding finished, so a crash or a kill never leaves a truncated video under ``out`` (the
+    temporary file of a killed run is removed by the next write, see
+    :func:`isr_direct_dynamics.io_checks.atomic_output`).
+    """
+    from isr_direct_dynamics.io_checks import atomic_output
+
     it = iter(frames)
     try:
         first = next(it)
     except StopIteration:
         raise BagError("no frames to encode") from None
+    with atomic_output(out) as tmp:
+        return _encode_to(first, it, tmp, fps)
+
+
+def _encode_to(
+    first: np.ndarray, it: Iterator[np.ndarray], out: Path, fps: float
+) -> tuple[int, tuple[int, int]]:
+    import imageio_ffmpeg
+
     h, w = first.shape[:2]
     writer = imageio_ffmpeg.write_frames(
         str(out),
@@ -746,7 +759,7 @@ def encode(
         pix_fmt_out="yuv420p",
         quality=None,
         bitrate=None,
-        output_params=["-crf", "23", "-preset", "veryfast", "-movflags", "+faststart"],
+        output_params=["-crf", "23", "-preset", "veryfast", "-movflags", "+faststart", "-f", "mp4"],
         macro_block_size=16,
         ffmpeg_log_level="error",
     )

@@ -110,3 +110,31 @@ def test_bag_without_needed_topics(tmp_path, capsys):
         == 2
     )
     assert "--bag2" in capsys.readouterr().err
+
+
+def test_encode_is_atomic(tmp_path):
+    """A failure mid-encoding leaves neither a partial video nor a temporary file; success
+    replaces the file in one step and decodes."""
+    import imageio_ffmpeg
+
+    from isr_px4_eval.video import encode
+
+    out = tmp_path / "v.mp4"
+    frame = np.zeros((32, 48, 3), np.uint8)
+
+    def broken():
+        yield frame
+        yield frame
+        raise RuntimeError("renderer died")
+
+    with pytest.raises(RuntimeError, match="renderer died"):
+        encode(broken(), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    n, size = encode(iter([frame] * 5), out)
+    assert (n, size) == (5, (48, 32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    assert tuple(meta["size"]) == (48, 32)
+    assert sum(1 for _ in reader) == 5

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from isr_direct_dynamics.config import check, from_dict, json_dumps, to_dict
+from isr_direct_dynamics.io_checks import atomic_write_text
 from isr_sim_bridge import cpu_kernels
 from isr_sim_bridge.world_batch import GROUND_CLASSES, TARGET_CLASSES, WorldBatch
 
@@ -581,7 +582,7 @@ class World:
         """Write :meth:`to_json` to ``path`` (parents created); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(indent=1))
+        atomic_write_text(path, self.to_json(indent=1))
         return path
 
     @classmethod

@@ -453,7 +453,7 @@ def stage_data(exp: Experiment) -> dict[str, Any]:
         "collect_s": dt,
         "env_steps_per_s": demos.num_samples / dt,
     }
-    (exp.data_dir / "demonstrations.json").write_text(json_dumps(info, indent=1))
+    atomic_write_text(exp.data_dir / "demonstrations.json", json_dumps(info, indent=1))
     log.info(
         "%d samples from %d drones in %.1f s (%.0f env-steps/s); noisy expert found %.1f%% of "
         "targets",
