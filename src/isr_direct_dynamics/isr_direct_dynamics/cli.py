@@ -29,7 +29,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--control-dt", type=float, default=0.1, help="control period, s")
     parser.add_argument("--seconds", type=float, default=3.0, help="time to measure, s")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="at most N CPU threads (default: the free cores, re-measured every second)",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the direct step kernel"
     )

@@ -206,7 +206,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write the result JSON here")
     p.add_argument("--record-dir", help="write <backend>.npz per-step recordings here")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="at most N CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--compile-physics",

@@ -276,7 +276,12 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
         help="embedded: largest random horizontal speed command, m/s (10 = the action limit)",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="at most N CPU threads (default: the free cores, re-measured every second)",
+    )
     p.set_defaults(
         func=run_tune_dynamics,
         field_options={
