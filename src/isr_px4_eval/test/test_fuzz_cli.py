@@ -79,6 +79,8 @@ def _set_cases(rng: random.Random) -> list[tuple[list[str], str]]:
         ("eval.num_worlds", "100000000000"),
         ("rl.val_num_worlds", "100000000000"),
         ("data.num_worlds", "100000000000"),
+        ("env.task.episode_length_s", "1e9"),
+        ("data.episodes", "100000000"),
     ]
     cases += [(["train", "--print-config", "--set", f"{k}={v}"], k) for k, v in sizes]
     cases += [

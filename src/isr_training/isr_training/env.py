@@ -82,6 +82,15 @@ DET_FEATURES = 6 + len(TARGET_CLASSES)
 normalized image coordinates, already-found flag (see :func:`detection_features`)."""
 
 
+def observation_size(task: TaskConfig) -> int:
+    """Length of the state observation for ``task`` (layout in the module docstring).
+
+    18 fixed features, the coverage grid and the top-k detections.
+    """
+    oc = task.observation
+    return 3 + 3 + 2 + 1 + 1 + 6 + 2 + oc.obs_coverage_cells**2 + oc.top_k_detections * DET_FEATURES
+
+
 class PerceptionOutput(NamedTuple):
     """What a perception backend returns for all drones on a perception step."""
 
@@ -384,17 +393,7 @@ class ISREnv:
         self._area_half = torch.tensor([w.size_x_m / 2, w.size_y_m / 2], device=self.device)
         self._alt_scale = float(w.geofence_max_m[:, 2].max())
         self.num_targets = w.target_valid.sum(-1).clamp(min=1).float()  # (W,)
-        self.obs_dim = (
-            3
-            + 3
-            + 2
-            + 1
-            + 1
-            + 6
-            + 2
-            + oc.obs_coverage_cells**2
-            + oc.top_k_detections * DET_FEATURES
-        )
+        self.obs_dim = observation_size(self.task)
         self.image_shape = (perception.image_size[1], perception.image_size[0], 3)
         self.action_dim = 4
 

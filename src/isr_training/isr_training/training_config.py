@@ -29,6 +29,7 @@ from isr_direct_dynamics.config import (
     ConfigError,
     check,
     check_device,
+    check_memory,
     check_name,
     from_dict,
     parse_override,
@@ -37,10 +38,11 @@ from isr_direct_dynamics.config import (
     to_dict,
 )
 
-from .env import MAX_WORLDS, EnvConfig
+from .env import MAX_WORLDS, EnvConfig, observation_size
 from .imitation import BCConfig, DataConfig
 from .ppo import PPOConfig
 from .sb3_learners import SB3Config
+from .task.config import MAX_EPISODE_STEPS
 
 CONFIG_PACKAGE = "isr_training.config"
 """Package holding ``training_config.yaml`` and ``dynamics_config.yaml``."""
@@ -192,6 +194,19 @@ class TrainingConfig:
             ("eval.num_worlds", self.eval.num_worlds),
         ):  # before the seed lists below are built
             check(1 <= n <= MAX_WORLDS, fld, f"must be in 1..{MAX_WORLDS}, got {n}")
+        steps = self.data.episodes * self.env.task.max_episode_steps
+        check(
+            steps <= MAX_EPISODE_STEPS,
+            "data.episodes",
+            f"{self.data.episodes} episodes of {self.env.task.max_episode_steps} steps are "
+            f"{steps:,} steps per drone; at most {MAX_EPISODE_STEPS:,}",
+        )
+        row = (observation_size(self.env.task) + 4) * 4 + 1  # obs + action (float32) + done
+        check_memory(
+            steps * self.data.num_worlds * row,
+            f"the demonstrations ({self.data.num_worlds} drones x {steps:,} steps)",
+            "data.num_worlds",
+        )
         train, val, test = (
             set(self.training_seeds()),
             set(self.validation_seeds()),

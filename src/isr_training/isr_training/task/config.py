@@ -89,6 +89,11 @@ class ObservationConfig:
         check(self.top_k_detections >= 0, "top_k_detections", "must be >= 0")
 
 
+MAX_EPISODE_STEPS = 1_000_000
+"""Longest episode in control steps (a day at 0.1 s is 864,000): buffers such as the
+demonstrations are sized by the episode, so a longer one is refused at validation."""
+
+
 @dataclass
 class TaskConfig:
     """The ISR search task: find targets and cover the area, safely, before the time runs out."""
@@ -138,6 +143,13 @@ class TaskConfig:
             self.episode_length_s >= self.control_dt_s,
             "episode_length_s",
             f"must be >= control_dt_s, got {self.episode_length_s}",
+        )
+        steps = self.episode_length_s / self.control_dt_s
+        check(
+            steps <= MAX_EPISODE_STEPS,
+            "episode_length_s",
+            f"{self.episode_length_s:g} s at {self.control_dt_s:g} s per step is {steps:.3g} "
+            f"steps; at most {MAX_EPISODE_STEPS:,} per episode",
         )
         check(self.perception_interval >= 1, "perception_interval", "must be >= 1")
         lo, hi = self.spawn_altitude_m
