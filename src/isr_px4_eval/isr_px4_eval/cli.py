@@ -59,6 +59,7 @@ ARG_RANGES: dict[str, tuple[float, float]] = {
         ).split(),
         (0.0, 1e6),
     ),
+    "episode_seconds": (0.0, 1e5),  # 1,000,000 control steps at 0.1 s (the task's maximum)
     # non-negative quantities
     **dict.fromkeys("burn_in max_delay min_box_px tilt_drag embed_video_mb".split(), (0.0, 1e6)),
     **dict.fromkeys("conf fit_fraction target_bias".split(), (0.0, 1.0)),
