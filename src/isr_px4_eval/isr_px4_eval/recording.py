@@ -957,11 +957,11 @@ def npz_to_bag(
     cam = None
     if "image_size" in keys:
         w, h = (int(v) for v in z["image_size"])
-        cam = (
-            w,
-            h,
-            float(rec_meta.get("camera_fov_deg", 70.0)) if isinstance(rec_meta, dict) else 70.0,
-        )
+        from isr_training.env import EnvConfig
+
+        default_fov = EnvConfig.camera_fov_deg  # what recordings without the field were made with
+        meta_fov = rec_meta.get("camera_fov_deg") if isinstance(rec_meta, dict) else None
+        cam = (w, h, float(meta_fov if meta_fov is not None else default_fov))
     ret = np.zeros(e_count)
     with BagRecorder(
         bag_path, e_count, meta, camera=cam, world_of_drone=meta["world_of_drone"], image_drones=[]

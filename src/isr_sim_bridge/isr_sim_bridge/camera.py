@@ -250,6 +250,13 @@ def camera_intrinsics(config: CameraConfig) -> tuple[float, float, float, float]
     return fx, fx, (w - 1) / 2.0, (h - 1) / 2.0
 
 
+def fields_of_view_deg(config: CameraConfig) -> tuple[float, float]:
+    """``(horizontal, vertical)`` field of view in degrees (square pixels, from the intrinsics)."""
+    _, h = parse_resolution(config.resolution)
+    _, fy, _, _ = camera_intrinsics(config)
+    return config.horizontal_fov_deg, math.degrees(2.0 * math.atan(h / 2.0 / fy))
+
+
 def mount_rotation(config: CameraConfig) -> Tensor:
     """Rotation ``(3, 3)`` float64 taking camera-optical vectors to body FLU.
 

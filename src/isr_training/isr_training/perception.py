@@ -21,6 +21,7 @@ from isr_sim_bridge.camera import (
     CameraConfig,
     TiledCamera,
     camera_pose,
+    fields_of_view_deg,
     mount_rotation,
     parse_resolution,
 )
@@ -55,10 +56,7 @@ class GroundTruthPerception:
             TiledCamera(world, drones_per_world, camera, device) if render_images else None
         )
         self.image_size = parse_resolution(camera.resolution)
-        w, h = self.image_size
-        self.hfov_deg = camera.horizontal_fov_deg
-        fx = (w / 2.0) / torch.tan(torch.deg2rad(torch.tensor(self.hfov_deg / 2.0))).item()
-        self.vfov_deg = float(torch.rad2deg(2 * torch.atan(torch.tensor(h / 2.0 / fx))))
+        self.hfov_deg, self.vfov_deg = fields_of_view_deg(camera)
         self.pitch_down_deg = camera.mount_pitch_deg
         dev = torch.device(device)
         self._mount_rot = mount_rotation(camera).to(dev, torch.float32)
@@ -214,10 +212,7 @@ class YoloPerception:
         self.batch_size = int(batch_size)
         self.render_images = bool(render_images)
         self.image_size = parse_resolution(camera.resolution)
-        w, h = self.image_size
-        self.hfov_deg = camera.horizontal_fov_deg
-        fx = (w / 2.0) / torch.tan(torch.deg2rad(torch.tensor(self.hfov_deg / 2.0))).item()
-        self.vfov_deg = float(torch.rad2deg(2 * torch.atan(torch.tensor(h / 2.0 / fx))))
+        self.hfov_deg, self.vfov_deg = fields_of_view_deg(camera)
         self.pitch_down_deg = camera.mount_pitch_deg
         shape = (world.num_worlds, drones_per_world)
         t = world.target_valid.shape[1]
