@@ -781,17 +781,10 @@ def build_env_config(
 
 def make_eval_env(cfg, device: str | torch.device = "cpu"):
     """An :class:`~isr_training.env.ISREnv` for ``cfg`` (worlds cached per process)."""
-    from isr_sim_bridge.world import generate_world, worlds_to_batch
+    from isr_sim_bridge.world import cached_worlds, worlds_to_batch
     from isr_training.env import ISREnv
-    from isr_training.pipeline import _WORLD_CACHE
 
-    spec_key = json_dumps(to_dict(cfg.world), sort_keys=True)
-    worlds = []
-    for s in cfg.world_seeds:
-        key = (spec_key, int(s))
-        if key not in _WORLD_CACHE:
-            _WORLD_CACHE[key] = generate_world(cfg.world, int(s))
-        worlds.append(_WORLD_CACHE[key])
+    worlds = cached_worlds(cfg.world, cfg.world_seeds)
     try:
         return ISREnv(cfg, device, world=worlds_to_batch(worlds, device))
     except NotImplementedError as exc:

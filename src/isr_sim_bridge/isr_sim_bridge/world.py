@@ -1422,6 +1422,25 @@ def generate_worlds(
     return worlds_to_batch([generate_world(spec, s) for s in seeds], device)
 
 
+_WORLD_CACHE: dict[tuple[str, int], World] = {}
+
+
+def cached_worlds(spec: WorldSpec, seeds: list[int] | range) -> list[World]:
+    """``generate_world(spec, s)`` for each seed, each generated once per process and kept.
+
+    Training, validation and evaluation environments of one process share the worlds of equal
+    spec and seed (worlds are immutable once generated; the batch built from them is not shared).
+    """
+    spec_key = json_dumps(to_dict(spec), sort_keys=True)
+    worlds = []
+    for s in seeds:
+        key = (spec_key, int(s))
+        if key not in _WORLD_CACHE:
+            _WORLD_CACHE[key] = generate_world(spec, int(s))
+        worlds.append(_WORLD_CACHE[key])
+    return worlds
+
+
 # -------------------------------------------------------------------------------- target motion
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from isr_direct_dynamics.config import ConfigError, json_dumps, to_dict
+from isr_direct_dynamics.config import ConfigError, json_dumps
 from isr_direct_dynamics.io_checks import (
     atomic_write_text,
     check_output_dir,
@@ -50,7 +50,7 @@ from isr_direct_dynamics.io_checks import (
     read_json_file,
     remove_stale_temp_files,
 )
-from isr_sim_bridge.world import generate_world, worlds_to_batch
+from isr_sim_bridge.world import cached_worlds, worlds_to_batch
 
 from .baselines import RandomPolicy, ScriptedExpert, run_policy
 from .env import EnvConfig, ISREnv
@@ -272,8 +272,6 @@ def _resume_checkpoint(exp: Experiment, latest: Path, key: str, restore: Callabl
 
 # ----------------------------------------------------------------------------------- worlds
 
-_WORLD_CACHE: dict[tuple[str, int], Any] = {}
-
 
 def make_training_env(cfg: TrainingConfig) -> ISREnv:
     """The RL stages' environment (PPO and SB3 alike).
@@ -311,14 +309,7 @@ def make_env(
     cfg.seed = seed
     if camera is not None:
         cfg.camera = camera
-    spec_key = json_dumps(to_dict(cfg.world), sort_keys=True)
-    worlds = []
-    for s in seeds:
-        key = (spec_key, int(s))
-        if key not in _WORLD_CACHE:
-            _WORLD_CACHE[key] = generate_world(cfg.world, int(s))
-        worlds.append(_WORLD_CACHE[key])
-    return ISREnv(cfg, device, world=worlds_to_batch(worlds, device))
+    return ISREnv(cfg, device, world=worlds_to_batch(cached_worlds(cfg.world, seeds), device))
 
 
 def evaluate(
