@@ -40,7 +40,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,10 +49,13 @@ from torch import Tensor
 from isr_direct_dynamics import InitialState, make_vehicle_model
 from isr_direct_dynamics.config import ConfigError, check, check_memory, validate_tree
 from isr_direct_dynamics.cpu_kernels import as_numpy, threads_for
+from isr_sim_bridge.camera import CameraConfig
+from isr_sim_bridge.detections import DetectionConfig
 from isr_sim_bridge.world import WorldSpec, advance_targets, generate_worlds
 from isr_sim_bridge.world_batch import TARGET_CLASSES, WorldBatch
 
 from . import cpu_kernels
+from .perception import GroundTruthPerception, Perception, YoloPerception
 from .task.config import TASK_VERSION, TaskConfig
 from .task.coverage import (
     camera_corner_rays_body,
@@ -89,27 +92,6 @@ def observation_size(task: TaskConfig) -> int:
     """
     oc = task.observation
     return 3 + 3 + 2 + 1 + 1 + 6 + 2 + oc.obs_coverage_cells**2 + oc.top_k_detections * DET_FEATURES
-
-
-class PerceptionOutput(NamedTuple):
-    """What a perception backend returns for all drones on a perception step."""
-
-    boxes_xyxy_px: Tensor  # (W, D, T, 4) float: box of target t in drone d's image
-    visible: Tensor  # (W, D, T) bool: target t detected by drone d (visible, big enough)
-    image: Tensor | None  # (W, D, H, W, 3) uint8 when the camera renders, else None
-
-
-class Perception(Protocol):
-    """A perception backend (ground truth, or a detector) chosen at construction."""
-
-    image_size: tuple[int, int]
-    """(width, height) of the camera image in pixels."""
-    hfov_deg: float
-    vfov_deg: float
-    pitch_down_deg: float
-
-    def __call__(self, world: WorldBatch, pos_enu_m: Tensor, quat_wxyz: Tensor) -> PerceptionOutput:
-        """Detections (and the image) of every drone."""
 
 
 MAX_WORLDS = 100_000
@@ -337,8 +319,6 @@ class ISREnv:
         )
         self.limits = self.vehicle.config.limits
         if perception is None:
-            from .perception import make_perception
-
             perception = make_perception(cfg, self.world, self.device)
         self.perception = perception
         self.keep_out = build_keep_out(self.world, self.task.safety)
@@ -359,8 +339,6 @@ class ISREnv:
             for t in (wt.target_path_xy_m, wt.target_path_len, wt.target_speed_m_s,
                       wt.target_valid, wt.target_path_s_m, wt.target_pos_enu_m, wt.target_yaw_rad)
         )  # fmt: skip
-        from .perception import GroundTruthPerception
-
         self._gt_fused = (
             self.cpu_kernels
             and isinstance(perception, GroundTruthPerception)
@@ -857,3 +835,56 @@ class ISREnv:
             "nonfinite_actions": self.nonfinite_action_count,
         }
         return obs, self._flat(reward), self._flat(terminated), self._flat(truncated), info
+
+
+def make_perception(
+    cfg: Any,
+    world: WorldBatch,
+    device: torch.device | str = "cpu",
+    *,
+    weights: str | Path | None = None,
+    drones_per_world: int | None = None,
+    render_images: bool | None = None,
+    conf: float | None = None,
+    match_iou: float | None = None,
+) -> GroundTruthPerception | YoloPerception:
+    """The perception backend a config asks for.
+
+    Two ways to call it:
+
+    - ``make_perception(env_config, world, device)``: everything from an
+      :class:`~isr_training.env.EnvConfig` (``perception``, ``detector_weights``,
+      ``detector_conf``, ``detector_match_iou``, camera and detection fields);
+    - ``make_perception("gt" | "yolo", world, device, weights=PATH, drones_per_world=D, ...)``:
+      a kind name, the other settings from the defaults of ``EnvConfig``.
+
+    Keyword arguments override the config in both forms (``weights`` is the YOLO weights file;
+    ``render_images`` whether the returned output carries the image). ``"yolo"`` without weights,
+    or with a file that does not exist, raises :class:`~isr_direct_dynamics.config.ConfigError`
+    naming ``detector_weights`` and the path.
+    """
+    if isinstance(cfg, str):
+        check(cfg in ("gt", "yolo"), "perception", f"must be 'gt' or 'yolo', got {cfg!r}")
+        cfg = EnvConfig(perception=cfg, num_worlds=world.num_worlds)  # type: ignore[arg-type]
+    d = drones_per_world if drones_per_world is not None else cfg.drones_per_world
+    camera = CameraConfig(
+        resolution=cfg.camera_resolution,
+        horizontal_fov_deg=cfg.camera_fov_deg,
+        mount_pitch_deg=cfg.camera_pitch_deg,
+    )
+    detection = DetectionConfig(min_box_size_px=cfg.detection_min_box_px)
+    images = cfg.camera if render_images is None else render_images
+    if cfg.perception == "gt":
+        return GroundTruthPerception(world, d, camera, images, device, detection)
+    if cfg.perception == "yolo":
+        path = weights if weights is not None else cfg.detector_weights
+        check(path is not None and str(path) != "", "detector_weights",
+              "perception 'yolo' needs the path of trained YOLO weights")  # fmt: skip
+        check(Path(path).is_file(), "detector_weights", f"file not found: {path}")
+        return YoloPerception(
+            world, d, camera, path, device, detection,
+            conf=cfg.detector_conf if conf is None else conf,
+            match_iou=cfg.detector_match_iou if match_iou is None else match_iou,
+            render_images=images,
+        )  # fmt: skip
+    raise ValueError(f"unknown perception {cfg.perception!r} (expected 'gt' or 'yolo')")

@@ -6,13 +6,13 @@ tiled camera in the same call. :class:`YoloPerception` renders every drone's ima
 trained YOLO detector on them (batched) and matches its detections to the targets, so the
 environment's per-target bookkeeping (seen / found) works unchanged; it also counts true and
 false positives and misses against ground-truth visibility. Both implement
-:class:`~isr_training.env.Perception`; :func:`make_perception` builds the one a config asks for.
+:class:`Perception`; :func:`isr_training.env.make_perception` builds the one a config asks for.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -27,6 +27,27 @@ from isr_sim_bridge.camera import (
 )
 from isr_sim_bridge.detections import DetectionConfig, GroundTruthDetector
 from isr_sim_bridge.world_batch import WorldBatch
+
+
+class PerceptionOutput(NamedTuple):
+    """What a perception backend returns for all drones on a perception step."""
+
+    boxes_xyxy_px: Tensor  # (W, D, T, 4) float: box of target t in drone d's image
+    visible: Tensor  # (W, D, T) bool: target t detected by drone d (visible, big enough)
+    image: Tensor | None  # (W, D, H, W, 3) uint8 when the camera renders, else None
+
+
+class Perception(Protocol):
+    """A perception backend (ground truth, or a detector) chosen at construction."""
+
+    image_size: tuple[int, int]
+    """(width, height) of the camera image in pixels."""
+    hfov_deg: float
+    vfov_deg: float
+    pitch_down_deg: float
+
+    def __call__(self, world: WorldBatch, pos_enu_m: Tensor, quat_wxyz: Tensor) -> PerceptionOutput:
+        """Detections (and the image) of every drone."""
 
 
 class GroundTruthPerception:
@@ -64,8 +85,6 @@ class GroundTruthPerception:
 
     def __call__(self, world: WorldBatch, pos_enu_m: Tensor, quat_wxyz: Tensor):
         """Detections of every target by every drone (and the images when rendering)."""
-        from .env import PerceptionOutput
-
         if self.camera is not None:
             out = self.camera.render(pos_enu_m, quat_wxyz)
             pose, image = out.pose, out.rgb
@@ -253,8 +272,6 @@ class YoloPerception:
         """Render, detect, match; see the class doc."""
         from isr_sim_bridge.yolo import pad_detections
 
-        from .env import PerceptionOutput
-
         out = self.camera.render(pos_enu_m, quat_wxyz)
         gt = out.detections
         wn, dn = pos_enu_m.shape[:2]
@@ -302,60 +319,3 @@ def _scatter_or(n: int, t: int, slot: Tensor, hit: Tensor, device: torch.device)
     acc = torch.zeros(n, t, dtype=torch.long, device=device)
     acc.scatter_add_(1, slot, hit.long())
     return acc > 0
-
-
-def make_perception(
-    cfg: Any,
-    world: WorldBatch,
-    device: torch.device | str = "cpu",
-    *,
-    weights: str | Path | None = None,
-    drones_per_world: int | None = None,
-    render_images: bool | None = None,
-    conf: float | None = None,
-    match_iou: float | None = None,
-) -> GroundTruthPerception | YoloPerception:
-    """The perception backend a config asks for.
-
-    Two ways to call it:
-
-    - ``make_perception(env_config, world, device)``: everything from an
-      :class:`~isr_training.env.EnvConfig` (``perception``, ``detector_weights``,
-      ``detector_conf``, ``detector_match_iou``, camera and detection fields);
-    - ``make_perception("gt" | "yolo", world, device, weights=PATH, drones_per_world=D, ...)``:
-      a kind name, the other settings from the defaults of ``EnvConfig``.
-
-    Keyword arguments override the config in both forms (``weights`` is the YOLO weights file;
-    ``render_images`` whether the returned output carries the image). ``"yolo"`` without weights,
-    or with a file that does not exist, raises :class:`~isr_direct_dynamics.config.ConfigError`
-    naming ``detector_weights`` and the path.
-    """
-    from isr_direct_dynamics.config import check
-
-    from .env import EnvConfig
-
-    if isinstance(cfg, str):
-        check(cfg in ("gt", "yolo"), "perception", f"must be 'gt' or 'yolo', got {cfg!r}")
-        cfg = EnvConfig(perception=cfg, num_worlds=world.num_worlds)  # type: ignore[arg-type]
-    d = drones_per_world if drones_per_world is not None else cfg.drones_per_world
-    camera = CameraConfig(
-        resolution=cfg.camera_resolution,
-        horizontal_fov_deg=cfg.camera_fov_deg,
-        mount_pitch_deg=cfg.camera_pitch_deg,
-    )
-    detection = DetectionConfig(min_box_size_px=cfg.detection_min_box_px)
-    images = cfg.camera if render_images is None else render_images
-    if cfg.perception == "gt":
-        return GroundTruthPerception(world, d, camera, images, device, detection)
-    if cfg.perception == "yolo":
-        path = weights if weights is not None else cfg.detector_weights
-        check(path is not None and str(path) != "", "detector_weights",
-              "perception 'yolo' needs the path of trained YOLO weights")  # fmt: skip
-        check(Path(path).is_file(), "detector_weights", f"file not found: {path}")
-        return YoloPerception(
-            world, d, camera, path, device, detection,
-            conf=cfg.detector_conf if conf is None else conf,
-            match_iou=cfg.detector_match_iou if match_iou is None else match_iou,
-            render_images=images,
-        )  # fmt: skip
-    raise ValueError(f"unknown perception {cfg.perception!r} (expected 'gt' or 'yolo')")

@@ -9,8 +9,8 @@ from isr_direct_dynamics.config import ConfigError
 from isr_sim_bridge.camera import CameraConfig
 from isr_sim_bridge.detections import DetectionConfig
 from isr_sim_bridge.world import WorldSpec, generate_worlds
-from isr_training.env import EnvConfig, ISREnv
-from isr_training.perception import YoloPerception, make_perception, match_detections
+from isr_training.env import EnvConfig, ISREnv, make_perception
+from isr_training.perception import YoloPerception, match_detections
 
 
 @pytest.mark.unit
