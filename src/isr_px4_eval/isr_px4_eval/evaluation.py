@@ -433,7 +433,7 @@ def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int |
 
 def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
     """``policy.pt`` of :func:`isr_training.export.export_policy` (a DeployPolicy state dict)."""
-    from isr_training.models import ACTIVATIONS, TorchFileError, mlp, safe_load
+    from isr_training.models import ACTIVATIONS, DeployPolicy, TorchFileError, safe_load
 
     try:
         data = safe_load(file, what="policy")
@@ -458,24 +458,15 @@ def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any],
     if activation not in ACTIVATIONS:
         raise ConfigError(f"policy '{file}': unknown activation {activation!r}")
     try:
-        layers = sorted(
-            {int(k.split(".")[1]) for k in sd if k.startswith("actor.") and k.endswith(".weight")}
-        )
-        dims = [sd[f"actor.{i}.weight"].shape for i in layers]
-        net = mlp(int(dims[0][1]), [int(d[0]) for d in dims[:-1]], int(dims[-1][0]), activation)
-        actor_sd = {k[len("actor.") :]: v for k, v in sd.items() if k.startswith("actor.")}
-        net.load_state_dict(actor_sd)
-        mean, var = sd["obs_norm.mean"], sd["obs_norm.var"]
-        input_dim = int(mean.shape[0])
+        policy = DeployPolicy.from_state_dict(sd, activation)
     except Exception as exc:  # noqa: BLE001 - malformed weights are a user error
         raise ConfigError(
             f"policy '{file}' is not a usable DeployPolicy state dict ({describe_exception(exc)})"
         ) from None
-    net.eval()
+    input_dim = int(policy.obs_norm.mean.shape[0])
 
     def run(state: Tensor, image: Tensor | None = None) -> Tensor:
-        x = ((state - mean) / torch.sqrt(var + 1e-4)).clamp(-10.0, 10.0)
-        return net(x).clamp(-1.0, 1.0)
+        return policy(state)
 
     meta.setdefault("obs_dim", input_dim)
     return run, meta, input_dim

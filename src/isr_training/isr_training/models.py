@@ -484,6 +484,36 @@ class DeployPolicy(nn.Module):
         self.encoder = copy.deepcopy(enc) if enc is not None else None
         self.eval()
 
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Tensor], activation: str = "elu") -> DeployPolicy:
+        """A state policy rebuilt from its exported ``policy.pt`` state dict.
+
+        The actor's layer sizes are read from the weights; ``activation`` comes from the file's
+        metadata. Camera policies (``encoder.*`` weights) are refused: their TorchScript export
+        carries the encoder. Raises ``KeyError``/``ValueError``/``RuntimeError`` for a malformed
+        state dict.
+        """
+        if any(str(k).startswith("encoder.") for k in sd):
+            raise ValueError("a camera policy's state dict (use its TorchScript export)")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}")
+        layers = sorted(
+            {int(k.split(".")[1]) for k in sd if k.startswith("actor.") and k.endswith(".weight")}
+        )
+        if not layers:
+            raise ValueError("no actor.* weights")
+        dims = [sd[f"actor.{i}.weight"].shape for i in layers]
+        policy = cls.__new__(cls)
+        nn.Module.__init__(policy)
+        policy.obs_norm = RunningMeanStd(int(sd["obs_norm.mean"].shape[0]))
+        policy.actor = mlp(
+            int(dims[0][1]), [int(d[0]) for d in dims[:-1]], int(dims[-1][0]), activation
+        )
+        policy.encoder = None
+        policy.load_state_dict(sd)
+        policy.eval()
+        return policy
+
     def forward(self, state: Tensor, image: Tensor | None = None) -> Tensor:
         """Action ``(N, 4)`` in ``[-1, 1]``."""
         x = self.obs_norm(state)

@@ -525,3 +525,23 @@ def test_ppo_update_equals_a_plain_reference_on_a_fixed_batch():
     for (name, p), q in zip(ppo.policy.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
     assert all(not torch.equal(p, q) for p, q in zip(before, ref.parameters(), strict=True))
+
+
+def test_deploy_policy_rebuilt_from_its_state_dict_acts_the_same():
+    """The evaluation's policy.pt loader and the export share one forward (no re-implementation)."""
+    from isr_training.models import DeployPolicy
+
+    torch.manual_seed(0)
+    ac = ActorCritic(23, 4, [16, 8], "tanh")
+    ac.obs_norm.update(torch.randn(64, 23) * 3 + 1)
+    deployed = DeployPolicy(ac)
+    rebuilt = DeployPolicy.from_state_dict(deployed.state_dict(), "tanh")
+    obs = torch.randn(32, 23) * 5
+    assert torch.equal(rebuilt(obs), deployed(obs))
+    assert rebuilt(obs).abs().max() <= 1.0
+    with pytest.raises(ValueError, match="activation"):
+        DeployPolicy.from_state_dict(deployed.state_dict(), "swish")
+    with pytest.raises(RuntimeError):  # a tampered state dict: shapes do not match
+        sd = dict(deployed.state_dict())
+        sd["obs_norm.mean"] = torch.zeros(5)
+        DeployPolicy.from_state_dict(sd, "tanh")
