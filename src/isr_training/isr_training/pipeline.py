@@ -1107,9 +1107,13 @@ def summary_text(s: dict[str, Any]) -> str:
             if tr.get("pretrained")
             else f"Training: demonstrations from {tr['demonstration_worlds']} worlds; RL "
         )
-        + f"({tr['rl_algorithm']}) on {tr['rl_worlds']} worlds x "
-        f"{tr['rl_drones_per_world']} drones, {tr['rl_env_steps'] or 0} env steps at "
-        f"{sps:.0f} env-steps/s (incl. updates)",
+        + (
+            "none: the exported policy is the imitation policy"
+            if tr["rl_algorithm"] == "none"
+            else f"({tr['rl_algorithm']}) on {tr['rl_worlds']} worlds x "
+            f"{tr['rl_drones_per_world']} drones, {tr['rl_env_steps'] or 0} env steps at "
+            f"{sps:.0f} env-steps/s (incl. updates)"
+        ),
         "Wall time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items() if v is not None)
         + f" (total {s['total_wall_s']:.0f} s, sum of the stages)",

@@ -219,3 +219,30 @@ def test_sb3_ppo_pipeline_exports_like_the_own_ppo(tmp_path):
     assert summary["final_policy"] == "rl_model/final.pt (sb3_ppo)"
     assert summary["export"]["onnx_max_abs_diff"] < 1e-5
     assert (exp.root / "rl_model/checkpoints/latest.pt").is_file()
+
+
+def test_summary_text_of_a_run_without_rl_says_so():
+    """``rl.algorithm: none`` exports the imitation policy: no 'nan env-steps/s' in SUMMARY.txt."""
+    from isr_training.pipeline import summary_text
+
+    m = {"targets_found": 0.5, "coverage": 0.6, "return": 10.0, "crash_rate": 0.0,
+         "safety_interventions": 3.0}  # fmt: skip
+    s = {
+        "experiment": "x", "task_version": "v", "final_policy": "imitation_model/best.pt",
+        "evaluation": {"world_seeds": [100000, 100001], "num_worlds": 2, "episodes_per_world": 1},
+        "task": {"episode_length_s": 120.0, "control_dt_s": 0.1, "world_size_m": [200, 200],
+                 "physics_quality": "fast", "vehicle": "direct", "camera": False,
+                 "camera_resolution": "80x80"},
+        "training": {"pretrained": None, "demonstration_worlds": 8, "rl_worlds": 4,
+                     "rl_drones_per_world": 2, "rl_algorithm": "none", "rl_env_steps": None,
+                     "rl_env_steps_per_s_incl_updates": None},
+        "results": {"final": m}, "export": {"torchscript_max_abs_diff": 0.0,
+                                            "onnx_max_abs_diff": 0.0},
+        "stage_wall_s": {"data": 1.0, "imitation": 2.0, "rl": 0.0, "finalize": 1.0},
+        "total_wall_s": 4.0,
+        "machine": {"cpu_count": 2, "torch": "2", "torch_threads": 1, "device": "cpu",
+                    "load_avg_1_5_15": [0.1, 0.1, 0.1]},
+    }  # fmt: skip
+    line = next(ln for ln in summary_text(s).splitlines() if ln.startswith("Training:"))
+    assert "RL none: the exported policy is the imitation policy" in line
+    assert "nan" not in summary_text(s)
