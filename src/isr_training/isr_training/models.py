@@ -352,11 +352,15 @@ class ActorCritic(nn.Module):
 
     def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(log_prob (N,), entropy (N,), value (N,))`` of ``action`` under the current policy."""
+        return self.evaluate_with_mean(obs, action)[:3]
+
+    def evaluate_with_mean(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`evaluate` plus the action mean ``(N, act_dim)`` it computed on the way."""
         x = self.features(obs)
         mean = self.actor(x)
         logp = _gaussian_log_prob(action, mean, self.log_std)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[0])
-        return logp, entropy, self.critic(x).squeeze(-1)
+        return logp, entropy, self.critic(x).squeeze(-1), mean
 
 
 def _gaussian_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

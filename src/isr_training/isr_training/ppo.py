@@ -23,6 +23,7 @@ and the environment clips actions to ``[-1, 1]``. The same seed gives the same r
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -96,6 +97,11 @@ class PPOConfig:
     critic_warmup_iterations: int = 0
     """First iterations train only the critic (actor mean and log-std frozen): use it when the actor
     starts from behaviour cloning, so that a random critic does not wreck the cloned actor."""
+    anchor_coef: float = 0.0
+    """Weight of an anchor to the starting policy (the behaviour-cloning actor, or the
+    ``rl.pretrained`` one): adds ``anchor_coef x mean ||mu(s) - mu_0(s)||^2`` over the rollout's
+    states to the loss, where ``mu_0`` is a frozen copy of the actor (and its normalizer) as PPO
+    starts. 0 (the default) turns it off."""
 
     def validate(self) -> None:
         """Check ranges; raises ConfigError naming the field."""
@@ -119,6 +125,7 @@ class PPOConfig:
         check(self.min_log_std < self.init_log_std, "init_log_std", "must be > min_log_std")
         check(self.cnn_features >= 1, "cnn_features", "must be >= 1")
         check(self.critic_warmup_iterations >= 0, "critic_warmup_iterations", "must be >= 0")
+        check(self.anchor_coef >= 0, "anchor_coef", f"must be >= 0, got {self.anchor_coef}")
 
 
 def _obs_index(obs: Obs, idx: Tensor | slice | int) -> Obs:
@@ -254,6 +261,10 @@ class PPO:
                 cnn_features=cfg.cnn_features,
             )
         self.policy = policy.to(self.device)
+        self.anchor: ActorCritic | None = None
+        """Frozen copy of the starting policy (``cfg.anchor_coef > 0``)."""
+        if cfg.anchor_coef > 0:
+            self.anchor = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.buffer = RolloutBuffer(env, cfg.num_steps, self.device)
@@ -359,11 +370,17 @@ class PPO:
         stats: dict[str, Tensor] = {}
         n_mb = 0
         approx_kl = torch.zeros((), device=self.device)
+        anchor_mean = None
+        if self.anchor is not None and not warmup:
+            with torch.no_grad():
+                anchor_mean = self.anchor.action_mean(obs)
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(self.batch_size, generator=self.gen, device=self.device)
             for start in range(0, self.batch_size, self.minibatch_size):
                 idx = perm[start : start + self.minibatch_size]
-                logp, entropy, value = policy.evaluate(_obs_index(obs, idx), actions[idx])
+                logp, entropy, value, mean = policy.evaluate_with_mean(
+                    _obs_index(obs, idx), actions[idx]
+                )
                 log_ratio = logp - old_logp[idx]
                 ratio = log_ratio.exp()
                 with torch.no_grad():
@@ -388,6 +405,13 @@ class PPO:
                     loss = cfg.vf_coef * v_loss
                 else:
                     loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+                if anchor_mean is not None:
+                    anchor_loss = ((mean - anchor_mean[idx]) ** 2).sum(-1).mean()
+                    loss = loss + cfg.anchor_coef * anchor_loss
+                    stats["loss/anchor"] = (
+                        stats.get("loss/anchor", torch.zeros((), device=self.device))
+                        + anchor_loss.detach()
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if warmup:  # only the critic (and a shared image encoder) learns

@@ -59,6 +59,9 @@ def _train(args: argparse.Namespace) -> int:
                 "experiment to change the configuration)"
             )
         exp = Experiment.open(args.resume)
+        if args.print_config:  # the experiment's own config; nothing is run
+            sys.stdout.write(config_to_yaml(exp.cfg))
+            return 0
         if args.no_progress:
             exp.cfg.progress = False
     else:

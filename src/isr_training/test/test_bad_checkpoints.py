@@ -158,3 +158,12 @@ def test_pretrained_policy_that_is_corrupt(tmp_path, capsys):
         "archive)"
     )
     assert not out.exists()
+
+
+def test_print_config_with_resume_prints_and_runs_nothing(experiment, capsys):
+    rc = train_main(["--resume", str(experiment.root), "--print-config"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.startswith("name: quick") and "anchor_coef:" in out
+    assert not experiment.logs_dir.joinpath("data.log").exists()
+    assert not experiment.marker("data").exists()

@@ -306,6 +306,31 @@ def test_critic_warmup_freezes_the_actor():
     assert not same(actor0, ppo.policy.actor)
 
 
+@pytest.mark.unit
+def test_anchor_keeps_the_actor_near_its_start():
+    """``anchor_coef`` pulls the actor mean towards the starting policy's on the rollout states."""
+
+    def drift(anchor_coef: float) -> tuple[float, float | None]:
+        env = PointEnv(n=32, horizon=10)
+        cfg = PPOConfig(num_steps=8, hidden_sizes=[16], learning_rate=3e-3, anchor_coef=anchor_coef)
+        ppo = PPO(env, cfg, seed=0)
+        obs = env.reset(seed=1)
+        with torch.no_grad():
+            start = ppo.policy.action_mean(obs).clone()
+        for _ in range(6):
+            m = ppo.train_iteration()
+        with torch.no_grad():
+            moved = float(((ppo.policy.action_mean(obs) - start) ** 2).sum(-1).mean())
+        return moved, m.get("loss/anchor")
+
+    free, no_anchor = drift(0.0)
+    held, anchor_loss = drift(100.0)
+    assert no_anchor is None and anchor_loss is not None and math.isfinite(anchor_loss)
+    assert held < 0.25 * free, (held, free)
+    with pytest.raises(ConfigError, match="anchor_coef"):
+        PPOConfig(anchor_coef=-1.0).validate()
+
+
 @pytest.mark.integration
 def test_ppo_runs_on_the_isr_env_without_nan():
     env = ISREnv(tiny_env_config(worlds=2, drones=2))
