@@ -154,12 +154,14 @@ def collect_demonstrations(
     seed: int = 0,
     expert_kwargs: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    learner: Callable[[Tensor], Tensor] | None = None,
 ) -> Demonstrations:
     """Fly the scripted expert on all drones of ``env`` for ``episodes`` episodes each.
 
     Build ``env`` with ``stagger=False`` (whole episodes). Executed actions carry Gaussian noise of
     std ``action_noise``; the recorded labels are the clean expert actions. ``progress(step,
-    total)`` is called every 50 steps.
+    total)`` is called every 50 steps. With ``learner`` (``obs -> action``) the learner flies
+    instead and the expert only labels the states it visits (DAgger's data collection).
     """
     obs = env.reset(seed=seed)
     if isinstance(obs, dict):
@@ -176,8 +178,9 @@ def collect_demonstrations(
     for t in range(total):
         label = expert(obs)
         obs_buf[t], act_buf[t] = obs, label
+        flown = label if learner is None else learner(obs).to(label)
         noise = action_noise * torch.randn(label.shape, generator=gen, device=env.device)
-        obs, _, _, _, info = env.step((label + noise).clamp(-1.0, 1.0))
+        obs, _, _, _, info = env.step((flown + noise).clamp(-1.0, 1.0))
         done = info["done"]
         done_buf[t] = done
         count += done.sum()

@@ -364,6 +364,23 @@ def test_demonstrations_hold_clean_expert_labels(demos):
 
 
 @pytest.mark.integration
+def test_learner_flown_demonstrations_label_the_learners_states(demos):
+    """DAgger collection: the learner flies, the expert labels where the learner went."""
+    env = ISREnv(tiny_env_config(worlds=4, drones=1, episode_s=20.0, stagger=False))
+    hover = collect_demonstrations(
+        env, episodes=1, action_noise=0.0, seed=0, learner=lambda o: torch.zeros(o.shape[0], 4)
+    )
+    assert hover.obs.shape == demos.obs.shape and hover.actions.shape == demos.actions.shape
+    # same start, then the states are the hovering learner's, not the expert's
+    assert torch.equal(hover.obs[0], demos.obs[0])
+    hover_change = (hover.obs[1:] - hover.obs[:-1]).abs().sum(-1).mean()
+    expert_change = (demos.obs[1:] - demos.obs[:-1]).abs().sum(-1).mean()
+    assert hover_change < 0.5 * expert_change, (hover_change, expert_change)
+    # the labels are still the expert's: far from the zero command the learner flew
+    assert float(hover.actions.abs().mean()) > 0.1
+
+
+@pytest.mark.integration
 def test_bc_mlp_loss_decreases_and_initializes_the_ppo_actor(demos, tmp_path):
     torch.manual_seed(0)
     model = BCPolicy(demos.obs.shape[-1], 4, [64, 64])
