@@ -193,8 +193,10 @@ def test_eval_launch_px4_emulator_flies_a_policy_with_a_steady_heartbeat(
     counts = _bag_topics(bag)
     assert counts.get("/isr/episode_metrics") == 1, counts
     assert counts.get("/fmu/in/offboard_control_mode", 0) > 15 / 0.05, counts
-    # the pilot's episode on the graph, in the world frame (one per decision) with its metadata
-    assert counts.get("/isr/metadata") == 1 and counts.get("/drone_0/odom", 0) >= 150, counts
+    # the pilot's episode on the graph, in the world frame (one per decision) with its metadata;
+    # the live recording may miss the first or last of the 150 (DDS discovery, shutdown): seen
+    # once as 149 on a loaded machine
+    assert counts.get("/isr/metadata") == 1 and counts.get("/drone_0/odom", 0) >= 148, counts
 
 
 def test_eval_launch_direct_flies_the_pilot_over_the_topic_graph(ros, tmp_path, export_tiny_policy):
