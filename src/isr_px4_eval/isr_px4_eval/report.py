@@ -43,6 +43,7 @@ STAGES = ("data", "imitation", "rl", "finalize")
 METRIC_COLUMNS = (
     ("return", "return"),
     ("targets_found", "targets found"),
+    ("targets_found_se", "+- s.e."),
     ("coverage", "coverage"),
     ("collisions", "collisions"),
     ("geofence_breaches", "geofence breaches"),
@@ -247,6 +248,12 @@ class Report:
         if not any("random" in n for n in res) or not any("expert" in n for n in res):
             note = '<p class="missing">baselines: random or scripted expert results not found</p>'
             self.missing.append("random/expert baselines")
+        if any("targets_found_se" in m for m in res.values()):
+            note += (
+                "<p>+- s.e.: standard error of the mean targets found over the evaluation's "
+                "episodes; a difference smaller than about twice it is not resolved by these "
+                "worlds.</p>"
+            )
         self.add("Evaluation", _table(["policy"] + [c for _, c in METRIC_COLUMNS], rows) + note)
         terms = sorted({k for m in res.values() for k in m if k.startswith("r/")})
         if not terms:

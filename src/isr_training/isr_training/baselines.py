@@ -202,12 +202,18 @@ class ScriptedExpert:
         return action.clamp(-1.0, 1.0).reshape(env.num_envs, 4)
 
 
+SE_METRICS = ("targets_found", "return")
+"""Episode metrics whose standard error over the episodes :func:`run_policy` also reports
+(``<name>_se``): how far a mean over a few worlds can be trusted."""
+
+
 def run_policy(
     env: ISREnv, policy, episodes_per_drone: int = 1, max_steps: int | None = None
 ) -> dict[str, float]:
     """Run ``policy`` until every drone finished ``episodes_per_drone`` episodes; mean metrics.
 
-    The environment should be built with ``stagger=False`` so that episodes are complete.
+    The environment should be built with ``stagger=False`` so that episodes are complete. Also
+    ``targets_found_se`` and ``return_se``: standard errors of those means over the episodes.
     """
     obs = env.reset()
     if isinstance(policy, ScriptedExpert):
@@ -231,6 +237,13 @@ def run_policy(
                 sums.get("_terminated", torch.zeros((), device=env.device))
                 + (info["episode"]["collisions"].gt(0) & done).sum()
             )
+            for k in SE_METRICS:  # second moments for the standard errors
+                if k in info["episode"]:
+                    v = info["episode"][k].double()
+                    sums[f"_sq_{k}"] = (
+                        sums.get(f"_sq_{k}", torch.zeros((), device=env.device))
+                        + (v * v * done).sum()
+                    )
             if isinstance(policy, ScriptedExpert):
                 policy.reset_mask(info["done"].view(env._shape))
         done_count += info["done"].long()
@@ -248,4 +261,10 @@ def run_policy(
     )
     out["crash_rate"] = float(sums.get("_terminated", 0.0)) / n
     out["episodes"] = n
+    for k in SE_METRICS:
+        if f"_sq_{k}" in sums:
+            var = max(0.0, float(sums[f"_sq_{k}"]) / n - out[k] ** 2) * (
+                n / (n - 1) if n > 1 else 0
+            )
+            out[f"{k}_se"] = math.sqrt(var / n) if n > 1 else float("nan")
     return out

@@ -256,6 +256,30 @@ def test_expert_finds_clearly_more_targets_than_random():
 
 
 @pytest.mark.integration
+def test_run_policy_standard_errors_match_the_episodes():
+    from isr_training.task.config import TaskConfig
+
+    task = TaskConfig(episode_length_s=20.0)  # short episodes: some targets found, not all
+    env = ISREnv(EnvConfig(num_worlds=4, drones_per_world=1, stagger=False, seed=100, task=task))
+    seen = {"targets_found": [], "return": []}
+    step = env.step
+
+    def recording_step(action):
+        out = step(action)
+        info = out[4]
+        for k in seen:
+            seen[k] += info["episode"][k][info["done"]].tolist()
+        return out
+
+    env.step = recording_step
+    m = run_policy(env, RandomPolicy(env.num_envs, seed=1))
+    for k, values in seen.items():
+        v = torch.tensor(values[:4], dtype=torch.float64)
+        assert m[k] == pytest.approx(float(v.mean()), rel=1e-5, abs=1e-6)
+        assert m[f"{k}_se"] == pytest.approx(float(v.std() / 2.0), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.integration
 def test_compiled_task_kernels_match_eager():
     """EnvConfig.compile gives the eager results up to float rounding."""
     pytest.importorskip("torch._inductor", reason="torch.compile backend not available")

@@ -249,3 +249,6 @@ def test_summary_text_of_a_run_without_rl_says_so():
     line = next(ln for ln in summary_text(s).splitlines() if ln.startswith("Training:"))
     assert "RL none: the exported policy is the imitation policy" in line
     assert "nan" not in summary_text(s)
+    m["targets_found_se"] = 0.05
+    row = next(ln for ln in summary_text(s).splitlines() if ln.startswith("final  "))
+    assert "+-5.0" in row
