@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import shutil
 import sys
 import time
@@ -101,11 +102,14 @@ PARITY_BAG_EPISODES = 4
 KEY_METRICS: tuple[str, ...] = (
     "return_mean",
     "targets_found_mean",
+    "targets_found_std",
     "coverage_mean",
     "success_rate",
     "crash_rate",
+    "episodes",
 )
-"""Metrics copied to ``eval/summary.json`` and printed."""
+"""Metrics copied to ``eval/summary.json`` and printed (the std and episode count give the
+standard error of targets found)."""
 
 
 @dataclass
@@ -527,18 +531,26 @@ def _held_out_note(cfg: Any, seeds: list[int]) -> str:
 def format_eval_summary(data: dict[str, Any]) -> str:
     """Table of ``eval/summary.json``: every policy on every backend."""
     lines = [
-        f"{'policy':<17}{'backend':<10}{'return':>9}{'found':>8}{'coverage':>10}{'success':>9}"
-        f"{'crash':>7}"
+        f"{'policy':<17}{'backend':<10}{'return':>9}{'found':>8}{'+-s.e.':>8}{'coverage':>10}"
+        f"{'success':>9}{'crash':>7}"
     ]
 
     def f(v: Any, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
+        return format("-", f">{fmt.split('.')[0]}") if v is None else format(v, fmt)
+
+    def se(m: dict[str, Any]) -> float | None:
+        """Standard error of the mean targets found over the episodes."""
+        std, n = m.get("targets_found_std"), m.get("episodes")
+        if std is None or not n or n < 2:
+            return None
+        return std * math.sqrt(n / (n - 1)) / math.sqrt(n)
 
     for name, by in data["results"].items():
         for backend, m in by.items():
             lines.append(
                 f"{name:<17}{backend:<10}{f(m.get('return_mean'), '9.1f')}"
-                f"{f(m.get('targets_found_mean'), '8.3f')}{f(m.get('coverage_mean'), '10.3f')}"
+                f"{f(m.get('targets_found_mean'), '8.3f')}{f(se(m), '8.3f')}"
+                f"{f(m.get('coverage_mean'), '10.3f')}"
                 f"{f(m.get('success_rate'), '9.2f')}{f(m.get('crash_rate'), '7.2f')}"
             )
     return "\n".join(lines)

@@ -216,3 +216,17 @@ def test_eval_of_a_nan_policy_counts_and_fails(
     res = json.loads(text)
     assert res["metrics"]["nonfinite_actions"] == 20 == res["episodes"][0]["nonfinite_actions"]
     assert res["metrics"]["nonfinite_action_fraction"] == 1.0
+
+
+def test_pipeline_eval_table_gives_the_standard_error_of_targets_found():
+    from isr_px4_eval.full_pipeline import format_eval_summary
+
+    m = {"return_mean": 1.0, "targets_found_mean": 0.5, "targets_found_std": 0.2, "episodes": 20,
+         "coverage_mean": 0.6, "success_rate": 0.1, "crash_rate": 0.0}  # fmt: skip
+    old = {k: v for k, v in m.items() if k not in ("targets_found_std", "episodes")}
+    data = {"results": {"trained": {"embedded": m, "direct": old}}}
+    header, new_row, old_row = format_eval_summary(data).splitlines()
+    assert "+-s.e." in header
+    # population std 0.2 over 20 episodes -> sample std * sqrt(20/19), / sqrt(20)
+    assert f"{0.2 * (20 / 19) ** 0.5 / 20**0.5:.3f}" in new_row.split()
+    assert old_row.split()[4] == "-" and len(old_row) == len(new_row)
