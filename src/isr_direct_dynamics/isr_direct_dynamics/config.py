@@ -298,11 +298,14 @@ def parse_yaml(text: str, source: str, mapping: bool = True) -> Any:
     return data
 
 
-def read_text_file(path: str | Path, what: str = "file", max_bytes: int = MAX_YAML_BYTES) -> str:
+def read_text_file(
+    path: str | Path, what: str = "file", max_bytes: int = MAX_YAML_BYTES, kind: str = "UTF-8 text"
+) -> str:
     """UTF-8 text of ``path``, or a :class:`ConfigError` naming it.
 
     A missing file, a directory, a binary or oversized file are errors; ``what`` names the kind
-    of file in the message ("config file", "policy metadata"...).
+    of file in the message ("config file", "policy metadata"...), ``kind`` what its content must
+    be ("is not <kind>" for binary data).
     """
     path = Path(path)
     if path.is_dir():
@@ -322,7 +325,7 @@ def read_text_file(path: str | Path, what: str = "file", max_bytes: int = MAX_YA
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+            f"{what} {path} is not {kind} (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
         ) from None
 
 

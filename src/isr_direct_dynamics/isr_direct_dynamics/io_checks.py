@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, read_text_file
 
 STALE_TEMP_AGE_S = 60.0
 """Age (since last modification) after which a temporary file of an atomic write is stale."""
@@ -148,26 +148,9 @@ def read_json_file(path: str | Path, what: str = "JSON file", expect: type | Non
     type the top level must have (``dict``: a JSON object; None: anything).
     """
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{what} {p} is a directory, not a file")
-    if not p.is_file():
-        raise ConfigError(f"{what} not found: {p}")
-    try:
-        size = p.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise ConfigError(f"{what} {p} is {size / 2**20:.0f} MiB: too large for a JSON file")
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    if not raw.strip():
-        raise ConfigError(f"{what} {p} is empty ({len(raw)} bytes): not JSON")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{what} {p} is not JSON text (binary data: byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start})"
-        ) from None
+    text = read_text_file(p, what, MAX_JSON_BYTES, kind="JSON text")
+    if not text.strip():
+        raise ConfigError(f"{what} {p} is empty ({len(text)} bytes): not JSON")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -203,11 +203,10 @@ def parse_seeds(text: str, max_count: int = MAX_EVAL_WORLDS) -> list[int]:
                 )
             seeds.extend(range(lo, hi + 1))
         elif re.fullmatch(r"\d+", part):
-            if int(part) >= 2**31 or len(seeds) >= max_count:
-                raise ConfigError(
-                    f"world seed {part[:20]} is too large (at most 2**31 - 1) or there are more "
-                    f"than {max_count:,} seeds"
-                )
+            if int(part) >= 2**31:
+                raise ConfigError(f"world seed {part[:20]} is too large (at most 2**31 - 1)")
+            if len(seeds) >= max_count:
+                raise ConfigError(f"world seeds '{text:.40}' are more than {max_count:,} worlds")
             seeds.append(int(part))
         else:
             raise ConfigError(
@@ -282,11 +281,7 @@ def _experiment_of(file: Path) -> Path | None:
     return None
 
 
-def _policy_meta(raw: Any, file: Path, where: str) -> dict[str, Any]:
-    """The export metadata of a policy (a JSON object in ``where``); ConfigError naming the file."""
-    if raw is None or raw in ("", b""):
-        return {}
-    fix = "re-export the policy"
+def _parse_meta_json(raw: str | bytes, file: Path, where: str, fix: str) -> dict[str, Any]:
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -306,6 +301,18 @@ def _policy_meta(raw: Any, file: Path, where: str) -> dict[str, Any]:
     if not isinstance(meta, dict):
         kind = {list: "a JSON list", str: "a JSON string"}.get(type(meta), f"JSON {meta!r:.20}")
         raise ConfigError(f"policy '{file}': its {where} holds {kind}, expected an object; {fix}")
+    return meta
+
+
+def _policy_meta(raw: Any, file: Path, where: str) -> dict[str, Any]:
+    """Checked export metadata of a policy; every problem a ConfigError naming the file.
+
+    ``raw``: the JSON text of an object, or the dict of a ``policy.pt``, found in ``where``.
+    """
+    if raw is None or raw in ("", b""):
+        return {}
+    fix = "re-export the policy"
+    meta = dict(raw) if isinstance(raw, dict) else _parse_meta_json(raw, file, where, fix)
     obs_dim = meta.get("obs_dim")
     if obs_dim is not None and (
         isinstance(obs_dim, bool) or not isinstance(obs_dim, int) or obs_dim <= 0
@@ -447,7 +454,7 @@ def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any],
     raw_meta = data.get("meta")
     if raw_meta is not None and not isinstance(raw_meta, dict):
         raise ConfigError(f"policy '{file}': its 'meta' is a {type(raw_meta).__name__}, not a dict")
-    meta = _policy_meta(json_dumps(raw_meta or {}, default=str), file, "'meta'")
+    meta = _policy_meta(raw_meta, file, "'meta'")
     if any(str(k).startswith("encoder.") for k in sd):
         raise ConfigError(
             f"policy '{file}' has a camera encoder: evaluate its policy_torchscript.pt instead"
@@ -913,10 +920,10 @@ def run_episodes(
         if step == 1:
             t_first = time.perf_counter()
         action = act(obs)
-        bad_actions += (~torch.isfinite(action.detach()).reshape(n, -1).all(-1)).long().cpu()
         if recorder is not None:
             recorder.before(action)
         obs, reward, terminated, truncated, info = env.step(action)
+        bad_actions += info["nonfinite_action"].long().cpu()
         steps += 1
         if recorder is not None:
             recorder.after(reward, info)

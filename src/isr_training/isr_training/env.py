@@ -17,7 +17,8 @@ so drone ``i`` lives in world ``i // D``):
   ``interventions`` (dict of ``(N,)`` bool); ``rendered`` (bool); ``episode`` (dict of ``(N,)``
   tensors valid where ``done``: return, length, per-term sums ``r/<term>``, targets_found,
   coverage, collisions, geofence_breaches, safety_interventions, time_to_first_detection_s);
-  ``done`` (N,) bool; ``nonfinite_actions`` (running count).
+  ``done`` (N,) bool; ``nonfinite_actions`` (running count); ``nonfinite_action`` (N,) bool (this
+  step's action of the drone had a NaN/inf entry and was replaced by the zero command).
 
 Choices made at construction (never branched on per step): vehicle model (direct/quadrotor),
 perception (ground truth, or the YOLO detector on rendered images with ``perception="yolo"`` and
@@ -689,6 +690,7 @@ class ISREnv:
             "interventions": {k: v.reshape(n) for k, v in interventions.items()},
             "rendered": rendered,
             "nonfinite_actions": self.nonfinite_action_count,
+            "nonfinite_action": bad.view(n),
         }
         return obs, reward.view(n), terminated.reshape(n), truncated.reshape(n), info
 
@@ -833,6 +835,7 @@ class ISREnv:
             "interventions": {k: self._flat(v) for k, v in interventions.items()},
             "rendered": rendered,
             "nonfinite_actions": self.nonfinite_action_count,
+            "nonfinite_action": self._flat(bad),
         }
         return obs, self._flat(reward), self._flat(terminated), self._flat(truncated), info
 
