@@ -60,7 +60,7 @@ def run_command(func: Callable[[Any], Any], args: Any, interrupted: str = "inter
         # names what the user typed, not an internal field name.
         option = (getattr(args, "field_options", None) or {}).get(exc.field)
         if option and exc.reason:
-            print(f"error: {option}: {_one_line(ValueError(exc.reason))}", file=sys.stderr)
+            print(f"error: {option}: {_one_line(exc.reason)}", file=sys.stderr)
         else:
             print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -79,8 +79,8 @@ def run_command(func: Callable[[Any], Any], args: Any, interrupted: str = "inter
         return 130
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (multi-line messages are joined with ``; ``)."""
+def _one_line(exc: BaseException | str) -> str:
+    """A message (an exception's) on one line (multi-line messages are joined with ``; ``)."""
     text = str(exc).strip() or type(exc).__name__
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
@@ -388,11 +388,7 @@ def check_device(device: str, field: str = "device") -> None:
     try:
         dev = torch.device(str(device))
     except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"invalid config field '{field}': unknown device {device!r} (use cpu, cuda or cuda:N)",
-            field,
-            f"unknown device {device!r}",
-        ) from None
+        raise _bad(field, f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
     check(dev.type in ("cpu", "cuda"), field, f"must be cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda":
         check(torch.cuda.is_available(), field, f"{device!r}: CUDA is not available here")

@@ -35,6 +35,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 _COUNT = (1, 10_000_000)
+_DURATIONS = (
+    "control_dt duration duration_s episode_seconds fps grid_dt grid_seconds max_seconds "
+    "seconds record_seconds window max_speed takeoff_altitude"
+).split()
+"""Durations and rates: floats that must be > 0 (the lower bound of their range is exclusive)."""
+
 ARG_RANGES: dict[str, tuple[float, float]] = {
     # counts (>= 1)
     **dict.fromkeys(
@@ -52,13 +58,7 @@ ARG_RANGES: dict[str, tuple[float, float]] = {
     # indices and seeds (>= 0)
     **dict.fromkeys("drone seed first_seed world_seed".split(), (0, 2**31 - 1)),
     # durations and rates (> 0; the lower bound is exclusive for floats)
-    **dict.fromkeys(
-        (
-            "control_dt duration duration_s episode_seconds fps grid_dt grid_seconds max_seconds "
-            "seconds record_seconds window max_speed takeoff_altitude"
-        ).split(),
-        (0.0, 1e6),
-    ),
+    **dict.fromkeys(_DURATIONS, (0.0, 1e6)),
     "episode_seconds": (0.0, 1e5),  # 1,000,000 control steps at 0.1 s (the task's maximum)
     # non-negative quantities
     **dict.fromkeys("burn_in max_delay min_box_px tilt_drag embed_video_mb".split(), (0.0, 1e6)),
@@ -68,13 +68,7 @@ ARG_RANGES: dict[str, tuple[float, float]] = {
 """Allowed range of every numeric option, by its ``dest`` (the one validation layer of the
 command line): integer options are ``lo <= v <= hi``; float options must be finite and
 ``lo < v <= hi`` for durations/rates, ``lo <= v <= hi`` for the others."""
-_EXCLUSIVE_LOW = {
-    k
-    for k in (
-        "control_dt duration duration_s episode_seconds fps grid_dt grid_seconds max_seconds "
-        "seconds record_seconds window max_speed takeoff_altitude"
-    ).split()
-}
+_EXCLUSIVE_LOW = frozenset(_DURATIONS)
 
 
 def _number_type(base: type, dest: str, option: str):  # noqa: ANN202 - an argparse type

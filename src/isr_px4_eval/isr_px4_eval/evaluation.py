@@ -1104,15 +1104,11 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     Written atomically (a temporary file renamed into place).
     """
 
-    def clean(v: Any) -> Any:
-        if isinstance(v, float):
-            return v if math.isfinite(v) else None
+    def clean(v: Any) -> Any:  # NaN/inf and numpy scalars: json_dumps
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items() if not str(k).startswith("_")}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
-        if isinstance(v, (np.integer, np.floating)):
-            return clean(v.item())
         return v
 
     p = Path(path)

@@ -103,12 +103,13 @@ def safe_load(
     try:
         with open(p, "rb") as f:
             head = f.read(4)
+        why = None
         if head.startswith(b"PK") and not zipfile.is_zipfile(p):
-            raise RuntimeError("failed reading zip archive: failed finding central directory")
-        if not head.startswith(b"PK") and head[:1] != b"\x80":  # neither zip nor legacy pickle
-            raise TorchFileError(
-                f"{what} {p} is corrupt (not a PyTorch file)", p, "not a PyTorch file"
-            )
+            why = "cut short: not a complete zip archive"
+        elif not head.startswith(b"PK") and head[:1] != b"\x80":  # neither zip nor legacy pickle
+            why = "not a PyTorch file"
+        if why is not None:
+            raise TorchFileError(f"{what} {p} is corrupt ({why})", p, why)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "looks like a TorchScript archive"
             return torch.load(

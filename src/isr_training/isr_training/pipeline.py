@@ -146,7 +146,7 @@ class Experiment:
             k += 1
         exp = cls(root, cfg)
         exp.make_dirs()
-        _atomic_write_text(exp.root / "config.yaml", config_to_yaml(cfg))
+        atomic_write_text(exp.root / "config.yaml", config_to_yaml(cfg))
         return exp
 
     def make_dirs(self) -> None:
@@ -221,7 +221,7 @@ class Experiment:
 
     def mark_done(self, stage: str, info: dict[str, Any]) -> None:
         """Write the marker of ``stage`` (atomically)."""
-        _atomic_write_text(self.marker(stage), json_dumps(info, indent=1))
+        atomic_write_text(self.marker(stage), json_dumps(info, indent=1))
 
     def logger(self, stage: str) -> logging.Logger:
         """A logger writing ``logs/<stage>.log`` and the console."""
@@ -246,10 +246,6 @@ class Experiment:
             for h in list(log.handlers):
                 log.removeHandler(h)
                 h.close()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
 
 
 def _previous_checkpoint(exp: Experiment) -> Path | None:
@@ -742,7 +738,7 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         ppo.policy,
         {"global_step": ppo.global_step, "task_version": TASK_VERSION},
     )
-    _atomic_write_text(exp.rl_dir / "history.json", json_dumps(state.to_dict(), indent=1))
+    atomic_write_text(exp.rl_dir / "history.json", json_dumps(state.to_dict(), indent=1))
     plot_learning_curve(
         state.history, state.evals, exp.rl_dir / "learning_curve.png", state.val_baselines
     )
@@ -983,8 +979,8 @@ def stage_finalize(exp: Experiment) -> dict[str, Any]:
     summary = build_summary(exp, results, diffs, source)
     if cfg.rl.pretrained is not None:
         summary["transfer"] = _transfer(cfg, seeds, policies, results, log)
-    _atomic_write_text(exp.root / "SUMMARY.json", json_dumps(summary, indent=1))
-    _atomic_write_text(exp.root / "SUMMARY.txt", summary_text(summary))
+    atomic_write_text(exp.root / "SUMMARY.json", json_dumps(summary, indent=1))
+    atomic_write_text(exp.root / "SUMMARY.txt", summary_text(summary))
     log.info("\n%s", summary_text(summary))
     return {"targets_found": results["final"]["targets_found"], **diffs}
 
@@ -1216,5 +1212,5 @@ def _patch_summary_wall(exp: Experiment, wall_s: float) -> None:
         raise ConfigError(f"experiment summary {path} has no stage_wall_s object; delete it, rerun")
     s["stage_wall_s"]["finalize"] = wall_s
     s["total_wall_s"] = sum(v or 0.0 for v in s["stage_wall_s"].values())
-    _atomic_write_text(path, json_dumps(s, indent=1))
-    _atomic_write_text(exp.root / "SUMMARY.txt", summary_text(s))
+    atomic_write_text(path, json_dumps(s, indent=1))
+    atomic_write_text(exp.root / "SUMMARY.txt", summary_text(s))

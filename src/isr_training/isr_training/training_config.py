@@ -276,17 +276,8 @@ def load_dynamics_config(path: str | Path | None = None) -> dict[str, Any]:
     from isr_direct_dynamics.direct import DirectDynamicsConfig
     from isr_direct_dynamics.quadrotor import QuadrotorConfig
 
-    source = str(path) if path else "dynamics_config.yaml"
-    if path:
-        raw = read_yaml(path, "dynamics config file")
-    else:
-        raw = parse_yaml(_config_text("dynamics_config.yaml"), source)
-    unknown = sorted(set(raw) - {"direct", "quadrotor", "quality_presets"})
-    if unknown:
-        raise ConfigError(f"{source}: unknown section '{unknown[0]}'")
-    for name in ("direct", "quadrotor", "quality_presets"):
-        if raw.get(name) is not None and not isinstance(raw[name], dict):
-            raise ConfigError(f"{source}: section '{name}' must be a mapping")
+    source, raw = _read_config(path, "dynamics_config.yaml", "dynamics config file")
+    _check_sections(raw, ("direct", "quadrotor", "quality_presets"), source)
     out: dict[str, Any] = {}
     for name, cls in (("direct", DirectDynamicsConfig), ("quadrotor", QuadrotorConfig)):
         out[name] = _prefixed(lambda c=cls, n=name: from_dict(c, raw.get(n) or {}), f"{name}.")
@@ -329,20 +320,8 @@ def resolve_config(
     from isr_direct_dynamics.direct import DirectDynamicsConfig
     from isr_direct_dynamics.quadrotor import QuadrotorConfig
 
-    source = str(config_path) if config_path else "training_config.yaml"
-    if config_path:
-        raw = read_yaml(config_path)
-    else:
-        raw = parse_yaml(_config_text("training_config.yaml"), source)
-    unknown = sorted(set(raw) - {"defaults", "presets"})
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown section '{unknown[0]}' (a training config holds 'defaults' and "
-            "'presets')"
-        )
-    for name in ("defaults", "presets"):
-        if raw.get(name) is not None and not isinstance(raw[name], dict):
-            raise ConfigError(f"{source}: section '{name}' must be a mapping")
+    source, raw = _read_config(config_path, "training_config.yaml", "config file")
+    _check_sections(raw, ("defaults", "presets"), source)
     presets = raw.get("presets") or {}
     for pname, layer in presets.items():
         if layer is not None and not isinstance(layer, dict):
@@ -392,6 +371,24 @@ def resolve_config(
         if config_path and field in from_file and field not in _dotted_paths(set_layer):
             raise ConfigError(f"{config_path}: {exc}", exc.field, exc.reason) from None
         raise
+
+
+def _read_config(path: str | Path | None, packaged: str, what: str) -> tuple[str, dict]:
+    """``(source name, mapping)`` of a user's YAML file, else of the packaged ``packaged``."""
+    if path:
+        return str(path), read_yaml(path, what)
+    return packaged, parse_yaml(_config_text(packaged), packaged)
+
+
+def _check_sections(raw: dict[str, Any], sections: tuple[str, ...], source: str) -> None:
+    """Only ``sections`` at the top level of a config file, each a mapping (or empty)."""
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        names = " and ".join(f"'{n}'" for n in sections)
+        raise ConfigError(f"{source}: unknown section '{unknown[0]}' (the file holds {names})")
+    for name in sections:
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping")
 
 
 def _override_layer(overrides: list[str]) -> dict[str, Any]:
