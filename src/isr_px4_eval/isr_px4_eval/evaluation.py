@@ -440,7 +440,7 @@ def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int |
 
 def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
     """``policy.pt`` of :func:`isr_training.export.export_policy` (a DeployPolicy state dict)."""
-    from isr_training.models import ACTIVATIONS, DeployPolicy, TorchFileError, safe_load
+    from isr_training.models import DeployPolicy, TorchFileError, safe_load
 
     try:
         data = safe_load(file, what="policy")
@@ -461,11 +461,8 @@ def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any],
         )
     if "obs_norm.mean" not in sd or "obs_norm.var" not in sd:
         raise ConfigError(f"policy '{file}' is not a DeployPolicy state dict (no obs_norm)")
-    activation = meta.get("activation", "elu")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"policy '{file}': unknown activation {activation!r}")
-    try:
-        policy = DeployPolicy.from_state_dict(sd, activation)
+    try:  # checks the activation and the weights' shapes
+        policy = DeployPolicy.from_state_dict(sd, meta.get("activation", "elu"))
     except Exception as exc:  # noqa: BLE001 - malformed weights are a user error
         raise ConfigError(
             f"policy '{file}' is not a usable DeployPolicy state dict ({describe_exception(exc)})"

@@ -476,7 +476,7 @@ def read_bag(
         reader = AnyReader([path], default_typestore=px4_typestore())
         reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for unreadable input
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = describe_exception(exc)
         raise FlightLogError(f"cannot open {path} as a rosbag2 bag: {why}") from None
     try:
         by_topic = {c.topic: c for c in reader.connections}
@@ -672,7 +672,7 @@ def read_ulog(
     try:
         ulog = ULog(str(path), message_name_filter_list=wanted)
     except Exception as exc:  # pyulog raises ULogException, struct.error, ...
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = describe_exception(exc)
         raise FlightLogError(f"cannot read {path} as a ULog: {why}") from None
     data = {d.name: d.data for d in ulog.data_list if d.multi_id == 0}
     missing = [m for m in (state_topic, setpoint_topic) if m not in data]

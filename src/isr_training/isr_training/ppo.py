@@ -460,7 +460,8 @@ class PPO:
         t2 = time.perf_counter()
         self.policy.train()
         metrics = self.update()
-        if not all(bool(torch.isfinite(p).all()) for p in self.policy.parameters()):
+        finite = torch.stack([torch.isfinite(p).all() for p in self.policy.parameters()]).all()
+        if not bool(finite):  # one host sync for all the weights
             raise FloatingPointError(
                 f"PPO iteration {self.iteration + 1}: the update made the network weights "
                 f"non-finite (NaN/inf; learning rate {cfg.learning_rate:g}); resume from the last "
