@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from isr_direct_dynamics.config import check
 from isr_direct_dynamics.math3d import wrap_angle
 
 from .env import ISREnv
@@ -38,8 +39,17 @@ class ScriptedExpert:
     Args:
         env: the environment it flies (its world, state and detections are read every step).
         altitude_m: cruise altitude.
-        spacing_m: distance between lawnmower strips; None = from the camera footprint.
-        speed_m_s: cruise speed.
+        spacing_m: distance between lawnmower strips; None = twice the task's smallest recognition
+            range (``found_range_m``: persons, 25 m), so that every point of the ground passes
+            within recognition range of the track.
+        speed_m_s: cruise speed; None = the vehicle's horizontal speed limit.
+        approach_altitude_m: altitude while approaching a detected target that is not yet found.
+
+    The defaults were chosen by measurement on 200 validation worlds (seeds 90000-90199, one drone
+    each, direct model): strips 2 x 25 m apart at the speed limit find 0.694 of the targets
+    (coverage 0.835); strips from the camera footprint (0.8 x its width, 32 m) at 9 m/s found
+    0.612 (0.703), the pattern then cannot be finished in the 120 s episode. Altitudes 24-26 m,
+    approach altitudes 10-21 m and strips 40 or 60 m apart score within 0.02 of the default.
         action_noise: std of Gaussian noise added to the normalized action (demonstrations).
         seed: seed of the noise.
     """
@@ -49,7 +59,7 @@ class ScriptedExpert:
         env: ISREnv,
         altitude_m: float = 25.0,
         spacing_m: float | None = None,
-        speed_m_s: float = 9.0,
+        speed_m_s: float | None = None,
         approach_altitude_m: float = 14.0,
         action_noise: float = 0.0,
         seed: int = 0,
@@ -60,15 +70,14 @@ class ScriptedExpert:
         d = torch.arange(env.drones_per_world, device=env.device, dtype=torch.float32)
         self.altitude_m = (altitude_m + 3.0 * (d - d.mean())).clamp(min=approach_altitude_m + 2)
         self.approach_altitude_m = approach_altitude_m
-        self.speed_m_s = speed_m_s
+        self.speed_m_s = env.limits.max_velocity_m_s if speed_m_s is None else speed_m_s
         self.action_noise = action_noise
         self.gen = torch.Generator(device=env.device).manual_seed(seed)
         if spacing_m is None:
-            p = env.perception
-            # Ground width of the view at the centre ray, times an overlap factor.
-            slant = altitude_m / math.sin(math.radians(max(p.pitch_down_deg, 10.0)))
-            spacing_m = 0.8 * 2.0 * slant * math.tan(math.radians(p.hfov_deg) / 2)
-        self.spacing_m = spacing_m
+            spacing_m = 2.0 * min(env.task.found_range_m)
+        check(spacing_m > 0, "spacing_m", f"must be > 0, got {spacing_m}")
+        check(self.speed_m_s > 0, "speed_m_s", f"must be > 0, got {self.speed_m_s}")
+        self.spacing_m = float(spacing_m)
         self.waypoints, self.wp_valid = self._lawnmower()
         z = torch.zeros
         self.wp_index = z(env._shape, dtype=torch.long, device=env.device)
