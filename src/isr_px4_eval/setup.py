@@ -31,10 +31,10 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
-            "isr = isr_px4_eval.cli:main",
-            "px4_eval = isr_px4_eval.eval_cli:main",
-            "px4_eval_node = isr_px4_eval.px4_eval_node:main",
-            "px4_emulator_node = isr_px4_eval.px4_emulator_node:main",
+            "isr = isr_px4_eval.cli.main:main",
+            "px4_eval = isr_px4_eval.cli.eval:main",
+            "px4_eval_node = isr_px4_eval.nodes.eval_node:main",
+            "px4_emulator_node = isr_px4_eval.nodes.emulator_node:main",
         ],
     },
 )

@@ -64,7 +64,7 @@ DRONE_TOPICS = [
 
 def _record(context):
     """The ros2 bag record action, with topic names of the chosen release and namespace."""
-    from isr_px4_eval.px4_topics import px4_topic_names
+    from isr_px4_eval.px4.topics import px4_topic_names
 
     if LaunchConfiguration("record").perform(context).lower() not in ("true", "1"):
         return []

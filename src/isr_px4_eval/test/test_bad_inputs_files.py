@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.cli import main
+from isr_px4_eval.cli.main import main
 
 pytestmark = [
     pytest.mark.unit,
@@ -52,7 +52,7 @@ def noise(n: int, seed: int = 0) -> bytes:
 
 def small_bag(root):
     """A real (tiny) MCAP bag directory written by the recorder: one odometry topic."""
-    from isr_px4_eval.recording import BagRecorder, StepRecord
+    from isr_px4_eval.evidence.recording import BagRecorder, StepRecord
 
     rec = BagRecorder(root, 1)
     for k in range(5):

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.eval_cli import main as px4_eval_main
-from isr_px4_eval.evaluation import (
+from isr_px4_eval.cli.eval import main as px4_eval_main
+from isr_px4_eval.evaluation.parity import relative_return, run_parity_check, trajectory_rmse
+from isr_px4_eval.evaluation.run import (
     aggregate_metrics,
     load_policy_file,
     load_settings,
     parse_seeds,
 )
-from isr_px4_eval.parity import relative_return, run_parity_check, trajectory_rmse
 
 torch.set_num_threads(1)
 
@@ -121,7 +121,7 @@ def test_missing_corrupt_and_mismatched_policies(
 
 def test_open_loop_split_separates_model_error_from_candidate_noise() -> None:
     """Reference 0, candidate 0.5 + unit noise (independent per replay): model error 0.5."""
-    from isr_px4_eval.parity import split_noise
+    from isr_px4_eval.evaluation.parity import split_noise
 
     rng = np.random.default_rng(0)
     shape = (4, 20000, 3)
@@ -219,7 +219,7 @@ def test_eval_of_a_nan_policy_counts_and_fails(
 
 
 def test_pipeline_eval_table_gives_the_standard_error_of_targets_found():
-    from isr_px4_eval.full_pipeline import format_eval_summary
+    from isr_px4_eval.pipeline.full import format_eval_summary
 
     m = {"return_mean": 1.0, "targets_found_mean": 0.5, "targets_found_std": 0.2, "episodes": 20,
          "coverage_mean": 0.6, "success_rate": 0.1, "crash_rate": 0.0}  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from isr_direct_dynamics.math3d import quat_from_euler, quat_rotate
-from isr_px4_eval import frames as fr
+from isr_px4_eval.px4 import frames as fr
 
 pytestmark = pytest.mark.unit
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.cli import main
-from isr_px4_eval.recording import T_IMAGE, TOPIC_RENDERED, BagSource, record_policy_run
-from isr_px4_eval.video import make_video
+from isr_px4_eval.cli.main import main
+from isr_px4_eval.evidence.recording import T_IMAGE, TOPIC_RENDERED, BagSource, record_policy_run
+from isr_px4_eval.evidence.video import make_video
 from isr_sim_bridge import rosmsg
 
 torch.set_num_threads(1)
@@ -308,7 +308,7 @@ def test_phase4_resume_skips_finished_stages(pipeline_run, capsys):
 
 
 def test_failed_stages_keep_earlier_results(pipeline_run, tmp_path, monkeypatch, capsys):
-    from isr_px4_eval import full_pipeline
+    from isr_px4_eval.pipeline import full as full_pipeline
 
     src, *_ = pipeline_run
     root = tmp_path / src.name

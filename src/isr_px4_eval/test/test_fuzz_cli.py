@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from isr_direct_dynamics.config import to_dict
-from isr_px4_eval.cli import build_parser, main
+from isr_px4_eval.cli.main import build_parser, main
 from isr_training.training_config import TrainingConfig
 
 SEED = 20261207

@@ -107,7 +107,8 @@ def test_node_parameter_files_match_declared_defaults():
     import yaml
 
     from isr_direct_dynamics import direct_dynamics_node
-    from isr_px4_eval import px4_emulator_node, px4_eval_node
+    from isr_px4_eval.nodes import emulator_node as px4_emulator_node
+    from isr_px4_eval.nodes import eval_node as px4_eval_node
     from isr_sim_bridge import sim_bridge_node
     from isr_training import trainer_node
 

@@ -2,7 +2,7 @@
 
 Every message between the two goes through the same conversion code as the ROS nodes
 (``encode_outbox`` / ``decode_inbox`` on the client side, ``px4_convert`` inside the emulator)
-and through ``typestore.serialize_cdr`` / ``deserialize_cdr`` (``isr_px4_eval.loopback``).
+and through ``typestore.serialize_cdr`` / ``deserialize_cdr`` (``isr_px4_eval.px4.loopback``).
 """
 
 from __future__ import annotations
@@ -13,16 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.loopback import Faults, run_loopback
-from isr_px4_eval.offboard import (
-    ClientInbox,
-    OffboardClient,
-    OffboardClientConfig,
-    Phase,
-    decode_inbox,
-    encode_outbox,
-)
-from isr_px4_eval.px4_convert import (
+from isr_px4_eval.px4.convert import (
     Px4,
     RosbagsTypes,
     VelocitySetpointENU,
@@ -34,7 +25,16 @@ from isr_px4_eval.px4_convert import (
     vehicle_command_msg,
     velocity_setpoint_msg,
 )
-from isr_px4_eval.px4_emulator import Px4Emulator, Px4EmulatorConfig
+from isr_px4_eval.px4.emulator import Px4Emulator, Px4EmulatorConfig
+from isr_px4_eval.px4.loopback import Faults, run_loopback
+from isr_px4_eval.px4.offboard import (
+    ClientInbox,
+    OffboardClient,
+    OffboardClientConfig,
+    Phase,
+    decode_inbox,
+    encode_outbox,
+)
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)
@@ -237,8 +237,8 @@ def test_heartbeat_loss_triggers_px4_failsafe(action, nav):
 
 
 def test_stream_waits_for_px4_preflight_checks_before_offboard_and_arming():
-    from isr_px4_eval.offboard import ClientInbox
-    from isr_px4_eval.px4_convert import OdometryENU, VehicleStatusInfo
+    from isr_px4_eval.px4.convert import OdometryENU, VehicleStatusInfo
+    from isr_px4_eval.px4.offboard import ClientInbox
 
     z3 = np.zeros(3)
     odom = OdometryENU(0, z3, z3, np.array([1.0, 0, 0, 0]), z3, 0.0)

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from isr_px4_eval import frames as fr
-from isr_px4_eval import px4_convert as pc
-from isr_px4_eval.px4_msgs_defs import PX4_EXTRA_MSG_DEFS, PX4_MSG_DEFS
-from isr_px4_eval.px4_topics import (
+from isr_px4_eval.px4 import convert as pc
+from isr_px4_eval.px4 import frames as fr
+from isr_px4_eval.px4.msgs_defs import PX4_EXTRA_MSG_DEFS, PX4_MSG_DEFS
+from isr_px4_eval.px4.topics import (
     PX4_OUT_QOS,
     PX4_RELEASES,
     normalize_namespace,

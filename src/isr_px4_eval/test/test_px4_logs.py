@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isr_px4_eval.px4_logs import (
+from isr_px4_eval.px4.logs import (
     BagTopics,
     FlightLog,
     FlightLogConfig,
@@ -23,7 +23,7 @@ from isr_px4_eval.px4_logs import (
     read_flight_log,
     read_ulog,
 )
-from isr_px4_eval.px4_msgs_defs import PX4_MSG_DEFS, px4_typestore
+from isr_px4_eval.px4.msgs_defs import PX4_MSG_DEFS, px4_typestore
 
 DATA = Path(__file__).parent / "data"
 BAG_FIXTURE = DATA / "px4_sih_flight2_trim"

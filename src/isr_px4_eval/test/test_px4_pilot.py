@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.loopback import run_loopback
-from isr_px4_eval.offboard import OffboardClient, OffboardClientConfig, Phase
-from isr_px4_eval.px4_convert import RosbagsTypes
-from isr_px4_eval.px4_emulator import Px4Emulator, Px4EmulatorConfig
-from isr_px4_eval.px4_pilot import PolicyPilot
+from isr_px4_eval.px4.convert import RosbagsTypes
+from isr_px4_eval.px4.emulator import Px4Emulator, Px4EmulatorConfig
+from isr_px4_eval.px4.loopback import run_loopback
+from isr_px4_eval.px4.offboard import OffboardClient, OffboardClientConfig, Phase
+from isr_px4_eval.px4.pilot import PolicyPilot
 
 torch.set_num_threads(1)
 TYPES = RosbagsTypes()
@@ -71,7 +71,7 @@ def test_scripted_expert_through_px4_emulator_searches():
 def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny_policy):
     import json
 
-    from isr_px4_eval.cli import main
+    from isr_px4_eval.cli.main import main
 
     policy = export_tiny_policy(tmp_path / "policy")
     out, bag = tmp_path / "rehearse.json", tmp_path / "bag"
@@ -85,7 +85,7 @@ def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny
     assert res["messages"]["trajectory_setpoint"] > 8.0 / 0.05  # 20 Hz setpoints while flying
     assert len(res["trajectory"]) == 81  # 80 decisions and the final pose
     # the episode as a rosbag2 of the live graph's topics; isr video renders it
-    from isr_px4_eval.recording import BagSource
+    from isr_px4_eval.evidence.recording import BagSource
 
     src = BagSource(bag)
     odom = [m for _, _, m in src.messages(["/drone_0/odom"])]
@@ -100,7 +100,7 @@ def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny
 
 
 def _fake_odom(t_us: int = 0):
-    from isr_px4_eval.px4_convert import OdometryENU
+    from isr_px4_eval.px4.convert import OdometryENU
 
     z3 = np.zeros(3)
     return OdometryENU(t_us, np.array([0.0, 0.0, 20.0]), z3, np.array([1.0, 0, 0, 0]), z3, 0.0)
@@ -109,8 +109,8 @@ def _fake_odom(t_us: int = 0):
 def test_background_pilot_never_blocks_a_tick_and_holds_the_setpoint():
     import time
 
-    from isr_px4_eval.px4_convert import VelocitySetpointENU
-    from isr_px4_eval.px4_pilot import BackgroundPilot
+    from isr_px4_eval.px4.convert import VelocitySetpointENU
+    from isr_px4_eval.px4.pilot import BackgroundPilot
 
     calls = []
 
@@ -150,7 +150,7 @@ def test_client_arms_only_once_the_policy_is_ready_and_never_if_it_fails():
     import threading
     import time
 
-    from isr_px4_eval.px4_pilot import BackgroundPilot
+    from isr_px4_eval.px4.pilot import BackgroundPilot
 
     release = threading.Event()
 
@@ -188,7 +188,7 @@ def test_client_arms_only_once_the_policy_is_ready_and_never_if_it_fails():
 
 
 def test_warm_up_compiles_then_forgets_and_tick_gaps_are_recorded():
-    from isr_px4_eval.px4_pilot import BackgroundPilot
+    from isr_px4_eval.px4.pilot import BackgroundPilot
 
     env = make_env(episode_s=6.0)
     east = torch.tensor([[0.5, 0.0, 0.0, 0.0]])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.recording import (
+from isr_px4_eval.evidence.recording import (
     T_DET,
     T_IMAGE,
     T_ODOM,

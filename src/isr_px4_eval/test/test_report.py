@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from isr_px4_eval.cli import main
+from isr_px4_eval.cli.main import main
 
 
 def test_report_missing_stages(tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_report_errors(tmp_path, capsys):
 
 def test_coverage_heatmap_is_the_camera_footprint(tmp_path):
     """Two hovering drones looking straight down with a 90 deg FOV at 20 m see 40 m squares."""
-    from isr_px4_eval.report import Report
+    from isr_px4_eval.evidence.report import Report
 
     exp = tmp_path / "exp"
     (exp / "eval").mkdir(parents=True)

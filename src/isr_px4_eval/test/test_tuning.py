@@ -14,8 +14,9 @@ import yaml
 
 from isr_direct_dynamics import DirectDynamics, DirectDynamicsConfig, InitialState, from_dict
 from isr_direct_dynamics.config import ConfigError
-from isr_px4_eval.px4_logs import FlightLog, FlightLogError, read_bag, read_ulog
-from isr_px4_eval.tuning import (
+from isr_px4_eval.cli.tuning import register
+from isr_px4_eval.px4.logs import FlightLog, FlightLogError, read_bag, read_ulog
+from isr_px4_eval.tuning.fit import (
     Candidates,
     EmbeddedConfig,
     FitParams,
@@ -29,7 +30,6 @@ from isr_px4_eval.tuning import (
     tune_flight,
     write_dynamics_config,
 )
-from isr_px4_eval.tuning_cli import register
 
 DATA = Path(__file__).parent / "data"
 BAG_FIXTURE = DATA / "px4_sih_flight2_trim"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from isr_px4_eval.cli import main
-from isr_px4_eval.recording import BagRecorder, StepRecord, record_policy_run
-from isr_px4_eval.video import make_video
+from isr_px4_eval.cli.main import main
+from isr_px4_eval.evidence.recording import BagRecorder, StepRecord, record_policy_run
+from isr_px4_eval.evidence.video import make_video
 
 torch.set_num_threads(1)
 STEPS = 20
@@ -117,7 +117,7 @@ def test_encode_is_atomic(tmp_path):
     replaces the file in one step and decodes."""
     import imageio_ffmpeg
 
-    from isr_px4_eval.video import encode
+    from isr_px4_eval.evidence.video import encode
 
     out = tmp_path / "v.mp4"
     frame = np.zeros((32, 48, 3), np.uint8)

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``python -m isr_sim_bridge.camera_cli render|bench camera ...``.
 
     The same subcommands as ``isr render`` / ``isr bench camera`` once the module is listed in
-    ``isr_px4_eval.cli.COMMAND_MODULES``.
+    ``isr_px4_eval.cli.main.COMMAND_MODULES``.
     """
     parser = argparse.ArgumentParser(prog="python -m isr_sim_bridge.camera_cli")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,9 +1,10 @@
 """Live ROS topics of an embedded run: what a bag would hold, published on the ROS graph instead.
 
-:class:`LiveSink` has :class:`~isr_px4_eval.recording.BagWriter`'s interface (``factory``,
-``path``, ``write``, ``flush``, ``close``), so a :class:`~isr_px4_eval.recording.BagRecorder` or
-:class:`~isr_px4_eval.recording.EnvRecorder` built with ``sink=LiveSink(node)`` publishes every
-message it would write to a bag, on the same topic with the same type (odometry, ``cmd_vel``,
+:class:`LiveSink` has :class:`~isr_px4_eval.evidence.recording.BagWriter`'s interface (``factory``,
+``path``, ``write``, ``flush``, ``close``), so a
+:class:`~isr_px4_eval.evidence.recording.BagRecorder` or
+:class:`~isr_px4_eval.evidence.recording.EnvRecorder` built with ``sink=LiveSink(node)`` publishes
+every message it would write to a bag, on the same topic with the same type (odometry, ``cmd_vel``,
 camera image + info, detections, step metrics), through the node's publishers:
 
 - time is simulation time: when a message carries a newer time than the last, a

@@ -30,7 +30,7 @@ point); the world of the task has its own spawn area. At the first decision the 
 horizontal position is mapped onto the spawn the environment drew for the drone (a constant
 offset, :attr:`ExternalVehicle.offset_enu_m`); heights stay PX4's (the world's ground is z = 0
 and PX4's local z = 0 is the ground at the takeoff point). Attitude, velocity and yaw are used
-unchanged (both are ENU after :mod:`isr_px4_eval.px4_convert`).
+unchanged (both are ENU after :mod:`isr_px4_eval.px4.convert`).
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ from torch import Tensor
 
 from isr_direct_dynamics import InitialState
 from isr_direct_dynamics.base import VehicleModel, scale_action
-
-from .frames import yaw_from_quat_wxyz
-from .px4_convert import OdometryENU, VelocitySetpointENU
+from isr_px4_eval.px4.convert import OdometryENU, VelocitySetpointENU
+from isr_px4_eval.px4.frames import yaw_from_quat_wxyz
 
 
 class ExternalVehicle(VehicleModel):
@@ -110,11 +109,11 @@ class ExternalVehicle(VehicleModel):
 
 
 class PolicyPilot:
-    """FLY-phase policy of :class:`~isr_px4_eval.offboard.OffboardClient` running the ISR task.
+    """FLY-phase policy of :class:`~isr_px4_eval.px4.offboard.OffboardClient` running the ISR task.
 
     Args:
         env: a 1-world x 1-drone :class:`~isr_training.env.ISREnv` built with ``stagger=False``
-            (e.g. :func:`isr_px4_eval.evaluation.make_eval_env`); its vehicle is replaced.
+            (e.g. :func:`isr_px4_eval.evaluation.run.make_eval_env`); its vehicle is replaced.
         act: observation -> action ``(1, 4)`` in ``[-1, 1]`` (a loaded policy's ``act``).
         seed: the environment's reset seed (spawn draw).
     """
@@ -137,8 +136,8 @@ class PolicyPilot:
         self.trace: list[dict[str, Any]] = []
         """Per decision: time, world position, reward, action sent."""
         self.recorder: Any = None
-        """Optional :class:`~isr_px4_eval.recording.EnvRecorder` of ``env``: the episode as a
-        rosbag2 (the live graph's topics), closed when the episode ends."""
+        """Optional :class:`~isr_px4_eval.evidence.recording.EnvRecorder` of ``env``: the episode as
+        a rosbag2 (the live graph's topics), closed when the episode ends."""
         self._obs: Any = None
         self._action: Tensor | None = None
         self._setpoint: VelocitySetpointENU | None = None
@@ -345,44 +344,6 @@ def odometry_from_ros(msg: Any) -> OdometryENU:
     )  # fmt: skip
 
 
-def make_fly_policy(
-    policy: str,
-    world_seed: int = 0,
-    seed: int = 0,
-    device: str = "cpu",
-    episode_s: float | None = None,
-) -> tuple[Callable[[OdometryENU, float], VelocitySetpointENU | None], PolicyPilot | None]:
-    """The offboard client's FLY policy for ``policy``: a scripted pattern name or a policy file.
-
-    A policy file (TorchScript, ONNX, ``policy.pt`` or an experiment directory, as ``isr eval``
-    takes) is flown by a :class:`PolicyPilot` on world ``world_seed`` with the task of the
-    policy's experiment (else the default task; ``episode_s`` shortens its episode).
-    Returns ``(fly policy, pilot or None)``.
-    """
-    from .evaluation import (
-        build_env_config,
-        check_policy_fits,
-        load_policy_file,
-        load_settings,
-        make_eval_env,
-    )
-    from .offboard import SCRIPTED_POLICIES, scripted_policy
-
-    if policy in SCRIPTED_POLICIES:
-        return scripted_policy(policy), None
-    loaded = load_policy_file(policy)
-    settings = load_settings()
-    settings.drones_per_world = 1
-    settings.seed = seed
-    if episode_s is not None:
-        settings.episode_length_s = float(episode_s)
-    cfg = build_env_config(loaded, "direct", [int(world_seed)], settings)
-    env = make_eval_env(cfg, device)
-    check_policy_fits(loaded, env)
-    pilot = PolicyPilot(env, loaded.act, seed=seed)
-    return pilot, pilot
-
-
 def pilot_episode_fields(pilot: PolicyPilot, world_seed: int) -> dict[str, Any]:
     """``isr_msgs/EpisodeMetrics`` fields of the pilot's finished episode (empty while none)."""
     ep = pilot.episode
@@ -411,7 +372,6 @@ __all__ = [
     "BackgroundPilot",
     "ExternalVehicle",
     "PolicyPilot",
-    "make_fly_policy",
     "odometry_from_ros",
     "pilot_episode_fields",
 ]

@@ -28,8 +28,8 @@ the stream was ever starved. The client is driven by :meth:`OffboardClient.tick`
 and what arrived since the last tick, and returns what to send: a ROS timer drives it in
 ``px4_eval_node``, a plain loop drives it against the emulator in the tests.
 :func:`decode_inbox` and :func:`encode_outbox` convert between px4_msgs messages (any
-:class:`~isr_px4_eval.px4_convert.MessageTypes`) and the client's plain data, keyed by the
-topic keys of :class:`~isr_px4_eval.px4_topics.Px4Topics`.
+:class:`~isr_px4_eval.px4.convert.MessageTypes`) and the client's plain data, keyed by the
+topic keys of :class:`~isr_px4_eval.px4.topics.Px4Topics`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from . import frames as fr
-from .px4_convert import (
+from isr_px4_eval.px4 import frames as fr
+from isr_px4_eval.px4.convert import (
     CommandAck,
     CommandRequest,
     MessageTypes,

@@ -5,14 +5,14 @@
 [--record-dir DIR] [--drones-per-world D] [--episode-seconds S] [--config eval.yaml]
 [--device cpu]`` flies the policy (TorchScript, ONNX, ``policy.pt`` or an experiment directory)
 on the world seeds (a list ``100000,100001`` or a range ``100000-100019``), prints a short table,
-and writes the metrics JSON (:mod:`isr_px4_eval.evaluation`) and, with ``--record-dir``, one
+and writes the metrics JSON (:mod:`isr_px4_eval.evaluation.run`) and, with ``--record-dir``, one
 ``<backend>.npz`` of per-step arrays.
 
 ``isr parity --policy PATH [--world-seeds ...] [--reference direct] [--candidate embedded]
 [--tolerances parity.yaml] [--json OUT] [--record-dir DIR]`` runs both backends on the same
 worlds and spawns, replays the reference's actions open loop in both vehicle models and checks
-the tolerances (:mod:`isr_px4_eval.parity`). Exit status 0 when every check passes, 1 when one
-fails.
+the tolerances (:mod:`isr_px4_eval.evaluation.parity`). Exit status 0 when every check
+passes, 1 when one fails.
 
 User errors (missing or corrupt policy, task version mismatch, bad seeds, bad config) print one
 ``error: ...`` line and exit with status 2.
@@ -29,8 +29,7 @@ import torch
 
 from isr_direct_dynamics.config import ConfigError, run_command
 from isr_direct_dynamics.io_checks import check_output_dir, check_output_file
-
-from .evaluation import (
+from isr_px4_eval.evaluation.run import (
     BACKENDS,
     check_finite_actions,
     evaluate_policy,
@@ -111,7 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_parity(args: argparse.Namespace) -> int:
     """``isr parity``: both backends, open-loop replay, tolerance checks; 0 pass, 1 fail."""
-    from .parity import format_parity, load_tolerances, run_parity_check
+    from isr_px4_eval.evaluation.parity import format_parity, load_tolerances, run_parity_check
 
     _setup(args)
     seeds = parse_seeds(args.world_seeds)
@@ -132,11 +131,12 @@ def run_parity(args: argparse.Namespace) -> int:
 
 def run_rehearse(args: argparse.Namespace) -> int:
     """``isr px4-rehearse``: the px4 backend's whole path against the PX4 emulator, no ROS."""
-    from .loopback import run_loopback
-    from .offboard import OffboardClient, OffboardClientConfig, Phase
-    from .px4_convert import RosbagsTypes
-    from .px4_emulator import Px4Emulator, Px4EmulatorConfig
-    from .px4_pilot import make_fly_policy, pilot_episode_fields
+    from isr_px4_eval.evaluation.fly import make_fly_policy
+    from isr_px4_eval.px4.convert import RosbagsTypes
+    from isr_px4_eval.px4.emulator import Px4Emulator, Px4EmulatorConfig
+    from isr_px4_eval.px4.loopback import run_loopback
+    from isr_px4_eval.px4.offboard import OffboardClient, OffboardClientConfig, Phase
+    from isr_px4_eval.px4.pilot import pilot_episode_fields
 
     _setup(args)
     fly, pilot = make_fly_policy(
@@ -147,7 +147,7 @@ def run_rehearse(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--bag needs a policy file (a scripted pattern runs no task to record)"
             )
-        from .recording import EnvRecorder
+        from isr_px4_eval.evidence.recording import EnvRecorder
 
         pilot.recorder = EnvRecorder(
             pilot.env, args.bag, test_name=f"PX4 rehearsal: {args.policy}", phase="px4 rehearsal"

@@ -305,9 +305,8 @@ class Report:
         )
         for b in bags:
             try:
+                from isr_px4_eval.evidence.recording import T_ODOM, BagSource
                 from isr_sim_bridge.rosmsg import odometry_to_numpy
-
-                from .recording import T_ODOM, BagSource
 
                 src = BagSource(b)
                 by: dict[str, list[np.ndarray]] = {}

@@ -1,8 +1,8 @@
 """``isr video`` and ``isr report``: annotated videos of bags, HTML report of an experiment.
 
 ``isr video BAG -o OUT.mp4 [--mode single|grid|side-by-side|map] [--drone I] [--bag2 OTHER]``
-renders a rosbag2 bag (see :mod:`isr_px4_eval.video`); ``isr report EXPERIMENT_DIR
-[-o report.html]`` writes the self-contained HTML report (see :mod:`isr_px4_eval.report`).
+renders a rosbag2 bag (see :mod:`isr_px4_eval.evidence.video`); ``isr report EXPERIMENT_DIR
+[-o report.html]`` writes the self-contained HTML report (see :mod:`isr_px4_eval.evidence.report`).
 ``isr record-npz REC.npz -o BAG`` converts an ``isr eval --record-dir`` recording to a bag.
 """
 
@@ -15,7 +15,7 @@ from isr_direct_dynamics.io_checks import check_output_dir, check_output_file
 
 
 def _video(args: argparse.Namespace) -> int:
-    from .video import make_video
+    from isr_px4_eval.evidence.video import make_video
 
     check_output_file(args.out, "-o/--out")
     r = make_video(
@@ -31,7 +31,7 @@ def _video(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import make_report
+    from isr_px4_eval.evidence.report import make_report
 
     if args.out:
         check_output_file(args.out, "-o/--out")
@@ -45,7 +45,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _npz(args: argparse.Namespace) -> int:
-    from .recording import npz_to_bag
+    from isr_px4_eval.evidence.recording import npz_to_bag
 
     check_output_dir(args.out, "-o/--out", new=True)
     print(f"[record] {npz_to_bag(args.npz, args.out, args.test_name, args.phase)}")
@@ -54,7 +54,7 @@ def _npz(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAction) -> None:
     """Add ``isr video``, ``isr report`` and ``isr record-npz``."""
-    from .video import MODES
+    from isr_px4_eval.evidence.video import MODES
 
     p = sub.add_parser("video", help="annotated H.264 video of a rosbag2 bag", description=__doc__)
     p.add_argument("bag", help="bag directory, .mcap or .db3")

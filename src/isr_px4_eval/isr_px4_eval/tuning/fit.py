@@ -10,7 +10,7 @@ direct model they are the action scaling (a task choice), and no flight here sat
 (commands <= 6 m/s, PX4's ``MPC_XY_VEL_MAX`` is 12 m/s).
 
 How: **open-loop replay, batched.** The commanded velocity / yaw-rate sequence of a
-:class:`~isr_px4_eval.px4_logs.FlightLog` is cut into windows (``window_s``, default 15 s); each
+:class:`~isr_px4_eval.px4.logs.FlightLog` is cut into windows (``window_s``, default 15 s); each
 window's model state starts at the measured velocity, ``burn_in_s`` before the first sample that
 is scored (so the slow pole's and the yaw rate's unmeasured states settle), and the model then
 runs open loop on the commands only (never on measured velocities: no one-step prediction). The
@@ -70,9 +70,8 @@ from isr_direct_dynamics.config import ConfigError, check, to_dict
 from isr_direct_dynamics.direct import GRAVITY_M_S2
 from isr_direct_dynamics.io_checks import atomic_write_text
 from isr_direct_dynamics.math3d import quat_rotate
-
-from .frames import euler_yaw_rate_from_body_rates
-from .px4_logs import FlightLog, FlightLogError
+from isr_px4_eval.px4.frames import euler_yaw_rate_from_body_rates
+from isr_px4_eval.px4.logs import FlightLog, FlightLogError
 
 AXES: tuple[str, ...] = ("vx", "vy", "vz", "yaw_rate")
 """Fitted output channels: ENU velocity components (m/s) and the ENU yaw rate (rad/s)."""
@@ -1151,7 +1150,7 @@ def config_header(result: TuningResult) -> list[str]:
     """Comment lines for the top of ``dynamics_config.yaml``: the source and the fit report."""
     info = result.info
     lines = [
-        "Direct-dynamics parameters fitted by `isr tune-dynamics` (isr_px4_eval.tuning).",
+        "Direct-dynamics parameters fitted by `isr tune-dynamics` (isr_px4_eval.tuning.fit).",
         f"Source: {result.source}",
         f"Method: {info.get('method', '')}",
         f"delay_steps counts control steps of {info.get('control_dt_s')} s "

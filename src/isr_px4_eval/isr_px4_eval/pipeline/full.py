@@ -22,7 +22,7 @@ parity     eval        direct (reference) vs embedded (candidate) for the traine
                        ``parity/replay.npz``, bags ``bags/parity_direct``,
                        ``bags/parity_embedded`` (the first 4 episodes of each run)
 record     train       rosbag2 (MCAP) recordings with camera images, detections, odometry,
-                       actions and metrics (:mod:`isr_px4_eval.recording`): one evaluation
+                       actions and metrics (:mod:`isr_px4_eval.evidence.recording`): one evaluation
                        episode of the trained policy on the embedded backend
                        (``bags/eval_single``) and ``grid_drones`` (16) drones of the trained
                        policy in one world (``bags/grid_16``)
@@ -30,7 +30,7 @@ videos     record      ``videos/single.mp4`` (one drone, camera, boxes, metrics)
                        ``videos/grid.mp4`` (4x4 drone views), ``videos/map.mp4`` (top-down
                        trajectories), ``videos/side_by_side.mp4`` (parity: direct vs
                        embedded with the position error; needs the parity bags)
-report     -           ``report.html`` (:mod:`isr_px4_eval.report`): whatever exists
+report     -           ``report.html`` (:mod:`isr_px4_eval.evidence.report`): whatever exists
 =========  ==========  ==================================================================
 
 Resuming: a finished stage leaves ``stages/<stage>.done`` (the marker mechanism of
@@ -186,7 +186,7 @@ class PipelineRun:
 
     def settings(self, drones_per_world: int = 1):
         """The evaluation settings (``config/eval.yaml`` with this run's options)."""
-        from .evaluation import load_settings
+        from isr_px4_eval.evaluation.run import load_settings
 
         s = load_settings()
         s.episodes = self.options.episodes
@@ -197,7 +197,7 @@ class PipelineRun:
 
     def policy(self):
         """The trained policy (``final_model/`` of the experiment), loaded once."""
-        from .evaluation import load_policy_file
+        from isr_px4_eval.evaluation.run import load_policy_file
 
         if self._policy is None:
             self._policy = load_policy_file(self.root)
@@ -389,18 +389,22 @@ def evaluate_baseline(
 ) -> dict[str, Any]:
     """Evaluate the ``scripted_expert`` or ``random`` baseline like ``isr eval`` evaluates a policy.
 
-    ``reference`` (a :class:`~isr_px4_eval.evaluation.LoadedPolicy`) defines the environment (its
-    experiment's task, world spec and camera), so the baseline flies the same worlds, spawns and
-    vehicle as the policy it is compared with. Returns the result dict of
-    :func:`~isr_px4_eval.evaluation.evaluate_policy` (no recording).
+    ``reference`` (a :class:`~isr_px4_eval.evaluation.run.LoadedPolicy`) defines the environment
+    (its experiment's task, world spec and camera), so the baseline flies the same worlds, spawns
+    and vehicle as the policy it is compared with. Returns the result dict of
+    :func:`~isr_px4_eval.evaluation.run.evaluate_policy` (no recording).
     """
     import os
 
     import torch
 
+    from isr_px4_eval.evaluation.run import (
+        aggregate_metrics,
+        build_env_config,
+        make_eval_env,
+        run_episodes,
+    )
     from isr_training.baselines import RandomPolicy, ScriptedExpert
-
-    from .evaluation import aggregate_metrics, build_env_config, make_eval_env, run_episodes
 
     cfg = build_env_config(reference, backend, seeds, settings)
     env = make_eval_env(cfg, device)
@@ -441,7 +445,7 @@ def evaluate_baseline(
 
 def stage_eval(run: PipelineRun) -> dict[str, Any]:
     """Trained policy, scripted expert and random policy on both backends (held-out worlds)."""
-    from .evaluation import check_finite_actions, evaluate_policy, write_json
+    from isr_px4_eval.evaluation.run import check_finite_actions, evaluate_policy, write_json
 
     policy = run.policy()
     settings = run.settings()
@@ -558,9 +562,14 @@ def format_eval_summary(data: dict[str, Any]) -> str:
 
 def stage_parity(run: PipelineRun) -> dict[str, Any]:
     """Direct vs embedded for the trained policy, from the eval stage's two recorded runs."""
-    from .evaluation import build_env_config, write_json
-    from .parity import compare_results, format_parity, load_tolerances, replay_open_loop
-    from .recording import npz_to_bag
+    from isr_px4_eval.evaluation.parity import (
+        compare_results,
+        format_parity,
+        load_tolerances,
+        replay_open_loop,
+    )
+    from isr_px4_eval.evaluation.run import build_env_config, write_json
+    from isr_px4_eval.evidence.recording import npz_to_bag
 
     tol = load_tolerances()
     tol.validate()
@@ -638,7 +647,7 @@ def _record(run: PipelineRun, env: Any, steps: int, path: Path, test_name: str, 
     """Reset ``env``, fly the trained policy ``steps`` steps, record the bag (with a bar)."""
     import torch
 
-    from .recording import EnvRecorder
+    from isr_px4_eval.evidence.recording import EnvRecorder
 
     if path.exists():  # a bag cut short by an earlier interruption
         shutil.rmtree(path)
@@ -662,7 +671,7 @@ def _record(run: PipelineRun, env: Any, steps: int, path: Path, test_name: str, 
 
 def stage_record(run: PipelineRun) -> dict[str, Any]:
     """Bags: one evaluation episode (one drone) and ``grid_drones`` drones in one world."""
-    from .evaluation import build_env_config, make_eval_env
+    from isr_px4_eval.evaluation.run import build_env_config, make_eval_env
 
     policy = run.policy()
     seed0 = run.seeds[:1]
@@ -701,7 +710,7 @@ def stage_record(run: PipelineRun) -> dict[str, Any]:
 
 def stage_videos(run: PipelineRun) -> dict[str, Any]:
     """The four videos; existing ones are kept; every video is tried, then failures raise."""
-    from .video import make_video
+    from isr_px4_eval.evidence.video import make_video
 
     run.videos_dir.mkdir(parents=True, exist_ok=True)
     for stale in run.videos_dir.glob("*.partial.mp4"):
@@ -749,7 +758,7 @@ def stage_videos(run: PipelineRun) -> dict[str, Any]:
 
 def stage_report(run: PipelineRun) -> dict[str, Any]:
     """``report.html`` of everything in the experiment directory."""
-    from .report import make_report
+    from isr_px4_eval.evidence.report import make_report
 
     run.write_status()  # the report reads pipeline.json
     path, missing = make_report(run.root)

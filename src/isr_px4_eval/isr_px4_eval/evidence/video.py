@@ -37,9 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from isr_direct_dynamics.config import json_dumps
-from isr_sim_bridge import rosmsg
-
-from .recording import (
+from isr_px4_eval.evidence.recording import (
     T_BOOL,
     T_DET,
     T_DIAG,
@@ -51,6 +49,7 @@ from .recording import (
     BagSource,
     natural_key,
 )
+from isr_sim_bridge import rosmsg
 
 MODES = ("single", "grid", "side-by-side", "map")
 GT_COLOUR = (60, 230, 60)

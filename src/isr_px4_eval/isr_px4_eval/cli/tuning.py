@@ -2,14 +2,14 @@
 
 ``isr tune-dynamics --from {embedded,bag,ulog} [--path P] [--out dynamics_config.yaml]
 [--json report.json] [--plot fit.png]`` reads a PX4 flight (rosbag2 or ULog, see
-:mod:`isr_px4_eval.px4_logs`) or flies the embedded full-fidelity quadrotor, fits the direct
-model (:mod:`isr_px4_eval.tuning`), prints the per-axis RMSE table and writes the config (YAML
+:mod:`isr_px4_eval.px4.logs`) or flies the embedded full-fidelity quadrotor, fits the direct
+model (:mod:`isr_px4_eval.tuning.fit`), prints the per-axis RMSE table and writes the config (YAML
 with a comment header), the JSON report and the plot of the held-out replay.
 
 ``isr bench tuning-replay`` measures the batched replay (candidate-steps per second).
 
-Until ``isr_px4_eval.cli.COMMAND_MODULES`` lists this module, the same commands run as
-``python -m isr_px4_eval.tuning_cli tune-dynamics ...`` (:func:`main`).
+Until ``isr_px4_eval.cli.main.COMMAND_MODULES`` lists this module, the same commands run as
+``python -m isr_px4_eval.cli.tuning tune-dynamics ...`` (:func:`main`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import torch
 from isr_direct_dynamics import DirectDynamicsConfig
 from isr_direct_dynamics.config import ConfigError, json_dumps, load_yaml, run_command
 from isr_direct_dynamics.io_checks import atomic_write_text, check_output_file
-
-from .px4_logs import BagTopics, FlightLog, FlightLogConfig, read_bag, read_ulog
-from .tuning import (
+from isr_px4_eval.px4.logs import BagTopics, FlightLog, FlightLogConfig, read_bag, read_ulog
+from isr_px4_eval.tuning.fit import (
     EmbeddedConfig,
     TuningConfig,
     TuningResult,
@@ -167,8 +166,7 @@ def run_replay_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from isr_direct_dynamics.threads import configure_threads
-
-    from .tuning import Candidates, FitParams, make_windows
+    from isr_px4_eval.tuning.fit import Candidates, FitParams, make_windows
 
     configure_threads(args.threads)
     dt, n = 0.02, int(round(args.seconds / 0.02))
@@ -193,7 +191,7 @@ def run_replay_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cands = Candidates.from_params(
         [FitParams(delay_s=0.02 * (i % 16)) for i in range(args.candidates)], dt, args.device
     )
-    from .tuning import replay
+    from isr_px4_eval.tuning.fit import replay
 
     t0 = time.perf_counter()
     replay(batch, cands)
@@ -310,7 +308,7 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m isr_px4_eval.tuning_cli``), errors as in ``isr``."""
+    """Standalone entry point (``python -m isr_px4_eval.cli.tuning``), errors as in ``isr``."""
     parser = argparse.ArgumentParser(prog="isr", description="dynamics tuning")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = sub.add_parser("bench", help="benchmarks that print one JSON object")

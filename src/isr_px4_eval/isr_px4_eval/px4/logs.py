@@ -20,10 +20,10 @@ Two sources, one result:
   one (unbiased; the error is uniform within about +-100 ms).
 
 Everything is converted to the workspace frames (world ENU, yaw 0 = east, counter-clockwise
-positive; :mod:`isr_px4_eval.frames`) and resampled on a uniform grid (``dt_s``, default 0.02 s):
-measurements by linear interpolation, setpoints by zero-order hold (what the vehicle holds between
-setpoints). A grid sample is *valid* when the vehicle is in OFFBOARD, armed and airborne (PX4's
-``vehicle_status.takeoff_time`` is set, plus ``settle_after_takeoff_s`` to skip PX4's takeoff
+positive; :mod:`isr_px4_eval.px4.frames`) and resampled on a uniform grid (``dt_s``, default 0.02
+s): measurements by linear interpolation, setpoints by zero-order hold (what the vehicle holds
+between setpoints). A grid sample is *valid* when the vehicle is in OFFBOARD, armed and airborne
+(PX4's ``vehicle_status.takeoff_time`` is set, plus ``settle_after_takeoff_s`` to skip PX4's takeoff
 ramp), a setpoint arrived within ``setpoint_timeout_s`` and measurements bracket it closer than
 ``max_gap_s``. Contiguous valid runs of at least ``min_segment_s`` are the log's
 :attr:`FlightLog.segments`.
@@ -42,8 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from isr_direct_dynamics.io_checks import describe_exception
-
-from .frames import (
+from isr_px4_eval.px4.frames import (
     euler_yaw_rate_from_body_rates,
     ned_to_enu_vector,
     quat_rotate_wxyz,
@@ -453,7 +452,7 @@ def read_bag(
     """
     from rosbags.highlevel import AnyReader
 
-    from .px4_msgs_defs import px4_typestore
+    from isr_px4_eval.px4.msgs_defs import px4_typestore
 
     topics = topics or BagTopics()
     config = config or FlightLogConfig()

@@ -25,11 +25,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "isr_sim_bridge.yolo_cli",
     "isr_training.cli",
     "isr_training.training_cli",
-    "isr_px4_eval.tuning_cli",
-    "isr_px4_eval.eval_cli",
-    "isr_px4_eval.evidence_cli",
-    "isr_px4_eval.pipeline_cli",
-    "isr_px4_eval.demo",
+    "isr_px4_eval.cli.tuning",
+    "isr_px4_eval.cli.eval",
+    "isr_px4_eval.cli.evidence",
+    "isr_px4_eval.cli.pipeline",
+    "isr_px4_eval.pipeline.demo",
 )
 """Modules whose ``register(sub, bench_sub)`` adds subcommands, in help order."""
 

@@ -50,10 +50,14 @@ def make_node_class() -> type:
     from rclpy.node import Node
 
     from isr_direct_dynamics.ros_node import declare_parameters
-
-    from .px4_convert import RclpyTypes
-    from .px4_emulator import Px4Emulator, Px4EmulatorConfig
-    from .px4_topics import EMULATOR_OUT_QOS, PX4_IN_QOS, px4_topic_names, rclpy_qos_profile
+    from isr_px4_eval.px4.convert import RclpyTypes
+    from isr_px4_eval.px4.emulator import Px4Emulator, Px4EmulatorConfig
+    from isr_px4_eval.px4.topics import (
+        EMULATOR_OUT_QOS,
+        PX4_IN_QOS,
+        px4_topic_names,
+        rclpy_qos_profile,
+    )
 
     class Px4EmulatorNode(Node):
         """Serves the PX4 offboard topics from the embedded quadrotor."""

@@ -4,7 +4,7 @@ Every function takes a *message-type factory* (:class:`MessageTypes`): ``types.n
 **fields)`` returns a message of type ``msgtype`` (``"px4_msgs/msg/TrajectorySetpoint"``) with
 every field not given set to zero / False / NaN-free defaults. Two factories exist:
 
-- :class:`RosbagsTypes` wraps a rosbags typestore (``isr_px4_eval.px4_msgs_defs.px4_typestore()``,
+- :class:`RosbagsTypes` wraps a rosbags typestore (``isr_px4_eval.px4.msgs_defs.px4_typestore()``,
   px4_msgs release/1.15 definitions): used by the tests and when writing bags.
 - :class:`RclpyTypes` imports the generated ``px4_msgs.msg`` classes of a ROS 2 installation
   (lazily; only the nodes use it).
@@ -15,8 +15,8 @@ arrays of the exact size, which both accept (rclpy's generated setters reject fl
 numpy scalars).
 
 The workspace side is plain dataclasses in world ENU / body FLU, seconds and radians; every
-ENU <-> NED and FLU <-> FRD conversion goes through :mod:`isr_px4_eval.frames`. PX4 timestamps are
-microseconds (``uint64``).
+ENU <-> NED and FLU <-> FRD conversion goes through :mod:`isr_px4_eval.px4.frames`. PX4 timestamps
+are microseconds (``uint64``).
 
 Constants (command ids, navigation and arming states, ack results) are the values of px4_msgs
 release/1.15 (:class:`Px4`); a test checks them against the registered message classes.
@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import frames as fr
-from .px4_msgs_defs import (
+from isr_px4_eval.px4 import frames as fr
+from isr_px4_eval.px4.msgs_defs import (
     OFFBOARD_CONTROL_MODE,
     TRAJECTORY_SETPOINT,
     VEHICLE_COMMAND,
@@ -138,7 +138,7 @@ class RosbagsTypes:
 
     def __init__(self, typestore: Any | None = None) -> None:
         if typestore is None:
-            from .px4_msgs_defs import px4_typestore
+            from isr_px4_eval.px4.msgs_defs import px4_typestore
 
             typestore = px4_typestore()
         self.typestore = typestore

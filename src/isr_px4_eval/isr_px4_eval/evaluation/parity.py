@@ -2,7 +2,7 @@
 
 :func:`run_parity_check` evaluates one policy on a *reference* backend (default ``direct``) and a
 *candidate* backend (default ``embedded``, the "eval full-fidelity" preset) with
-:func:`~isr_px4_eval.evaluation.evaluate_policy`, on the same world seeds and spawn seed, and
+:func:`~isr_px4_eval.evaluation.run.evaluate_policy`, on the same world seeds and spawn seed, and
 reports:
 
 - closed loop: the return ratio (:func:`relative_return`: ``candidate / reference`` when the
@@ -34,7 +34,7 @@ max_velocity_rmse_m_s``, ``open-loop position model error (total) <= max_positio
 user errors).
 
 With ``record_dir``: ``reference_<backend>.npz`` and ``candidate_<backend>.npz`` (the recordings of
-:mod:`isr_px4_eval.evaluation`, same keys) and ``replay.npz`` (open loop: ``length (E,)``,
+:mod:`isr_px4_eval.evaluation.run`, same keys) and ``replay.npz`` (open loop: ``length (E,)``,
 ``reference_pos_enu_m``, ``candidate_pos_enu_m``, ``reference_vel_enu_m_s``,
 ``candidate_vel_enu_m_s``, ``candidate_repeat_pos_enu_m``, ``candidate_repeat_vel_enu_m_s``
 ``(E, H, 3)``, ``action (E, H, 4)``, ``sim_time_s (H,)``, the state
@@ -52,8 +52,7 @@ import numpy as np
 import torch
 
 from isr_direct_dynamics.config import ConfigError, check, load_yaml
-
-from .evaluation import (
+from isr_px4_eval.evaluation.run import (
     CONFIG_DIR,
     EvalSettings,
     LoadedPolicy,
@@ -141,7 +140,7 @@ def replay_open_loop(
 ) -> dict[str, np.ndarray]:
     """Replay the recorded applied actions through the reference and candidate vehicle models.
 
-    ``arrays``: a recording (:mod:`isr_px4_eval.evaluation`); ``*_cfg``: the runs'
+    ``arrays``: a recording (:mod:`isr_px4_eval.evaluation.run`); ``*_cfg``: the runs'
     :class:`~isr_training.env.EnvConfig` (vehicle and dynamics are used). Every episode is one
     drone of a ``(E, 1)`` batch, reset to its recorded first state (position, yaw, velocity).
     Returns the replay arrays (see the module docstring) plus ``valid (E, H)``.

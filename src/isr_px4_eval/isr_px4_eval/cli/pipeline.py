@@ -9,7 +9,7 @@ Examples::
     isr pipeline --resume experiments/verify_20260101_1200 # evaluate an `isr train` experiment
 
 Everything lands in ``experiments/<NAME>_<YYYYmmdd_HHMMSS>/`` (see
-:mod:`isr_px4_eval.full_pipeline` for the stages and the layout). ``--set KEY=VALUE`` changes the
+:mod:`isr_px4_eval.pipeline.full` for the stages and the layout). ``--set KEY=VALUE`` changes the
 training config (as ``isr train --set``), ``--steps`` the RL budget (``rl.ppo.total_timesteps``,
 or ``rl.sb3_total_timesteps`` for SB3 learners), ``--episodes`` the evaluation episodes per world.
 With ``--resume`` the experiment's ``config.yaml`` and ``pipeline.json`` are the configuration;
@@ -43,7 +43,7 @@ PIPELINE_OPTION_FLAGS = {
 
 def _options_from_args(args: argparse.Namespace, base):
     """``base`` (PipelineOptions) with the flags that were given; the names of those flags."""
-    from .evaluation import parse_seeds
+    from isr_px4_eval.evaluation.run import parse_seeds
 
     given = []
     for name in PIPELINE_OPTION_FLAGS:
@@ -59,9 +59,7 @@ def _options_from_args(args: argparse.Namespace, base):
 
 def run_pipeline_cli(args: argparse.Namespace) -> int:
     """``isr pipeline``."""
-    from isr_training.pipeline import Experiment, resolve_config
-
-    from .full_pipeline import (
+    from isr_px4_eval.pipeline.full import (
         PIPELINE_STAGES,
         PipelineOptions,
         final_text,
@@ -69,6 +67,7 @@ def run_pipeline_cli(args: argparse.Namespace) -> int:
         open_experiment,
         run_full_pipeline,
     )
+    from isr_training.pipeline import Experiment, resolve_config
 
     stages = None if args.stage in (None, "all") else [args.stage]
     if args.stage not in (None, "all") and args.stage not in PIPELINE_STAGES:
@@ -132,7 +131,7 @@ def run_pipeline_cli(args: argparse.Namespace) -> int:
             cfg = resolve_config(preset, [*overrides, f"{key}={args.steps}"], args.config)
         options, _ = _options_from_args(args, PipelineOptions())
         options.validate()
-        from .full_pipeline import check_seeds
+        from isr_px4_eval.pipeline.full import check_seeds
 
         check_seeds(cfg, options.world_seeds)
         exp = Experiment.create(cfg, args.output_dir)
@@ -153,7 +152,7 @@ def run_pipeline_cli(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``isr pipeline``."""
-    from .full_pipeline import PIPELINE_STAGES
+    from isr_px4_eval.pipeline.full import PIPELINE_STAGES
 
     p.add_argument("name", nargs="?", help="experiment name (directory <NAME>_<YYYYmmdd_HHMMSS>)")
     p.add_argument("--preset", help="training preset of training_config.yaml (default: quick)")

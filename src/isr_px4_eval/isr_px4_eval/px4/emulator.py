@@ -1,7 +1,7 @@
 """A PX4 offboard emulator: PX4's uXRCE-DDS topics and offboard semantics over the embedded model.
 
-It speaks the same px4_msgs messages as PX4 (through :mod:`isr_px4_eval.px4_convert`, with any
-:class:`~isr_px4_eval.px4_convert.MessageTypes`) and flies the full-fidelity embedded quadrotor
+It speaks the same px4_msgs messages as PX4 (through :mod:`isr_px4_eval.px4.convert`, with any
+:class:`~isr_px4_eval.px4.convert.MessageTypes`) and flies the full-fidelity embedded quadrotor
 (:class:`isr_direct_dynamics.quadrotor.QuadrotorModel`, one batched model for ``N`` vehicles), so
 the offboard client can be tested, and a PX4 evaluation rehearsed, where PX4 is not installed.
 
@@ -32,7 +32,7 @@ action Position behaves like Hold (PX4 without RC also falls back to Hold).
 
 Driven like the client: :meth:`Px4Emulator.tick` takes the time and the messages received since
 the last tick as ``(vehicle_index, topic_key, message)`` and returns the messages to publish in
-the same form (topic keys of :class:`~isr_px4_eval.px4_topics.Px4Topics`).
+the same form (topic keys of :class:`~isr_px4_eval.px4.topics.Px4Topics`).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import frames as fr
-from .px4_convert import (
+from isr_px4_eval.px4 import frames as fr
+from isr_px4_eval.px4.convert import (
     MessageTypes,
     OdometryENU,
     Px4,
@@ -164,8 +164,8 @@ class Px4Emulator:
     """Emulated PX4 for ``N`` vehicles; see the module docstring.
 
     Args:
-        types: message factory (:class:`~isr_px4_eval.px4_convert.RosbagsTypes` in tests,
-            :class:`~isr_px4_eval.px4_convert.RclpyTypes` in the node).
+        types: message factory (:class:`~isr_px4_eval.px4.convert.RosbagsTypes` in tests,
+            :class:`~isr_px4_eval.px4.convert.RclpyTypes` in the node).
         config: :class:`Px4EmulatorConfig`.
     """
 

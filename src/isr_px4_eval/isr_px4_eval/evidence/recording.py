@@ -897,7 +897,7 @@ def load_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
 def npz_to_bag(
     npz_path: str | Path, bag_path: str | Path, test_name: str = "", phase: str = ""
 ) -> Path:
-    """Convert a recording of :func:`isr_px4_eval.evaluation.evaluate_policy` to a bag.
+    """Convert a recording of :func:`isr_px4_eval.evaluation.run.evaluate_policy` to a bag.
 
     Episode ``e`` becomes drone namespace ``/drone_<e>``; every episode starts at sim time 0 and
     is written for its ``length`` steps. Detections (``det_boxes_xyxy_px`` where

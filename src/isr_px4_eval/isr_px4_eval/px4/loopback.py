@@ -1,7 +1,7 @@
 """Run the offboard client against the PX4 emulator in one process, through serialized messages.
 
 Every message crosses the "wire" as CDR bytes (``types.serialize`` / ``types.deserialize`` of
-:class:`~isr_px4_eval.px4_convert.RosbagsTypes`), with one loop step of latency, so the client,
+:class:`~isr_px4_eval.px4.convert.RosbagsTypes`), with one loop step of latency, so the client,
 the emulator and the conversions are exercised exactly as over DDS, minus DDS. Faults can be
 injected per topic key from a given time (dropping what one side publishes). This is the
 ``embedded`` backend of the evaluation and the harness of the offboard tests.
@@ -13,10 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import frames as fr
-from .offboard import OffboardClient, Phase, decode_inbox, encode_outbox
-from .px4_convert import RosbagsTypes
-from .px4_emulator import Px4Emulator
+from isr_px4_eval.px4 import frames as fr
+from isr_px4_eval.px4.convert import RosbagsTypes
+from isr_px4_eval.px4.emulator import Px4Emulator
+from isr_px4_eval.px4.offboard import OffboardClient, Phase, decode_inbox, encode_outbox
 
 _MSGTYPES = {
     "offboard_control_mode": "px4_msgs/msg/OffboardControlMode",

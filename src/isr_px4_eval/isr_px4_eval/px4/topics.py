@@ -30,7 +30,7 @@ PX4_RELEASES: tuple[str, ...] = ("1.15", "1.16", "1.17", "1.18", "main")
 """Release presets accepted by :func:`px4_topic_names` (px4_msgs branch ``release/<x>``)."""
 
 DEFAULT_PX4_RELEASE = "1.15"
-"""The release the workspace's px4_msgs definitions mirror (:mod:`isr_px4_eval.px4_msgs_defs`)."""
+"""The release the workspace's px4_msgs definitions mirror (:mod:`isr_px4_eval.px4.msgs_defs`)."""
 
 # Suffix per topic key and release; keys missing from a release's dict have no suffix.
 _SUFFIXES: dict[str, dict[str, str]] = {

@@ -2,27 +2,27 @@
 
 ``backend`` (parameter):
 
-- ``px4``: the :class:`~isr_px4_eval.offboard.OffboardClient` flies one vehicle over PX4's
+- ``px4``: the :class:`~isr_px4_eval.px4.offboard.OffboardClient` flies one vehicle over PX4's
   uXRCE-DDS topics (names from ``px4_release`` + ``namespace``, PX4's QoS). The same topics are
   served by ``px4_emulator_node`` for a rehearsal without PX4. Callbacks only queue messages; a
   timer at ``tick_period_s`` decodes them, ticks the client and publishes what it returns. The
   FLY phase flies ``policy``: a trained policy file (run by
-  :class:`~isr_px4_eval.px4_pilot.PolicyPilot`: the ISR task on world ``seeds``' first seed, its
+  :class:`~isr_px4_eval.px4.pilot.PolicyPilot`: the ISR task on world ``seeds``' first seed, its
   observation built from PX4's odometry, the task's safety filter on every command, the episode
   scored on where PX4 flew) or a scripted pattern (``hover`` | ``box``) to check the link.
   Flight safety: the policy is loaded, its environment built and one dry decision run (kernel
-  compilation) on a worker thread (:class:`~isr_px4_eval.px4_pilot.BackgroundPilot`) while the
+  compilation) on a worker thread (:class:`~isr_px4_eval.px4.pilot.BackgroundPilot`) while the
   client streams; the client requests OFFBOARD and arms only when that is done. In flight the
   tick waits at most ``decision_wait_s`` for a decision and otherwise holds the last setpoint,
   so the heartbeat never stops. The worst and 99th-percentile gap between ticks in FLY go into
   the result JSON and the ``EpisodeMetrics``.
-- ``direct``: the design card's topic graph: the same :class:`~isr_px4_eval.px4_pilot.PolicyPilot`
+- ``direct``: the design card's topic graph: the same :class:`~isr_px4_eval.px4.pilot.PolicyPilot`
   (built and warmed up the same way) flies a vehicle simulated by ``direct_dynamics_node`` (the
   direct model, or ``model:=quadrotor``, the embedded full-fidelity one): it reads
   ``nav_msgs/Odometry`` on ``odom_topic`` and publishes ``geometry_msgs/TwistStamped`` ENU velocity
   / yaw-rate setpoints on ``cmd_topic`` every ``tick_period_s``; the episode ends as in the task.
   Nothing on the policy side differs from the px4 backend: only the vehicle behind the topics.
-- ``embedded``: :func:`isr_px4_eval.evaluation.evaluate_policy` flies the trained ``policy``
+- ``embedded``: :func:`isr_px4_eval.evaluation.run.evaluate_policy` flies the trained ``policy``
   file on the embedded full-fidelity model (quadrotor + PX4-like cascade) on ``seeds``, on a
   worker thread, and publishes the run live (``live_topics``): ``/drone_<i>/odom``, ``cmd_vel``,
   detections, step metrics, ``/tf`` and simulated time on ``/clock`` (faster than real time),
@@ -79,7 +79,7 @@ BACKENDS = ("px4", "direct", "embedded")
 
 def px4_episode_fields(client: Any) -> dict[str, Any]:
     """EpisodeMetrics fields of one offboard episode (PX4 backend)."""
-    from .offboard import Phase
+    from isr_px4_eval.px4.offboard import Phase
 
     return {
         "episode_length_s": float(client.fly_time_s),
@@ -120,16 +120,12 @@ def make_node_class() -> type:
     )
 
     from isr_direct_dynamics.ros_node import declare_parameters
-    from isr_sim_bridge.live import LiveSink
-    from isr_sim_bridge.rosmsg import (
-        RclpyFactory,
-        episode_metrics_msg,
-        odometry_msg,
-        twist_stamped_msg,
-    )
-
-    from .evaluation import parse_seeds
-    from .offboard import (
+    from isr_px4_eval.evaluation.fly import make_fly_policy
+    from isr_px4_eval.evaluation.run import parse_seeds
+    from isr_px4_eval.evidence.recording import EnvRecorder
+    from isr_px4_eval.nodes.emulator_node import MSG_CLASSES
+    from isr_px4_eval.px4.convert import RclpyTypes
+    from isr_px4_eval.px4.offboard import (
         SCRIPTED_POLICIES,
         OffboardClient,
         OffboardClientConfig,
@@ -137,16 +133,19 @@ def make_node_class() -> type:
         encode_outbox,
         gap_stats,
     )
-    from .px4_convert import RclpyTypes
-    from .px4_emulator_node import MSG_CLASSES
-    from .px4_pilot import (
+    from isr_px4_eval.px4.pilot import (
         BackgroundPilot,
-        make_fly_policy,
         odometry_from_ros,
         pilot_episode_fields,
     )
-    from .px4_topics import PX4_IN_QOS, PX4_OUT_QOS, px4_topic_names, rclpy_qos_profile
-    from .recording import EnvRecorder
+    from isr_px4_eval.px4.topics import PX4_IN_QOS, PX4_OUT_QOS, px4_topic_names, rclpy_qos_profile
+    from isr_sim_bridge.live import LiveSink
+    from isr_sim_bridge.rosmsg import (
+        RclpyFactory,
+        episode_metrics_msg,
+        odometry_msg,
+        twist_stamped_msg,
+    )
 
     class Px4EvalNode(Node):
         """Runs one evaluation and publishes its episode metrics."""
@@ -416,7 +415,7 @@ def make_node_class() -> type:
 
         def run_embedded(self) -> None:
             """Worker thread: the whole embedded evaluation, then publish, write and stop."""
-            from .evaluation import evaluate_policy, parse_seeds
+            from isr_px4_eval.evaluation.run import evaluate_policy, parse_seeds
 
             try:
                 self.status = "loading the policy and building the environment"

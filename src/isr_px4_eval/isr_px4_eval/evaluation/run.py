@@ -96,7 +96,7 @@ from torch import Tensor
 from isr_direct_dynamics.config import ConfigError, check, from_dict, json_dumps, load_yaml, to_dict
 from isr_direct_dynamics.io_checks import atomic_write_text, describe_exception
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 """Package data: ``eval.yaml`` (evaluation preset) and ``parity.yaml`` (parity tolerances)."""
 
 BACKENDS = ("embedded", "direct")
@@ -888,7 +888,7 @@ def run_episodes(
 
     The environment must be built with ``stagger=False``. ``reset(seed)`` makes the spawns and the
     vehicle noise streams a function of ``seed`` alone. ``live``: an object with
-    :class:`~isr_px4_eval.recording.EnvRecorder`'s ``record_reset()`` and
+    :class:`~isr_px4_eval.evidence.recording.EnvRecorder`'s ``record_reset()`` and
     ``record_step(action, reward, terminated, truncated, info)`` (e.g. one publishing the live ROS
     topics), called after the reset and after every step.
     """

@@ -1,0 +1,1 @@
+"""The `isr` command line (main) and its subcommand groups."""
