@@ -12,12 +12,8 @@ import torch
 
 from isr_px4_eval.cli.eval import main as px4_eval_main
 from isr_px4_eval.evaluation.parity import relative_return, run_parity_check, trajectory_rmse
-from isr_px4_eval.evaluation.run import (
-    aggregate_metrics,
-    load_policy_file,
-    load_settings,
-    parse_seeds,
-)
+from isr_px4_eval.evaluation.run import aggregate_metrics, load_settings, parse_seeds
+from isr_training.export import load_policy_file
 
 torch.set_num_threads(1)
 

@@ -5,17 +5,25 @@
 TorchScript, exports it to ONNX (opset 17, dynamic batch; metadata ``task_version``) and checks
 both against PyTorch with :func:`check_exports`. :func:`write_model_readme` documents the files,
 the observation/action spec and the task version.
+
+:func:`load_policy_file` loads any of them back (or finds one in an experiment directory) as a
+:class:`LoadedPolicy` with clear errors for missing, corrupt or mismatched files;
+:func:`check_policy_fits` runs it once on an environment's observation.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from isr_direct_dynamics.config import json_dumps
-from isr_direct_dynamics.io_checks import atomic_output
+from isr_direct_dynamics.config import ConfigError, json_dumps
+from isr_direct_dynamics.io_checks import atomic_output, describe_exception
 
 from .env import ISREnv
 from .models import DeployPolicy, atomic_torch_save
@@ -195,3 +203,342 @@ Max abs difference against the PyTorch policy on 64 random observations: TorchSc
 {diffs["torchscript_max_abs_diff"]:.2e}, ONNX (onnxruntime) {diffs["onnx_max_abs_diff"]:.2e}.
 """
     (Path(out_dir) / "README.md").write_text(text)
+
+
+# ----------------------------------------------------------------------------- loading
+
+POLICY_FILES = (
+    "final_model/policy_torchscript.pt",
+    "policy_torchscript.pt",
+    "final_model/policy.onnx",
+    "policy.onnx",
+    "final_model/policy.pt",
+    "policy.pt",
+)
+"""Files looked for, in order, when the policy path is a directory (an experiment)."""
+
+
+@dataclass
+class LoadedPolicy:
+    """A deployable policy: ``act(obs) -> (N, 4)`` action tensor, and where it came from."""
+
+    path: Path
+    """The file that was loaded."""
+    kind: str
+    """``torchscript``, ``onnx`` or ``state_dict``."""
+    meta: dict[str, Any]
+    """Export metadata (``task_version``, ``obs_dim``, ``image_shape``, ...)."""
+    act: Callable[[Any], Tensor]
+    """Observation (tensor or ``{"state", "image"}``) -> action ``(N, 4)`` in ``[-1, 1]``."""
+    experiment_dir: Path | None = None
+    """The experiment the policy belongs to (its ``config.yaml`` defines the task), if any."""
+    input_dim: int | None = None
+    """Observation values the network takes, read from its weights (None: not determinable)."""
+
+
+def _find_policy_file(path: Path) -> Path:
+    if not path.exists():
+        raise ConfigError(f"policy '{path}' does not exist")
+    if path.is_file():
+        return path
+    for name in POLICY_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise ConfigError(
+        f"policy directory '{path}' has no exported policy (looked for {', '.join(POLICY_FILES)}; "
+        "run the training's finalize stage)"
+    )
+
+
+def _experiment_of(file: Path) -> Path | None:
+    for d in (file.parent, file.parent.parent):
+        if (d / "config.yaml").is_file() and (d / "final_model").is_dir():
+            return d
+    return None
+
+
+def _parse_meta_json(raw: str | bytes, file: Path, where: str, fix: str) -> dict[str, Any]:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"policy '{file}': its {where} is not text (binary data at byte {exc.start}); {fix}"
+            ) from None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"policy '{file}': its {where} is not valid JSON ({exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}); {fix}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"policy '{file}': its {where} is nested too deeply; {fix}") from None
+    if not isinstance(meta, dict):
+        kind = {list: "a JSON list", str: "a JSON string"}.get(type(meta), f"JSON {meta!r:.20}")
+        raise ConfigError(f"policy '{file}': its {where} holds {kind}, expected an object; {fix}")
+    return meta
+
+
+def _policy_meta(raw: Any, file: Path, where: str) -> dict[str, Any]:
+    """Checked export metadata of a policy; every problem a ConfigError naming the file.
+
+    ``raw``: the JSON text of an object, or the dict of a ``policy.pt``, found in ``where``.
+    """
+    if raw is None or raw in ("", b""):
+        return {}
+    fix = "re-export the policy"
+    meta = dict(raw) if isinstance(raw, dict) else _parse_meta_json(raw, file, where, fix)
+    obs_dim = meta.get("obs_dim")
+    if obs_dim is not None and (
+        isinstance(obs_dim, bool) or not isinstance(obs_dim, int) or obs_dim <= 0
+    ):
+        raise ConfigError(
+            f"policy '{file}': its {where} has obs_dim {obs_dim!r}, expected a positive integer; "
+            f"{fix}"
+        )
+    image_shape = meta.get("image_shape")
+    if image_shape is not None and not (
+        isinstance(image_shape, list)
+        and len(image_shape) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_shape)
+    ):
+        raise ConfigError(
+            f"policy '{file}': its {where} has image_shape {image_shape!r:.40}, expected "
+            f"[height, width, 3] or null; {fix}"
+        )
+    version = meta.get("task_version")
+    if version is not None and not isinstance(version, str):
+        raise ConfigError(f"policy '{file}': its {where} has a non-text task_version; {fix}")
+    return meta
+
+
+def _policy_format(file: Path) -> str:
+    """``torchscript``, ``state_dict`` or ``unknown``, from the content of a non-ONNX file."""
+    import zipfile
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy '{file}': {exc.strerror or exc}") from None
+    if size == 0:
+        raise ConfigError(f"policy '{file}' is empty (0 bytes); export or copy it again")
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(file) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            why = "not a complete zip archive" if isinstance(exc, zipfile.BadZipFile) else exc
+            raise ConfigError(
+                f"policy '{file}' is cut short or corrupt ({why}); export or copy it again"
+            ) from None
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        return "state_dict"
+    if head[:1] == b"\x80":  # a pickle of a legacy (non-zip) torch.save
+        return "state_dict"
+    return "unknown"
+
+
+def _first_linear_inputs(params: list[tuple[str, Tensor]]) -> int | None:
+    """Input size of the first weight matrix, when the network starts with a linear layer."""
+    for name, t in params:
+        if name.endswith("weight"):
+            return int(t.shape[1]) if t.dim() == 2 else None
+    return None
+
+
+def _load_torchscript(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
+    extra = {"meta.json": ""}
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001 - a corrupt archive is a user error
+        raise ConfigError(
+            f"policy '{file}' is a corrupt TorchScript archive ({describe_exception(exc)}); "
+            "export or copy it again"
+        ) from None
+    module.eval()
+    meta = _policy_meta(extra["meta.json"], file, "meta.json")
+    buffers = dict(module.named_buffers())
+    if "obs_norm.mean" in buffers and buffers["obs_norm.mean"].dim() == 1:
+        input_dim: int | None = int(buffers["obs_norm.mean"].shape[0])
+    elif meta.get("image_shape"):
+        input_dim = None
+    else:
+        input_dim = _first_linear_inputs(list(module.named_parameters()))
+    return module, meta, input_dim
+
+
+def _load_onnx(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
+    import onnx
+    import onnxruntime as ort
+
+    if file.stat().st_size == 0:
+        raise ConfigError(f"policy '{file}' is empty (0 bytes); export or copy it again")
+    try:
+        model = onnx.load(str(file))
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise ConfigError(
+            f"policy '{file}' is not a valid ONNX model ({exc.__class__.__name__}); export or "
+            "copy it again"
+        ) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = _policy_meta(props.get("meta"), file, "ONNX metadata 'meta'")
+    if "task_version" in props:
+        meta.setdefault("task_version", props["task_version"])
+    try:
+        sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"policy '{file}' cannot be loaded by onnxruntime ({describe_exception(exc)})"
+        ) from None
+    inputs = sess.get_inputs()
+    if not inputs:
+        raise ConfigError(f"policy '{file}' is an ONNX model without inputs")
+    names = [i.name for i in inputs]
+    shape = list(inputs[0].shape or [])
+    input_dim = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+
+    def run(state: Tensor, image: Tensor | None = None) -> Tensor:
+        feeds = {names[0]: state.detach().cpu().numpy().astype("float32")}
+        if image is not None and len(names) > 1:
+            feeds[names[1]] = image.detach().cpu().numpy()
+        return torch.from_numpy(sess.run(None, feeds)[0])
+
+    return run, meta, input_dim
+
+
+def _load_state_dict(file: Path) -> tuple[Callable[..., Tensor], dict[str, Any], int | None]:
+    """``policy.pt`` of :func:`isr_training.export.export_policy` (a DeployPolicy state dict)."""
+    from isr_training.models import DeployPolicy, TorchFileError, safe_load
+
+    try:
+        data = safe_load(file, what="policy")
+    except TorchFileError as exc:
+        raise ConfigError(
+            f"policy '{file}' is corrupt ({exc.reason}); export or copy it again"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(f"policy '{file}' is not an exported policy (no 'model' state dict)")
+    sd = data["model"]
+    raw_meta = data.get("meta")
+    if raw_meta is not None and not isinstance(raw_meta, dict):
+        raise ConfigError(f"policy '{file}': its 'meta' is a {type(raw_meta).__name__}, not a dict")
+    meta = _policy_meta(raw_meta, file, "'meta'")
+    if any(str(k).startswith("encoder.") for k in sd):
+        raise ConfigError(
+            f"policy '{file}' has a camera encoder: evaluate its policy_torchscript.pt instead"
+        )
+    if "obs_norm.mean" not in sd or "obs_norm.var" not in sd:
+        raise ConfigError(f"policy '{file}' is not a DeployPolicy state dict (no obs_norm)")
+    try:  # checks the activation and the weights' shapes
+        policy = DeployPolicy.from_state_dict(sd, meta.get("activation", "elu"))
+    except Exception as exc:  # noqa: BLE001 - malformed weights are a user error
+        raise ConfigError(
+            f"policy '{file}' is not a usable DeployPolicy state dict ({describe_exception(exc)})"
+        ) from None
+    input_dim = int(policy.obs_norm.mean.shape[0])
+
+    def run(state: Tensor, image: Tensor | None = None) -> Tensor:
+        return policy(state)
+
+    meta.setdefault("obs_dim", input_dim)
+    return run, meta, input_dim
+
+
+def load_policy_file(path: str | Path, expect_task_version: str | None = None) -> LoadedPolicy:
+    """Load an exported policy; user errors raise :class:`ConfigError` naming the path.
+
+    ``path``: ``policy_torchscript.pt``, ``policy.onnx``, ``policy.pt`` (state dict of
+    :class:`~isr_training.models.DeployPolicy`; its activation is read from the metadata, ELU when
+    absent) or a directory (an experiment, or its ``final_model``), where the first of
+    :data:`POLICY_FILES` is used. The file's ``task_version`` must equal the workspace's.
+    """
+    from isr_training.task.config import TASK_VERSION
+
+    file = _find_policy_file(Path(path))
+    if file.suffix.lower() == ".onnx":
+        kind = "onnx"
+        loader = _load_onnx
+    else:
+        kind = _policy_format(file)
+        if kind == "unknown":
+            raise ConfigError(
+                f"policy '{file}' is not a policy file (neither TorchScript, a policy.pt state "
+                "dict nor ONNX, which needs a .onnx name)"
+            )
+        loader = _load_torchscript if kind == "torchscript" else _load_state_dict
+    try:
+        act_fn, meta, input_dim = loader(file)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file we cannot use is a user error
+        raise ConfigError(
+            f"policy '{file}' is corrupt or not a {kind} policy ({describe_exception(exc)})"
+        ) from None
+    if input_dim is not None and meta.get("obs_dim") not in (None, input_dim):
+        raise ConfigError(
+            f"policy '{file}': its metadata says obs_dim {meta['obs_dim']}, but its network takes "
+            f"{input_dim} observation values; re-export the policy"
+        )
+    want = expect_task_version or TASK_VERSION
+    got = meta.get("task_version")
+    if got is None:
+        raise ConfigError(f"policy '{file}' has no task_version metadata (expected '{want}')")
+    if got != want:
+        raise ConfigError(
+            f"policy '{file}' was exported for task version '{got}', this workspace runs '{want}'"
+        )
+
+    @torch.no_grad()
+    def act(obs: Any) -> Tensor:
+        if isinstance(obs, dict):
+            if meta.get("image_shape"):
+                out = act_fn(obs["state"].cpu(), obs["image"].cpu())
+            else:
+                out = act_fn(obs["state"].cpu())
+        else:
+            out = act_fn(obs.cpu())
+        return out.float().clamp(-1.0, 1.0)
+
+    return LoadedPolicy(file, kind, meta, act, _experiment_of(file), input_dim)
+
+
+def check_policy_fits(policy: LoadedPolicy, env: Any) -> None:
+    """Refuse (``ConfigError``) a policy that cannot run on ``env``'s observations, before a run.
+
+    Compares the policy's input size (from its weights, else its metadata) with
+    ``env.obs_dim`` (naming both), then runs it once on a zero observation and checks that it
+    returns one 4-value action per drone.
+    """
+    size = policy.input_dim if policy.input_dim is not None else policy.meta.get("obs_dim")
+    if size is not None and int(size) != env.obs_dim:
+        raise ConfigError(
+            f"policy '{policy.path}' takes {size} observation values, this task gives "
+            f"{env.obs_dim} (a policy of another task version or observation settings)"
+        )
+    state = torch.zeros(1, env.obs_dim, device=getattr(env, "device", "cpu"))
+    obs: Any = state
+    camera = getattr(env, "image", None) is not None
+    if camera:
+        image = torch.zeros(1, *env.image_shape, dtype=torch.uint8, device=state.device)
+        obs = {"state": state, "image": image}
+    what = f"{env.obs_dim} observation values" + (" and a camera image" if camera else "")
+    try:
+        out = policy.act(obs)
+    except Exception as exc:  # noqa: BLE001 - a policy that cannot run is a user error
+        raise ConfigError(
+            f"policy '{policy.path}' cannot run on this task's observation ({what}): "
+            f"{describe_exception(exc)}"
+        ) from None
+    if not isinstance(out, Tensor) or tuple(out.shape) != (1, 4):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"policy '{policy.path}' returns {got} for one observation, expected (1, 4) actions"
+        )

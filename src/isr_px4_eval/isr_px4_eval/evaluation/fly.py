@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from isr_px4_eval.evaluation.run import (
-    build_env_config,
-    check_policy_fits,
-    load_policy_file,
-    load_settings,
-    make_eval_env,
-)
+from isr_px4_eval.evaluation.run import build_env_config, load_settings, make_eval_env
 from isr_px4_eval.px4.convert import OdometryENU, VelocitySetpointENU
 from isr_px4_eval.px4.offboard import SCRIPTED_POLICIES, scripted_policy
 from isr_px4_eval.px4.pilot import PolicyPilot
+from isr_training.export import check_policy_fits, load_policy_file
 
 
 def make_fly_policy(

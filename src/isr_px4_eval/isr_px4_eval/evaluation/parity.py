@@ -52,14 +52,8 @@ import numpy as np
 import torch
 
 from isr_direct_dynamics.config import ConfigError, check, load_yaml
-from isr_px4_eval.evaluation.run import (
-    CONFIG_DIR,
-    EvalSettings,
-    LoadedPolicy,
-    evaluate_policy,
-    load_policy_file,
-    save_recording,
-)
+from isr_px4_eval.evaluation.run import CONFIG_DIR, EvalSettings, evaluate_policy, save_recording
+from isr_training.export import LoadedPolicy, load_policy_file
 
 AXES = ("x", "y", "z")
 

@@ -197,7 +197,7 @@ class PipelineRun:
 
     def policy(self):
         """The trained policy (``final_model/`` of the experiment), loaded once."""
-        from isr_px4_eval.evaluation.run import load_policy_file
+        from isr_training.export import load_policy_file
 
         if self._policy is None:
             self._policy = load_policy_file(self.root)
@@ -389,7 +389,7 @@ def evaluate_baseline(
 ) -> dict[str, Any]:
     """Evaluate the ``scripted_expert`` or ``random`` baseline like ``isr eval`` evaluates a policy.
 
-    ``reference`` (a :class:`~isr_px4_eval.evaluation.run.LoadedPolicy`) defines the environment
+    ``reference`` (a :class:`~isr_training.export.LoadedPolicy`) defines the environment
     (its experiment's task, world spec and camera), so the baseline flies the same worlds, spawns
     and vehicle as the policy it is compared with. Returns the result dict of
     :func:`~isr_px4_eval.evaluation.run.evaluate_policy` (no recording).
