@@ -54,15 +54,19 @@ class DataConfig:
     """Std of the Gaussian noise added to the executed (not the recorded) expert action."""
     expert_altitude_m: float = 25.0
     """Cruise altitude of the scripted expert."""
-    expert_speed_m_s: float = 9.0
-    """Cruise speed of the scripted expert."""
+    expert_speed_m_s: float | None = None
+    """Cruise speed of the scripted expert (None: the vehicle's horizontal speed limit)."""
 
     def validate(self) -> None:
         """Check ranges."""
         check(self.num_worlds >= 1, "num_worlds", "must be >= 1")
         check(self.episodes >= 1, "episodes", "must be >= 1")
         check(self.action_noise >= 0, "action_noise", "must be >= 0")
-        check(self.expert_speed_m_s > 0, "expert_speed_m_s", "must be > 0")
+        check(
+            self.expert_speed_m_s is None or self.expert_speed_m_s > 0,
+            "expert_speed_m_s",
+            f"must be > 0 (or null: the speed limit), got {self.expert_speed_m_s}",
+        )
 
 
 @dataclass
@@ -91,10 +95,27 @@ class BCConfig:
     """LSTM layers."""
     sequence_length: int = 64
     """Length of the training sequences of the LSTM (cut from episodes, hidden state from zero)."""
+    dagger_rounds: int = 0
+    """DAgger rounds after cloning (MLP only): each round the clone flies ``data.num_worlds`` new
+    training worlds (with the demonstrations' action noise), the scripted expert labels the states
+    it visits, and cloning continues on all data so far for ``dagger_epochs``."""
+    dagger_epochs: int = 15
+    """Epochs of cloning after each DAgger round (early stopping with ``patience`` applies)."""
 
     def validate(self) -> None:
         """Check ranges."""
         check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(
+            0 <= self.dagger_rounds <= 20,
+            "dagger_rounds",
+            f"must be 0-20, got {self.dagger_rounds}",
+        )
+        check(self.dagger_epochs >= 1, "dagger_epochs", "must be >= 1")
+        check(
+            self.dagger_rounds == 0 or self.model == "mlp",
+            "dagger_rounds",
+            "needs bc.model 'mlp' (the LSTM clone keeps a hidden state the collection does not)",
+        )
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -133,6 +154,21 @@ class Demonstrations:
                 "metrics": dict(self.metrics),
             },
             path,
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Demonstrations]) -> Demonstrations:
+        """The drones of ``parts`` side by side (all of the same length ``T``)."""
+        lengths = {int(d.obs.shape[0]) for d in parts}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"demonstrations of different lengths {sorted(lengths)} cannot be joined"
+            )
+        return cls(
+            torch.cat([d.obs for d in parts], 1),
+            torch.cat([d.actions for d in parts], 1),
+            torch.cat([d.dones for d in parts], 1),
+            dict(parts[-1].metrics),
         )
 
     @classmethod

@@ -29,6 +29,7 @@ test worlds ``eval.world_seed + i`` (the SUMMARY figures). The three sets must n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -44,6 +45,7 @@ import torch
 
 from isr_direct_dynamics.config import ConfigError, json_dumps
 from isr_direct_dynamics.io_checks import (
+    atomic_write_bytes,
     atomic_write_text,
     check_output_dir,
     describe_exception,
@@ -396,18 +398,19 @@ def _skipped_for_pretrained(exp: Experiment, stage: str) -> dict[str, Any] | Non
     return {"skipped": "rl.pretrained", "pretrained": str(exp.cfg.rl.pretrained)}
 
 
-def stage_data(exp: Experiment) -> dict[str, Any]:
-    """Collect expert demonstrations into ``data/demonstrations.pt``."""
-    skipped = _skipped_for_pretrained(exp, "data")
-    if skipped is not None:
-        return skipped
+def _collect(
+    exp: Experiment, seeds: list[int], desc: str, learner: Callable[[Any], Any] | None = None
+) -> tuple[Demonstrations, float]:
+    """Fly ``seeds`` (one drone per world, whole episodes) labelled by the scripted expert.
+
+    The expert flies unless a ``learner`` does (DAgger). Returns the data and the flight time.
+    """
     cfg, log = exp.cfg, exp.logger("data")
-    seeds = [cfg.env.seed + i for i in range(cfg.data.num_worlds)]
     t0 = time.perf_counter()
     env = make_env(cfg.env, seeds, 1, False, seed=cfg.seed, device=cfg.device, camera=False)
     log.info("built %d worlds in %.1f s", len(seeds), time.perf_counter() - t0)
     total = cfg.data.episodes * env.max_episode_steps
-    bar = _progress(cfg, total=total * env.num_envs, desc="data", unit="step", unit_scale=True)
+    bar = _progress(cfg, total=total * env.num_envs, desc=desc, unit="step", unit_scale=True)
     last = [0]
 
     def progress(step: int, _total: int) -> None:
@@ -419,15 +422,26 @@ def stage_data(exp: Experiment) -> dict[str, Any]:
         env,
         episodes=cfg.data.episodes,
         action_noise=cfg.data.action_noise,
-        seed=cfg.seed,
+        seed=cfg.seed + seeds[0],
         expert_kwargs={
             "altitude_m": cfg.data.expert_altitude_m,
             "speed_m_s": cfg.data.expert_speed_m_s,
         },
         progress=progress,
+        learner=learner,
     )
     bar.close()
-    dt = time.perf_counter() - t1
+    return demos, time.perf_counter() - t1
+
+
+def stage_data(exp: Experiment) -> dict[str, Any]:
+    """Collect expert demonstrations into ``data/demonstrations.pt``."""
+    skipped = _skipped_for_pretrained(exp, "data")
+    if skipped is not None:
+        return skipped
+    cfg, log = exp.cfg, exp.logger("data")
+    seeds = [cfg.env.seed + i for i in range(cfg.data.num_worlds)]
+    demos, dt = _collect(exp, seeds, "data")
     demos.save(exp.data_dir / "demonstrations.pt")
     info = {
         "samples": demos.num_samples,
@@ -511,7 +525,72 @@ def stage_imitation(exp: Experiment) -> dict[str, Any]:
         info["epochs"],
         ", early stop" if result.stopped_early else "",
     )
+    if cfg.bc.dagger_rounds:
+        info["dagger"] = _dagger(exp, model, demos)
     return info
+
+
+def _dagger(exp: Experiment, model: torch.nn.Module, demos: Demonstrations) -> list[dict]:
+    """DAgger rounds (``bc.dagger_rounds``).
+
+    Each round the clone flies new worlds, the expert labels the states, cloning continues on all
+    data. Each round's data (``data/dagger_<r>.pt``) and cloning (``imitation_model/dagger_<r>/``)
+    are kept, so an interrupted stage resumes where it stopped; the last round's best model
+    becomes ``imitation_model/best.pt``.
+    """
+    cfg, log = exp.cfg, exp.logger("imitation")
+    rounds, parts = [], [demos]
+    n = cfg.data.num_worlds
+    for r in range(1, cfg.bc.dagger_rounds + 1):
+        path = exp.data_dir / f"dagger_{r}.pt"
+        if path.is_file():
+            new, dt = Demonstrations.load(path), 0.0
+        else:
+            model.eval()
+
+            @torch.no_grad()
+            def learner(obs: Any) -> Any:
+                return model(obs.to(cfg.device)).clamp(-1.0, 1.0)
+
+            seeds = [cfg.env.seed + r * n + i for i in range(n)]
+            new, dt = _collect(exp, seeds, f"dagger {r}", learner=learner)
+            new.save(path)
+            model.train()
+        parts.append(new)
+        data = Demonstrations.concat(parts)
+        bc = dataclasses.replace(cfg.bc, epochs=cfg.bc.dagger_epochs)
+        bar = _progress(cfg, total=bc.epochs, desc=f"dagger {r} BC", unit="epoch")
+
+        def on_epoch(epoch: int, h: dict[str, float], bar: Any = bar) -> None:
+            bar.n = epoch
+            bar.set_postfix(train=f"{h['train_loss']:.4g}", val=f"{h['val_loss']:.4g}")
+            bar.refresh()
+
+        out = exp.imitation_dir / f"dagger_{r}"
+        res = train_bc(
+            model, data, bc, seed=cfg.seed + r, out_dir=out, device=cfg.device, on_epoch=on_epoch
+        )
+        bar.close()
+        rec = {
+            "round": r,
+            "learner_targets_found": new.metrics.get("targets_found", float("nan")),
+            "learner_coverage": new.metrics.get("coverage", float("nan")),
+            "samples": data.num_samples,
+            "best_val_loss": res.best_val_loss,
+            "collect_s": dt,
+        }
+        rounds.append(rec)
+        log.info(
+            "DAgger round %d: the clone (with action noise) found %.1f%% of the targets on %d new "
+            "worlds; BC on %d samples, val MSE %.4g",
+            r,
+            100 * rec["learner_targets_found"],
+            n,
+            data.num_samples,
+            res.best_val_loss,
+        )
+    atomic_write_bytes(exp.imitation_dir / "best.pt", (out / "best.pt").read_bytes())
+    return rounds
 
 
 class _RLState:

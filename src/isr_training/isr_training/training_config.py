@@ -171,7 +171,9 @@ class TrainingConfig:
             rl = list(self.env.world_seeds)
         else:
             rl = [self.env.seed + i for i in range(self.env.num_worlds)]
-        demo = [self.env.seed + i for i in range(self.data.num_worlds)]
+        demo = [  # the demonstrations' worlds, then those of every DAgger round
+            self.env.seed + i for i in range(self.data.num_worlds * (1 + self.bc.dagger_rounds))
+        ]
         return sorted(set(rl) | set(demo))
 
     def validation_seeds(self) -> list[int]:
@@ -202,9 +204,11 @@ class TrainingConfig:
             f"{steps:,} steps per drone; at most {MAX_EPISODE_STEPS:,}",
         )
         row = (observation_size(self.env.task) + 4) * 4 + 1  # obs + action (float32) + done
+        sets = 1 + self.bc.dagger_rounds
         check_memory(
-            steps * self.data.num_worlds * row,
-            f"the demonstrations ({self.data.num_worlds} drones x {steps:,} steps)",
+            steps * self.data.num_worlds * sets * row,
+            f"the demonstrations ({self.data.num_worlds} drones x {steps:,} steps"
+            + (f" x {sets} with the DAgger rounds)" if sets > 1 else ")"),
             "data.num_worlds",
         )
         train, val, test = (

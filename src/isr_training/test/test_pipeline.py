@@ -252,3 +252,39 @@ def test_summary_text_of_a_run_without_rl_says_so():
     m["targets_found_se"] = 0.05
     row = next(ln for ln in summary_text(s).splitlines() if ln.startswith("final  "))
     assert "+-5.0" in row
+
+
+@pytest.mark.integration
+def test_dagger_rounds_add_learner_flown_data_labelled_by_the_expert(tmp_path):
+    from isr_training.imitation import Demonstrations
+
+    cfg = resolve_config("quick", [*TINY, "bc.dagger_rounds=2", "bc.dagger_epochs=2"])
+    # The rounds' worlds are training worlds: seeds env.seed + [0, 3 x data.num_worlds).
+    assert cfg.training_seeds() == list(range(6))
+    exp = Experiment.create(cfg, tmp_path)
+    run_pipeline(exp, ["data", "imitation"])
+    first = Demonstrations.load(exp.data_dir / "demonstrations.pt")
+    info = json.loads(exp.marker("imitation").read_text())
+    rounds = info["result"]["dagger"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["samples"] for r in rounds] == [2 * first.num_samples, 3 * first.num_samples]
+    for r in (1, 2):
+        new = Demonstrations.load(exp.data_dir / f"dagger_{r}.pt")
+        assert new.obs.shape == first.obs.shape
+        # The labels are the expert's clean actions in [-1, 1], not the learner's.
+        assert new.actions.abs().max() <= 1.0 and not torch.equal(new.obs, first.obs)
+        assert 0.0 <= rounds[r - 1]["learner_targets_found"] <= 1.0
+        assert (exp.imitation_dir / f"dagger_{r}" / "best.pt").is_file()
+    last = (exp.imitation_dir / "dagger_2" / "best.pt").read_bytes()
+    assert (exp.imitation_dir / "best.pt").read_bytes() == last
+    with pytest.raises(ValueError, match="different lengths"):
+        Demonstrations.concat(
+            [first, Demonstrations(first.obs[:3], first.actions[:3], first.dones[:3])]
+        )
+
+
+def test_dagger_needs_the_mlp_clone():
+    from isr_direct_dynamics.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dagger_rounds"):
+        resolve_config("quick", [*TINY, "bc.dagger_rounds=1", "bc.model=lstm"])
