@@ -15,7 +15,9 @@ import yaml
 from isr_direct_dynamics import DirectDynamics, DirectDynamicsConfig, InitialState, from_dict
 from isr_direct_dynamics.config import ConfigError
 from isr_px4_eval.cli.tuning import register
-from isr_px4_eval.px4.logs import FlightLog, FlightLogError, read_bag, read_ulog
+from isr_px4_eval.px4.logs import FlightLog, FlightLogError
+from isr_px4_eval.px4.logs_bag import read_bag
+from isr_px4_eval.px4.logs_ulog import read_ulog
 from isr_px4_eval.tuning.embedded import EmbeddedConfig, fit_from_embedded
 from isr_px4_eval.tuning.fit import fit_tilt_drag, tune_flight
 from isr_px4_eval.tuning.outputs import write_dynamics_config

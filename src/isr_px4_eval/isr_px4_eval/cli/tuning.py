@@ -25,7 +25,9 @@ import torch
 from isr_direct_dynamics import DirectDynamicsConfig
 from isr_direct_dynamics.config import ConfigError, json_dumps, load_yaml, run_command
 from isr_direct_dynamics.io_checks import atomic_write_text, check_output_file
-from isr_px4_eval.px4.logs import BagTopics, FlightLog, FlightLogConfig, read_bag, read_ulog
+from isr_px4_eval.px4.logs import BagTopics, FlightLog, FlightLogConfig
+from isr_px4_eval.px4.logs_bag import read_bag
+from isr_px4_eval.px4.logs_ulog import read_ulog
 from isr_px4_eval.tuning.embedded import EmbeddedConfig, fit_from_embedded
 from isr_px4_eval.tuning.fit import TuningResult, tune_flight
 from isr_px4_eval.tuning.outputs import plot_fit, write_dynamics_config
