@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from isr_px4_eval.cli.main import main
-from isr_px4_eval.evidence.recording import T_IMAGE, TOPIC_RENDERED, BagSource, record_policy_run
+from isr_px4_eval.evidence.bags import BagSource
+from isr_px4_eval.evidence.recording import T_IMAGE, TOPIC_RENDERED, record_policy_run
 from isr_px4_eval.evidence.video import make_video
 from isr_sim_bridge import rosmsg
 

@@ -14,15 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isr_px4_eval.px4.logs import (
-    BagTopics,
-    FlightLog,
-    FlightLogConfig,
-    FlightLogError,
-    read_bag,
-    read_flight_log,
-    read_ulog,
-)
+from isr_px4_eval.px4.logs import BagTopics, FlightLog, FlightLogConfig, FlightLogError
+from isr_px4_eval.px4.logs_bag import read_bag
+from isr_px4_eval.px4.logs_ulog import read_flight_log, read_ulog
 from isr_px4_eval.px4.msgs_defs import PX4_MSG_DEFS, px4_typestore
 
 DATA = Path(__file__).parent / "data"

@@ -85,7 +85,7 @@ def test_px4_rehearse_cli_flies_an_exported_policy(tmp_path, capsys, export_tiny
     assert res["messages"]["trajectory_setpoint"] > 8.0 / 0.05  # 20 Hz setpoints while flying
     assert len(res["trajectory"]) == 81  # 80 decisions and the final pose
     # the episode as a rosbag2 of the live graph's topics; isr video renders it
-    from isr_px4_eval.evidence.recording import BagSource
+    from isr_px4_eval.evidence.bags import BagSource
 
     src = BagSource(bag)
     odom = [m for _, _, m in src.messages(["/drone_0/odom"])]

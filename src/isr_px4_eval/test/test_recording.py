@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from isr_px4_eval.evidence.bags import BagSource
+from isr_px4_eval.evidence.npz import npz_to_bag
 from isr_px4_eval.evidence.recording import (
     T_DET,
     T_IMAGE,
     T_ODOM,
     BagError,
     BagRecorder,
-    BagSource,
     EnvRecorder,
     StepRecord,
-    npz_to_bag,
 )
 from isr_sim_bridge import rosmsg
 

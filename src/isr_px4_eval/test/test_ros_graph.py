@@ -103,7 +103,7 @@ def ros(tmp_path_factory) -> Ros:
 
 
 def _bag_topics(bag: Path) -> dict[str, int]:
-    from isr_px4_eval.evidence.recording import BagSource
+    from isr_px4_eval.evidence.bags import BagSource
 
     src = BagSource(bag)
     counts: dict[str, int] = {}
@@ -151,7 +151,7 @@ def test_eval_launch_embedded_publishes_live_records_and_ends(ros, tmp_path, exp
     # live snapshots every 0.05 s of wall time (the run keeps its speed), with simulated time
     assert counts.get("/drone_0/odom", 0) >= 5 and counts.get("/tf", 0) >= 5, counts
     assert res["real_time_factor"]["per_drone"] > 10.0, res["real_time_factor"]
-    from isr_px4_eval.evidence.recording import BagSource
+    from isr_px4_eval.evidence.bags import BagSource
     from isr_sim_bridge.rosmsg import stamp_to_sec
 
     clock = [stamp_to_sec(m.clock) for _, _, m in BagSource(bag).messages(["/clock"])]
@@ -241,7 +241,7 @@ def test_fast_train_launch_trains_shows_drones_and_ends(ros, tmp_path):
     # the live view: the trainer's drones, rendered by sim_bridge from their odometry
     assert counts.get("/drone_0/odom", 0) >= 1 and counts.get("/drone_1/odom", 0) >= 1, counts
     assert counts.get("/drone_0/camera/image_raw", 0) >= 1, counts
-    from isr_px4_eval.evidence.recording import BagSource
+    from isr_px4_eval.evidence.bags import BagSource
 
     progress = [m for _, _, m in BagSource(bag).messages(["/isr/training_progress"])]
     rl = [m for m in progress if m.stage == "rl"]

@@ -15,21 +15,21 @@ import yaml
 from isr_direct_dynamics import DirectDynamics, DirectDynamicsConfig, InitialState, from_dict
 from isr_direct_dynamics.config import ConfigError
 from isr_px4_eval.cli.tuning import register
-from isr_px4_eval.px4.logs import FlightLog, FlightLogError, read_bag, read_ulog
-from isr_px4_eval.tuning.fit import (
+from isr_px4_eval.px4.logs import FlightLog, FlightLogError
+from isr_px4_eval.px4.logs_bag import read_bag
+from isr_px4_eval.px4.logs_ulog import read_ulog
+from isr_px4_eval.tuning.embedded import EmbeddedConfig, fit_from_embedded
+from isr_px4_eval.tuning.fit import fit_tilt_drag, tune_flight
+from isr_px4_eval.tuning.outputs import write_dynamics_config
+from isr_px4_eval.tuning.replay import (
     Candidates,
-    EmbeddedConfig,
     FitParams,
     TuningConfig,
-    cem_search,
-    fit_from_embedded,
-    fit_tilt_drag,
     make_windows,
     replay,
     rmse_table,
-    tune_flight,
-    write_dynamics_config,
 )
+from isr_px4_eval.tuning.search import cem_search
 
 DATA = Path(__file__).parent / "data"
 BAG_FIXTURE = DATA / "px4_sih_flight2_trim"

@@ -45,7 +45,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _npz(args: argparse.Namespace) -> int:
-    from isr_px4_eval.evidence.recording import npz_to_bag
+    from isr_px4_eval.evidence.npz import npz_to_bag
 
     check_output_dir(args.out, "-o/--out", new=True)
     print(f"[record] {npz_to_bag(args.npz, args.out, args.test_name, args.phase)}")

@@ -25,16 +25,13 @@ import torch
 from isr_direct_dynamics import DirectDynamicsConfig
 from isr_direct_dynamics.config import ConfigError, json_dumps, load_yaml, run_command
 from isr_direct_dynamics.io_checks import atomic_write_text, check_output_file
-from isr_px4_eval.px4.logs import BagTopics, FlightLog, FlightLogConfig, read_bag, read_ulog
-from isr_px4_eval.tuning.fit import (
-    EmbeddedConfig,
-    TuningConfig,
-    TuningResult,
-    fit_from_embedded,
-    plot_fit,
-    tune_flight,
-    write_dynamics_config,
-)
+from isr_px4_eval.px4.logs import BagTopics, FlightLog, FlightLogConfig
+from isr_px4_eval.px4.logs_bag import read_bag
+from isr_px4_eval.px4.logs_ulog import read_ulog
+from isr_px4_eval.tuning.embedded import EmbeddedConfig, fit_from_embedded
+from isr_px4_eval.tuning.fit import TuningResult, tune_flight
+from isr_px4_eval.tuning.outputs import plot_fit, write_dynamics_config
+from isr_px4_eval.tuning.replay import TuningConfig
 
 BAG_STATES = ("auto", "odometry", "local_position")
 ULOG_STATES = {
@@ -166,7 +163,7 @@ def run_replay_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from isr_direct_dynamics.threads import configure_threads
-    from isr_px4_eval.tuning.fit import Candidates, FitParams, make_windows
+    from isr_px4_eval.tuning.replay import Candidates, FitParams, make_windows
 
     configure_threads(args.threads)
     dt, n = 0.02, int(round(args.seconds / 0.02))
@@ -191,7 +188,7 @@ def run_replay_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cands = Candidates.from_params(
         [FitParams(delay_s=0.02 * (i % 16)) for i in range(args.candidates)], dt, args.device
     )
-    from isr_px4_eval.tuning.fit import replay
+    from isr_px4_eval.tuning.replay import replay
 
     t0 = time.perf_counter()
     replay(batch, cands)

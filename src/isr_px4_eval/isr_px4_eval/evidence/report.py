@@ -305,7 +305,8 @@ class Report:
         )
         for b in bags:
             try:
-                from isr_px4_eval.evidence.recording import T_ODOM, BagSource
+                from isr_px4_eval.evidence.bags import BagSource
+                from isr_px4_eval.evidence.recording import T_ODOM
                 from isr_sim_bridge.rosmsg import odometry_to_numpy
 
                 src = BagSource(b)

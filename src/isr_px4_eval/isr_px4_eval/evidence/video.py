@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from isr_direct_dynamics.config import json_dumps
+from isr_px4_eval.evidence.bags import BagSource, natural_key
 from isr_px4_eval.evidence.recording import (
     T_BOOL,
     T_DET,
@@ -46,8 +47,6 @@ from isr_px4_eval.evidence.recording import (
     TOPIC_RENDERED,
     TOPIC_STEP_METRICS,
     BagError,
-    BagSource,
-    natural_key,
 )
 from isr_sim_bridge import rosmsg
 

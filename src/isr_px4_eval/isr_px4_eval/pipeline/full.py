@@ -569,7 +569,7 @@ def stage_parity(run: PipelineRun) -> dict[str, Any]:
         replay_open_loop,
     )
     from isr_px4_eval.evaluation.run import build_env_config, write_json
-    from isr_px4_eval.evidence.recording import npz_to_bag
+    from isr_px4_eval.evidence.npz import npz_to_bag
 
     tol = load_tolerances()
     tol.validate()

@@ -36,18 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from isr_direct_dynamics.io_checks import describe_exception
 from isr_px4_eval.px4.frames import (
-    euler_yaw_rate_from_body_rates,
     ned_to_enu_vector,
-    quat_rotate_wxyz,
     wrap_angle_rad,
-    yaw_from_quat_wxyz,
     yaw_ned_to_enu,
     yaw_rate_ned_to_enu,
 )
@@ -260,7 +255,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------- raw streams
 @dataclass
-class _Streams:
+class RawStreams:
     """Source-specific extraction result, PX4 frames (NED), seconds in the source time base."""
 
     state_t_s: np.ndarray  # (M,)
@@ -284,7 +279,7 @@ class _Streams:
     notes: list[str] = field(default_factory=list)
 
 
-def _zoh_index(t_samples: np.ndarray, t_query: np.ndarray) -> np.ndarray:
+def zoh_index(t_samples: np.ndarray, t_query: np.ndarray) -> np.ndarray:
     """Index of the last sample at or before each query time (-1 before the first)."""
     return np.searchsorted(t_samples, t_query, side="right") - 1
 
@@ -315,7 +310,7 @@ def _heading_rate(t_s: np.ndarray, heading: np.ndarray, half_width: int) -> np.n
     return np.where(dt > 0, rate, 0.0)
 
 
-def _build(streams: _Streams, cfg: FlightLogConfig) -> FlightLog:
+def build_flight_log(streams: RawStreams, cfg: FlightLogConfig) -> FlightLog:
     """Resample ``streams`` on the uniform grid and compute the valid mask."""
     s = streams
     order = np.argsort(s.state_t_s, kind="stable")
@@ -369,7 +364,7 @@ def _build(streams: _Streams, cfg: FlightLogConfig) -> FlightLog:
     fresh_state = (st_t[hi] - st_t[hi - 1]) <= cfg.max_gap_s
 
     # Setpoints: zero-order hold; stale after the timeout.
-    k = _zoh_index(sp_t_eff, grid)
+    k = zoh_index(sp_t_eff, grid)
     have_sp = k >= 0
     kc = np.clip(k, 0, None)
     fresh_sp = have_sp & ((grid - sp_t[kc]) <= cfg.setpoint_timeout_s)
@@ -384,7 +379,7 @@ def _build(streams: _Streams, cfg: FlightLogConfig) -> FlightLog:
     if s.status_t_s is not None and len(s.status_t_s) > 0:
         so = np.argsort(s.status_t_s, kind="stable")
         stat_t = s.status_t_s[so]
-        j = _zoh_index(stat_t, grid)
+        j = zoh_index(stat_t, grid)
         jc = np.clip(j, 0, None)
         known = j >= 0
         offboard = known & s.offboard[so][jc]
@@ -427,376 +422,6 @@ def _build(streams: _Streams, cfg: FlightLogConfig) -> FlightLog:
     )
 
 
-# ---------------------------------------------------------------------------------- rosbag2
-StateSource = Literal["auto", "odometry", "local_position"]
-
-
-def read_bag(
-    path: str | Path,
-    topics: BagTopics | None = None,
-    config: FlightLogConfig | None = None,
-    state_source: StateSource = "auto",
-) -> FlightLog:
-    """Read a rosbag2 recording (MCAP or sqlite3; directory or single ``.mcap``) of a PX4 flight.
-
-    Args:
-        path: the bag directory (with ``metadata.yaml``) or an ``.mcap`` file.
-        topics: topic names (defaults: PX4 v1.15 names, no namespace).
-        config: resampling and validity options.
-        state_source: ``odometry`` (VehicleOdometry), ``local_position`` (VehicleLocalPosition)
-            or ``auto`` (odometry when recorded, else local position).
-
-    Raises:
-        FlightLogError: missing file, not a bag, or a needed topic missing (the message lists the
-            topics the bag holds).
-    """
-    from rosbags.highlevel import AnyReader
-
-    from isr_px4_eval.px4.msgs_defs import px4_typestore
-
-    topics = topics or BagTopics()
-    config = config or FlightLogConfig()
-    config.validate()
-    path = Path(path)
-    if not path.exists():
-        raise FlightLogError(f"bag not found: {path}")
-    if path.is_dir() and not (path / "metadata.yaml").is_file():
-        mcaps = sorted(path.glob("*.mcap"))
-        if len(mcaps) != 1:
-            held = ", ".join(p.name for p in mcaps) or "no .mcap file"
-            raise FlightLogError(
-                f"cannot open {path} as a rosbag2 bag: the directory has no metadata.yaml (it "
-                f"holds {held}); give the bag's .mcap file instead"
-            )
-        path = mcaps[0]  # a bag cut short before its metadata: read its storage file
-    if path.is_file() and path.stat().st_size == 0:
-        raise FlightLogError(f"bag {path} is empty (0 bytes)")
-    try:
-        reader = AnyReader([path], default_typestore=px4_typestore())
-        reader.open()
-    except Exception as exc:  # rosbags raises several unrelated types for unreadable input
-        why = describe_exception(exc)
-        raise FlightLogError(f"cannot open {path} as a rosbag2 bag: {why}") from None
-    try:
-        by_topic = {c.topic: c for c in reader.connections}
-        holds = (
-            ", ".join(f"{c.topic} ({c.msgtype}, {c.msgcount} msgs)" for c in reader.connections)
-            or "no topics"
-        )
-        odom_t, lpos_t = topics.resolve("odometry"), topics.resolve("local_position")
-        sp_topic, status_topic = (
-            topics.resolve("trajectory_setpoint"),
-            topics.resolve("vehicle_status"),
-        )
-        if state_source == "auto":
-            state_topic = odom_t if odom_t in by_topic else lpos_t
-        elif state_source == "odometry":
-            state_topic = odom_t
-        elif state_source == "local_position":
-            state_topic = lpos_t
-        else:
-            raise FlightLogError(
-                f"state_source must be auto, odometry or local_position, got {state_source!r}"
-            )
-        missing = [t for t in (state_topic, sp_topic) if t not in by_topic]
-        if missing:
-            wanted = (
-                f"{odom_t} or {lpos_t}" if state_source == "auto" and state_topic in missing else ""
-            )
-            names = [wanted if (t == state_topic and wanted) else t for t in missing]
-            raise FlightLogError(
-                f"bag {path} lacks the topic(s) {', '.join(names)} (needed: measured state and "
-                f"{sp_topic}); the bag holds: {holds}"
-            )
-        for t in (state_topic, sp_topic):
-            if by_topic[t].msgcount == 0:
-                raise FlightLogError(
-                    f"bag {path}: topic {t} has no messages; the bag holds: {holds}"
-                )
-        try:
-            streams = _read_bag_streams(
-                reader, by_topic, state_topic, odom_t, sp_topic, status_topic
-            )
-        except FlightLogError:
-            raise
-        except Exception as exc:  # rosbags/CDR errors of a damaged bag
-            raise FlightLogError(
-                f"bag {path} is corrupt: cannot read its messages ({describe_exception(exc)})"
-            ) from None
-    finally:
-        reader.close()
-    streams.source = f"rosbag2 {path} ({state_topic}, {sp_topic})"
-    return _build(streams, config)
-
-
-def _read_bag_streams(
-    reader: Any,
-    by_topic: dict[str, Any],
-    state_topic: str,
-    odom_topic: str,
-    sp_topic: str,
-    status_topic: str,
-) -> _Streams:
-    """Deserialize the needed topics; times are receive (log) times in seconds."""
-    state_rows: list[tuple[float, ...]] = []
-    sp_rows: list[tuple[float, ...]] = []
-    status_rows: list[tuple[float, bool, bool, bool]] = []
-    is_odom = state_topic == odom_topic
-    conns = [by_topic[state_topic], by_topic[sp_topic]]
-    has_status = status_topic in by_topic and by_topic[status_topic].msgcount > 0
-    if has_status:
-        conns.append(by_topic[status_topic])
-    bad_frames: set[int] = set()
-    # Times relative to the bag start (exact integer nanoseconds first: epoch seconds in float64
-    # would only resolve ~0.2 us).
-    t0_ns = int(reader.start_time)
-    for conn, log_time_ns, raw in reader.messages(connections=conns):
-        msg = reader.deserialize(raw, conn.msgtype)
-        t = (log_time_ns - t0_ns) * 1e-9
-        if conn.topic == state_topic:
-            if is_odom:
-                frame = int(msg.velocity_frame)
-                q = np.asarray(msg.q, dtype=np.float64)
-                v = np.asarray(msg.velocity, dtype=np.float64)
-                if frame == VELOCITY_FRAME_BODY_FRD:
-                    v = quat_rotate_wxyz(q, v)
-                elif frame != VELOCITY_FRAME_NED:
-                    bad_frames.add(frame)
-                    v = np.full(3, np.nan)
-                state_rows.append((t, *msg.position, *v, *q, *msg.angular_velocity))
-            else:
-                ok_xy, ok_z = bool(msg.v_xy_valid), bool(msg.v_z_valid)
-                vx = msg.vx if ok_xy else math.nan
-                vy = msg.vy if ok_xy else math.nan
-                vz = msg.vz if ok_z else math.nan
-                state_rows.append((t, msg.x, msg.y, msg.z, vx, vy, vz, msg.heading))
-        elif conn.topic == sp_topic:
-            sp_rows.append((t, *msg.velocity, msg.yaw, msg.yawspeed))
-        else:
-            status_rows.append(
-                (
-                    t,
-                    int(msg.nav_state) == NAVIGATION_STATE_OFFBOARD,
-                    int(msg.arming_state) == ARMING_STATE_ARMED,
-                    int(msg.takeoff_time) != 0,
-                )
-            )
-    st = np.asarray(state_rows, dtype=np.float64)
-    sp = np.asarray(sp_rows, dtype=np.float64)
-    notes = []
-    if bad_frames:
-        notes.append(
-            f"odometry samples with unsupported velocity_frame {sorted(bad_frames)} dropped"
-        )
-    thrust_dir = None
-    if is_odom:
-        q = st[:, 7:11]
-        heading = yaw_from_quat_wxyz(q)
-        yawspeed = euler_yaw_rate_from_body_rates(q, st[:, 11:14])
-        # body FRD -> NED: the thrust points along body -z
-        thrust_dir = quat_rotate_wxyz(q, np.array([0.0, 0.0, -1.0]))
-    else:
-        heading = st[:, 7]
-        yawspeed = None
-    streams = _Streams(
-        state_t_s=st[:, 0],
-        pos_ned_m=st[:, 1:4],
-        vel_ned_m_s=st[:, 4:7],
-        heading_ned_rad=heading,
-        yawspeed_ned_rad_s=yawspeed,
-        thrust_dir_ned=thrust_dir,
-        sp_t_s=sp[:, 0],
-        sp_vel_ned_m_s=sp[:, 1:4],
-        sp_yaw_ned_rad=sp[:, 4],
-        sp_yawspeed_ned_rad_s=sp[:, 5],
-        time_base="bag receive time (MCAP log time), s",
-        notes=notes,
-        t_offset_s=t0_ns * 1e-9,
-    )
-    if has_status:
-        stat = np.asarray(status_rows, dtype=np.float64)
-        streams.status_t_s = stat[:, 0]
-        streams.offboard = stat[:, 1] > 0.5
-        streams.armed = stat[:, 2] > 0.5
-        streams.took_off = stat[:, 3] > 0.5
-    return streams
-
-
-# ---------------------------------------------------------------------------------- ULog
-ULOG_STATE_TOPICS: tuple[str, ...] = (
-    "vehicle_local_position",
-    "vehicle_local_position_groundtruth",
-)
-"""ULog messages accepted as the measured state."""
-
-
-def read_ulog(
-    path: str | Path,
-    config: FlightLogConfig | None = None,
-    state_topic: str = "vehicle_local_position",
-    setpoint_topic: str = "trajectory_setpoint",
-) -> FlightLog:
-    """Read a PX4 ULog: measured state, offboard trajectory setpoints, flight state.
-
-    Args:
-        path: the ``.ulg`` file.
-        config: resampling and validity options.
-        state_topic: ``vehicle_local_position`` (EKF estimate, as PX4 publishes to ROS 2) or
-            ``vehicle_local_position_groundtruth`` (simulator truth, SIH/Gazebo only).
-        setpoint_topic: the uORB setpoint message (``trajectory_setpoint``).
-
-    Offboard samples come from ``vehicle_status`` (``nav_state == 14``, armed, ``takeoff_time``
-    set); a log without ``vehicle_status`` falls back to ``offboard_control_mode`` being received
-    (within ``setpoint_timeout_s``) and ``vehicle_land_detected.landed`` where logged.
-
-    Raises:
-        FlightLogError: missing file, not a ULog, or a needed message missing (the message lists
-            the messages the log holds).
-    """
-    from pyulog import ULog
-
-    config = config or FlightLogConfig()
-    config.validate()
-    path = Path(path)
-    if not path.is_file():
-        raise FlightLogError(f"ULog not found: {path}")
-    wanted = [
-        state_topic,
-        setpoint_topic,
-        "vehicle_status",
-        "offboard_control_mode",
-        "vehicle_land_detected",
-        "vehicle_attitude",
-    ]
-    try:
-        ulog = ULog(str(path), message_name_filter_list=wanted)
-    except Exception as exc:  # pyulog raises ULogException, struct.error, ...
-        why = describe_exception(exc)
-        raise FlightLogError(f"cannot read {path} as a ULog: {why}") from None
-    data = {d.name: d.data for d in ulog.data_list if d.multi_id == 0}
-    missing = [m for m in (state_topic, setpoint_topic) if m not in data]
-    if "vehicle_status" not in data and "offboard_control_mode" not in data:
-        missing.append("vehicle_status (or offboard_control_mode)")
-    if missing:
-        try:
-            everything = ULog(str(path))
-            logged = ", ".join(
-                f"{d.name} ({len(d.data['timestamp'])} msgs)" for d in everything.data_list
-            )
-            corrupt = everything.file_corruption
-        except Exception:  # noqa: BLE001 - the filtered read worked; this one is for the message
-            logged, corrupt = "", True
-        damaged = " (the file is cut short or corrupt)" if corrupt or not logged else ""
-        raise FlightLogError(
-            f"ULog {path} lacks the message(s) {', '.join(missing)}; it holds: "
-            f"{logged or 'no data messages'}{damaged}"
-        )
-
-    lp = data[state_topic]
-    t_state = lp["timestamp"] * 1e-6
-    vel = np.column_stack([lp["vx"], lp["vy"], lp["vz"]]).astype(np.float64)
-    if "v_xy_valid" in lp and "v_z_valid" in lp:
-        vel[lp["v_xy_valid"] == 0, :2] = np.nan
-        vel[lp["v_z_valid"] == 0, 2] = np.nan
-    pos = np.column_stack([lp["x"], lp["y"], lp["z"]]).astype(np.float64)
-    heading = np.asarray(lp["heading"], dtype=np.float64)
-    thrust_dir = None
-    if "vehicle_attitude" in data:  # optional: the thrust direction (body -z) for the tilt fit
-        att = data["vehicle_attitude"]
-        q = np.column_stack([att[f"q[{i}]"] for i in range(4)]).astype(np.float64)
-        up = quat_rotate_wxyz(q, np.array([0.0, 0.0, -1.0]))
-        t_att = att["timestamp"] * 1e-6
-        thrust_dir = np.column_stack([np.interp(t_state, t_att, up[:, i]) for i in range(3)])
-
-    sp = data[setpoint_topic]
-    sp_t = sp["timestamp"] * 1e-6
-    sp_vel = np.column_stack([sp[f"velocity[{i}]"] for i in range(3)]).astype(np.float64)
-    sp_yaw = np.asarray(sp["yaw"], dtype=np.float64)
-    sp_yawspeed = np.asarray(sp["yawspeed"], dtype=np.float64)
-
-    notes: list[str] = []
-    status_t = offboard = armed = took_off = None
-    if "vehicle_status" in data:
-        vs = data["vehicle_status"]
-        status_t = vs["timestamp"] * 1e-6
-        offboard = vs["nav_state"] == NAVIGATION_STATE_OFFBOARD
-        armed = vs["arming_state"] == ARMING_STATE_ARMED
-        if "takeoff_time" in vs:
-            took_off = vs["takeoff_time"] != 0
-        else:
-            took_off = _landed_to_took_off(data, status_t, notes)
-    else:
-        ocm_t = data["offboard_control_mode"]["timestamp"] * 1e-6
-        status_t = np.union1d(ocm_t, ocm_t + config.setpoint_timeout_s)
-        offboard = _zoh_fresh(ocm_t, status_t, config.setpoint_timeout_s)
-        armed = np.ones(len(status_t), dtype=bool)
-        took_off = _landed_to_took_off(data, status_t, notes)
-        notes.append("no vehicle_status: offboard = offboard_control_mode received, armed assumed")
-
-    # The uORB trajectory_setpoint also holds PX4's own setpoints: keep the OFFBOARD+armed ones.
-    j = _zoh_index(status_t, sp_t)
-    in_offboard = (j >= 0) & offboard[np.clip(j, 0, None)] & armed[np.clip(j, 0, None)]
-    streams = _Streams(
-        state_t_s=t_state,
-        pos_ned_m=pos,
-        vel_ned_m_s=vel,
-        heading_ned_rad=heading,
-        yawspeed_ned_rad_s=None,
-        thrust_dir_ned=thrust_dir,
-        sp_t_s=sp_t[in_offboard],
-        sp_vel_ned_m_s=sp_vel[in_offboard],
-        sp_yaw_ned_rad=sp_yaw[in_offboard],
-        sp_yawspeed_ned_rad_s=sp_yawspeed[in_offboard],
-        status_t_s=status_t,
-        offboard=offboard,
-        armed=armed,
-        took_off=took_off,
-        sp_quantized=True,
-        source=f"ULog {path} ({state_topic}, {setpoint_topic})",
-        time_base="PX4 boot time (ULog timestamp), s",
-        notes=notes,
-    )
-    ver = ulog.msg_info_dict.get("ver_sw")
-    if ver:
-        streams.notes.append(f"PX4 ver_sw {ver}")
-    return _build(streams, config)
-
-
-def _zoh_fresh(t_samples: np.ndarray, t_query: np.ndarray, timeout_s: float) -> np.ndarray:
-    """True where the last sample at or before each query time is at most ``timeout_s`` old."""
-    k = _zoh_index(t_samples, t_query)
-    return (k >= 0) & ((t_query - t_samples[np.clip(k, 0, None)]) <= timeout_s)
-
-
-def _landed_to_took_off(
-    data: dict[str, dict[str, np.ndarray]], status_t: np.ndarray, notes: list[str]
-) -> np.ndarray:
-    """``not landed`` (vehicle_land_detected) sampled at ``status_t``; all True without it."""
-    if "vehicle_land_detected" not in data:
-        notes.append("no takeoff information: armed offboard samples count as airborne")
-        return np.ones(len(status_t), dtype=bool)
-    ld = data["vehicle_land_detected"]
-    k = _zoh_index(ld["timestamp"] * 1e-6, status_t)
-    return (k >= 0) & (ld["landed"][np.clip(k, 0, None)] == 0)
-
-
-def read_flight_log(
-    path: str | Path,
-    kind: Literal["bag", "ulog", "auto"] = "auto",
-    config: FlightLogConfig | None = None,
-    **kwargs: Any,
-) -> FlightLog:
-    """Read a bag or a ULog; ``auto`` picks by the path (``.ulg`` file = ULog, else bag)."""
-    p = Path(path)
-    if kind == "auto":
-        kind = "ulog" if p.suffix == ".ulg" else "bag"
-    if kind == "ulog":
-        return read_ulog(p, config=config, **kwargs)
-    if kind == "bag":
-        return read_bag(p, config=config, **kwargs)
-    raise FlightLogError(f"unknown log kind {kind!r} (bag, ulog or auto)")
-
-
 __all__ = [
     "ARMING_STATE_ARMED",
     "NAVIGATION_STATE_OFFBOARD",
@@ -804,7 +429,4 @@ __all__ = [
     "FlightLog",
     "FlightLogConfig",
     "FlightLogError",
-    "read_bag",
-    "read_flight_log",
-    "read_ulog",
 ]
