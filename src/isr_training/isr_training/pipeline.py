@@ -52,7 +52,7 @@ from isr_direct_dynamics.io_checks import (
     read_json_file,
     remove_stale_temp_files,
 )
-from isr_sim_bridge.world import cached_worlds, worlds_to_batch
+from isr_sim_bridge.world import cached_worlds, generate_worlds, worlds_to_batch
 
 from .baselines import RandomPolicy, ScriptedExpert, run_policy
 from .env import EnvConfig, ISREnv
@@ -297,8 +297,13 @@ def make_env(
     seed: int,
     device: str | torch.device,
     camera: bool | None = None,
+    cache: bool = True,
 ) -> ISREnv:
-    """An :class:`ISREnv` on the worlds ``seeds`` (generated worlds are cached per process)."""
+    """An :class:`ISREnv` on the worlds ``seeds``.
+
+    Generated worlds are cached per process (``cache``); worlds flown once (the DAgger rounds')
+    are not, so that their memory is freed with the environment.
+    """
     cfg = copy.deepcopy(base)
     cfg.num_worlds = len(seeds)
     cfg.world_seeds = list(seeds)
@@ -307,6 +312,8 @@ def make_env(
     cfg.seed = seed
     if camera is not None:
         cfg.camera = camera
+    if not cache:
+        return ISREnv(cfg, device, world=generate_worlds(cfg.world, seeds, device))
     return ISREnv(cfg, device, world=worlds_to_batch(cached_worlds(cfg.world, seeds), device))
 
 
@@ -407,7 +414,10 @@ def _collect(
     """
     cfg, log = exp.cfg, exp.logger("data")
     t0 = time.perf_counter()
-    env = make_env(cfg.env, seeds, 1, False, seed=cfg.seed, device=cfg.device, camera=False)
+    env = make_env(
+        cfg.env, seeds, 1, False, seed=cfg.seed, device=cfg.device, camera=False,
+        cache=learner is None,
+    )  # fmt: skip
     log.info("built %d worlds in %.1f s", len(seeds), time.perf_counter() - t0)
     total = cfg.data.episodes * env.max_episode_steps
     bar = _progress(cfg, total=total * env.num_envs, desc=desc, unit="step", unit_scale=True)
