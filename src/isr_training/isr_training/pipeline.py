@@ -1112,6 +1112,17 @@ def _transfer(
     return out
 
 
+def _dagger_text(rounds: list[dict[str, Any]]) -> str:
+    """`` + N DAgger rounds (...)`` for the SUMMARY's training line ('' without rounds)."""
+    if not rounds:
+        return ""
+    found = ", ".join(f"{100 * r['learner_targets_found']:.1f}%" for r in rounds)
+    return (
+        f" + {len(rounds)} DAgger round(s) of as many worlds flown by the clone (targets found "
+        f"with action noise: {found})"
+    )
+
+
 def build_summary(
     exp: Experiment, results: dict[str, dict[str, float]], diffs: dict[str, float], source: str
 ) -> dict[str, Any]:
@@ -1146,6 +1157,7 @@ def build_summary(
         "training": {
             "pretrained": cfg.rl.pretrained,
             "demonstration_worlds": cfg.data.num_worlds if cfg.rl.pretrained is None else 0,
+            "dagger": stages.get("imitation", {}).get("result", {}).get("dagger", []),
             "rl_worlds": cfg.env.num_worlds,
             "rl_drones_per_world": cfg.env.drones_per_world,
             "rl_algorithm": cfg.rl.algorithm,
@@ -1197,7 +1209,9 @@ def summary_text(s: dict[str, Any]) -> str:
         (
             f"Training: continued from {tr['pretrained']}; RL "
             if tr.get("pretrained")
-            else f"Training: demonstrations from {tr['demonstration_worlds']} worlds; RL "
+            else f"Training: demonstrations from {tr['demonstration_worlds']} worlds"
+            + _dagger_text(tr.get("dagger") or [])
+            + "; RL "
         )
         + (
             "none: the exported policy is the imitation policy"

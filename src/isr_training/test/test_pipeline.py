@@ -258,11 +258,13 @@ def test_summary_text_of_a_run_without_rl_says_so():
 def test_dagger_rounds_add_learner_flown_data_labelled_by_the_expert(tmp_path):
     from isr_training.imitation import Demonstrations
 
-    cfg = resolve_config("quick", [*TINY, "bc.dagger_rounds=2", "bc.dagger_epochs=2"])
+    cfg = resolve_config(
+        "quick", [*TINY, "bc.dagger_rounds=2", "bc.dagger_epochs=2", "rl.algorithm=none"]
+    )
     # The rounds' worlds are training worlds: seeds env.seed + [0, 3 x data.num_worlds).
     assert cfg.training_seeds() == list(range(6))
     exp = Experiment.create(cfg, tmp_path)
-    run_pipeline(exp, ["data", "imitation"])
+    run_pipeline(exp)
     first = Demonstrations.load(exp.data_dir / "demonstrations.pt")
     info = json.loads(exp.marker("imitation").read_text())
     rounds = info["result"]["dagger"]
@@ -277,6 +279,9 @@ def test_dagger_rounds_add_learner_flown_data_labelled_by_the_expert(tmp_path):
         assert (exp.imitation_dir / f"dagger_{r}" / "best.pt").is_file()
     last = (exp.imitation_dir / "dagger_2" / "best.pt").read_bytes()
     assert (exp.imitation_dir / "best.pt").read_bytes() == last
+    summary = (exp.root / "SUMMARY.txt").read_text()
+    assert "+ 2 DAgger round(s)" in summary, summary
+    assert json.loads((exp.root / "SUMMARY.json").read_text())["training"]["dagger"] == rounds
     with pytest.raises(ValueError, match="different lengths"):
         Demonstrations.concat(
             [first, Demonstrations(first.obs[:3], first.actions[:3], first.dones[:3])]
