@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
+import gc
 import logging
 import math
 import os
@@ -590,13 +591,15 @@ def _dagger(exp: Experiment, model: torch.nn.Module, demos: Demonstrations) -> l
             "collect_s": dt,
         }
         rounds.append(rec)
+        del data  # the next round's worlds need the memory (train_bc's copies are gone too)
+        gc.collect()
         log.info(
             "DAgger round %d: the clone (with action noise) found %.1f%% of the targets on %d new "
             "worlds; BC on %d samples, val MSE %.4g",
             r,
             100 * rec["learner_targets_found"],
             n,
-            data.num_samples,
+            rec["samples"],
             res.best_val_loss,
         )
     atomic_write_bytes(exp.imitation_dir / "best.pt", (out / "best.pt").read_bytes())
