@@ -9,13 +9,15 @@ full dotted path (``dynamics.tau_horizontal_s``). Range checks live in each conf
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import re
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -442,16 +444,35 @@ def available_memory_bytes() -> int | None:
     return avail
 
 
+_MEMORY_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("memory_checks", default=True)
+
+
+@contextlib.contextmanager
+def memory_checks(enabled: bool) -> Iterator[None]:
+    """Turn :func:`check_memory` on or off inside the block.
+
+    Off while reading the config of a finished experiment for its task only (its training worlds
+    are not built then).
+    """
+    token = _MEMORY_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        _MEMORY_CHECKS.reset(token)
+
+
 def check_memory(estimate_bytes: float, what: str, field: str) -> None:
     """Refuse a request whose estimated memory exceeds what is available (with the estimate)."""
+    if not _MEMORY_CHECKS.get():
+        return
     avail = available_memory_bytes()
     if avail is None:
         return
     check(
         estimate_bytes <= 0.8 * avail,
         field,
-        f"{what} needs about {estimate_bytes / 2**30:.1f} GiB, but only "
-        f"{avail / 2**30:.1f} GiB of memory is available (reduce it)",
+        f"{what} needs about {estimate_bytes / 2**30:.1f} GiB, more than 80% of the "
+        f"{avail / 2**30:.1f} GiB of memory available now (reduce it, or free memory)",
     )
 
 

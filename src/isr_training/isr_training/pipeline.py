@@ -1092,7 +1092,9 @@ def _transfer(
     root = src.parent.parent
     direct_cfg = copy.deepcopy(cfg)
     if (root / "config.yaml").is_file():
-        direct_cfg.env = copy.deepcopy(load_config_file(root / "config.yaml").env)
+        direct_cfg.env = copy.deepcopy(
+            load_config_file(root / "config.yaml", check_memory=False).env
+        )
     direct_cfg.env.vehicle = "direct"
     if direct_cfg.env.dynamics.get("tau_horizontal_s") is None:  # not a direct-model config
         direct_cfg.env.dynamics = {}

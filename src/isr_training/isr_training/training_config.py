@@ -32,6 +32,7 @@ from isr_direct_dynamics.config import (
     check_memory,
     check_name,
     from_dict,
+    memory_checks,
     parse_override,
     parse_yaml,
     read_yaml,
@@ -441,13 +442,18 @@ def config_to_yaml(cfg: TrainingConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
 
 
-def load_config_file(path: str | Path) -> TrainingConfig:
-    """Read an experiment's ``config.yaml`` (validated like any other config)."""
+def load_config_file(path: str | Path, check_memory: bool = True) -> TrainingConfig:
+    """Read an experiment's ``config.yaml`` (validated like any other config).
+
+    ``check_memory=False`` skips the memory estimates of its worlds and demonstrations: for a
+    caller that reads the experiment's task (evaluation, transfer), not one that trains it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config.yaml in {path.parent}")
     try:
-        return from_dict(TrainingConfig, read_yaml(path, "experiment config"))
+        with memory_checks(check_memory):
+            return from_dict(TrainingConfig, read_yaml(path, "experiment config"))
     except ConfigError as exc:
         if str(exc).startswith(str(path)):
             raise

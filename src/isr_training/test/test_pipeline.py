@@ -293,3 +293,23 @@ def test_dagger_needs_the_mlp_clone():
 
     with pytest.raises(ConfigError, match="dagger_rounds"):
         resolve_config("quick", [*TINY, "bc.dagger_rounds=1", "bc.model=lstm"])
+
+
+def test_memory_estimate_refuses_a_run_but_not_reading_a_finished_experiment(tmp_path, monkeypatch):
+    import isr_direct_dynamics.config as dc
+    from isr_direct_dynamics.config import ConfigError
+    from isr_training.training_config import config_to_yaml, load_config_file
+
+    cfg = resolve_config("quick", ["env.num_worlds=1024"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config_to_yaml(cfg))
+    monkeypatch.setattr(dc, "available_memory_bytes", lambda: 2**30)  # a 1 GiB machine
+    with pytest.raises(
+        ConfigError, match=r"1024 worlds .* needs about .* more than 80% of the 1.0"
+    ):
+        resolve_config("quick", ["env.num_worlds=1024"])
+    with pytest.raises(ConfigError, match="needs about"):
+        load_config_file(path)  # --resume trains it: checked
+    assert load_config_file(path, check_memory=False).env.num_worlds == 1024  # eval reads its task
+    with pytest.raises(ConfigError, match="needs about"):  # the switch does not leak
+        load_config_file(path)

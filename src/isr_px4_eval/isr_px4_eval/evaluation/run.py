@@ -372,7 +372,9 @@ def _base_env_config(policy: LoadedPolicy):
     if policy.experiment_dir is not None:
         from isr_training.training_config import load_config_file
 
-        return copy.deepcopy(load_config_file(policy.experiment_dir / "config.yaml").env)
+        return copy.deepcopy(
+            load_config_file(policy.experiment_dir / "config.yaml", check_memory=False).env
+        )
     return EnvConfig()
 
 
