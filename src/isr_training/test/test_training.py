@@ -512,6 +512,11 @@ def test_config_errors_name_the_field(overrides, field):
 def test_config_layers_presets_and_physics_quality():
     quick = resolve_config("quick")
     assert quick.name == "quick" and quick.physics_quality == "fast"
+    search = resolve_config("search")  # PPO from scratch at scale (docs/packages.md, Training)
+    assert (
+        not search.rl.init_from_bc and search.env.num_worlds * search.env.drones_per_world == 4096
+    )
+    assert search.rl.ppo.total_timesteps == 120_000_000 and search.eval.num_worlds == 200
     assert quick.env.vehicle == "direct" and quick.env.task.control_dt_s == pytest.approx(0.1)
     prod = resolve_config("quick", ["physics_quality=production", "rl.ppo.learning_rate=2e-4"])
     assert prod.env.vehicle == "quadrotor"
