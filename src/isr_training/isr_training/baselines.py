@@ -10,6 +10,7 @@ It is used for baselines, for imitation-learning demonstrations and as a sanity 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -217,18 +218,26 @@ SE_METRICS = ("targets_found", "return")
 
 
 def run_policy(
-    env: ISREnv, policy, episodes_per_drone: int = 1, max_steps: int | None = None
-) -> dict[str, float]:
+    env: ISREnv,
+    policy,
+    episodes_per_drone: int = 1,
+    max_steps: int | None = None,
+    per_episode: bool = False,
+) -> dict[str, Any]:
     """Run ``policy`` until every drone finished ``episodes_per_drone`` episodes; mean metrics.
 
     The environment should be built with ``stagger=False`` so that episodes are complete. Also
     ``targets_found_se`` and ``return_se``: standard errors of those means over the episodes.
+    ``per_episode``: also ``"per_episode"``, ``{metric: list}`` of every drone's first episode
+    (for :data:`SE_METRICS`; drone order), so that two policies flown on the same worlds can be
+    compared world by world (:func:`paired_difference`).
     """
     obs = env.reset()
     if isinstance(policy, ScriptedExpert):
         policy.reset_mask(torch.ones(env._shape, dtype=torch.bool, device=env.device))
     done_count = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
     sums: dict[str, Tensor] = {}
+    first = {k: torch.full((env.num_envs,), math.nan, device=env.device) for k in SE_METRICS}
     limit = max_steps or env.max_episode_steps * episodes_per_drone + 1
     for _ in range(limit):
         obs, _, _, _, info = env.step(policy(obs))
@@ -248,6 +257,8 @@ def run_policy(
             )
             for k in SE_METRICS:  # second moments for the standard errors
                 if k in info["episode"]:
+                    new = done & torch.isnan(first[k])
+                    first[k] = torch.where(new, info["episode"][k].float(), first[k])
                     v = info["episode"][k].double()
                     sums[f"_sq_{k}"] = (
                         sums.get(f"_sq_{k}", torch.zeros((), device=env.device))
@@ -276,4 +287,24 @@ def run_policy(
                 n / (n - 1) if n > 1 else 0
             )
             out[f"{k}_se"] = math.sqrt(var / n) if n > 1 else float("nan")
+    if per_episode:
+        out["per_episode"] = {k: v.tolist() for k, v in first.items()}
     return out
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean of ``a - b`` over paired episodes (the same worlds) and its standard error.
+
+    Also how many episodes each side won; NaN pairs (an episode that did not finish) are left out.
+    """
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    d = d[~torch.isnan(d)]
+    n = int(d.numel())
+    se = float(d.std() / math.sqrt(n)) if n > 1 else math.nan
+    return {
+        "mean": float(d.mean()) if n else math.nan,
+        "se": se,
+        "n": n,
+        "a_better": int((d > 0).sum()),
+        "b_better": int((d < 0).sum()),
+    }

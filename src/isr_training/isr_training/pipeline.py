@@ -55,7 +55,13 @@ from isr_direct_dynamics.io_checks import (
 )
 from isr_sim_bridge.world import cached_worlds, generate_worlds, worlds_to_batch
 
-from .baselines import RandomPolicy, ScriptedExpert, run_policy
+from .baselines import (
+    SE_METRICS,
+    RandomPolicy,
+    ScriptedExpert,
+    paired_difference,
+    run_policy,
+)
 from .env import EnvConfig, ISREnv
 from .export import export_policy, write_model_readme
 from .imitation import (
@@ -324,17 +330,19 @@ def evaluate(
     policies: dict[str, Callable[[ISREnv], Callable[[Any], torch.Tensor]]],
     episodes: int = 1,
     log: logging.Logger | None = None,
-) -> dict[str, dict[str, float]]:
+    per_episode: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Run every policy on the same worlds and spawns (one drone per world, whole episodes).
 
     ``policies`` maps a name to ``make(env) -> act(obs)``; a fresh environment with the same seed
-    is built for each, so all policies start from the same poses.
+    is built for each, so all policies start from the same poses. ``per_episode``: each result
+    also holds every world's first-episode values (see :func:`run_policy`).
     """
     out = {}
     for name, make in policies.items():
         env = make_env(cfg.env, seeds, 1, False, seed=seeds[0], device=cfg.device)
         t0 = time.perf_counter()
-        metrics = run_policy(env, make(env), episodes_per_drone=episodes)
+        metrics = run_policy(env, make(env), episodes_per_drone=episodes, per_episode=per_episode)
         metrics["wall_s"] = time.perf_counter() - t0
         out[name] = metrics
         if log is not None:
@@ -1067,8 +1075,14 @@ def stage_finalize(exp: Experiment) -> dict[str, Any]:
         seed = cfg.eval.world_seed  # the same random baseline for every experiment
         policies["random"] = lambda env: RandomPolicy(env.num_envs, env.device, seed=seed)
     seeds = cfg.test_seeds()
-    results = evaluate(cfg, seeds, policies, cfg.eval.episodes, log)
+    results = evaluate(cfg, seeds, policies, cfg.eval.episodes, log, per_episode=True)
+    per_ep = {name: r.pop("per_episode") for name, r in results.items()}
     summary = build_summary(exp, results, diffs, source)
+    if "scripted_expert" in per_ep:  # the same worlds: world-by-world differences
+        summary["paired_vs_expert"] = {
+            k: paired_difference(per_ep["final"][k], per_ep["scripted_expert"][k])
+            for k in SE_METRICS
+        }
     if cfg.rl.pretrained is not None:
         summary["transfer"] = _transfer(cfg, seeds, policies, results, log)
     atomic_write_text(exp.root / "SUMMARY.json", json_dumps(summary, indent=1))
@@ -1207,6 +1221,14 @@ def summary_text(s: dict[str, Any]) -> str:
         "(+- s.e.: standard error of the mean over the held-out episodes; differences smaller than "
         "about twice it are not resolved by these worlds)"
     )
+    for k, d in (s.get("paired_vs_expert") or {}).items():
+        scale = 100.0 if k == "targets_found" else 1.0
+        unit = " points" if k == "targets_found" else ""
+        lines.append(
+            f"final - scripted_expert, paired on the same worlds: {k} {scale * d['mean']:+.1f}"
+            f"{unit} +- {scale * d['se']:.1f} (final better on {d['a_better']}, the expert on "
+            f"{d['b_better']} of {d['n']} worlds)"
+        )
     walls = s["stage_wall_s"]
     sps = tr["rl_env_steps_per_s_incl_updates"] or float("nan")
     lines += [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -423,3 +424,27 @@ def test_drone_collisions_can_be_turned_off_in_both_step_paths():
     assert not crashed[0, :2].any() and torch.equal(crashed, env._collisions(pos))
     cfg.task.drone_collisions = True
     assert ISREnv(cfg)._collisions(pos)[0, :2].all()
+
+
+@pytest.mark.integration
+def test_per_episode_values_pair_two_policies_world_by_world():
+    from isr_training.baselines import paired_difference
+
+    task = TaskConfig(episode_length_s=20.0)
+    runs = {}
+    for name in ("random", "expert"):
+        env = ISREnv(EnvConfig(num_worlds=6, drones_per_world=1, stagger=False, seed=7, task=task))
+        policy = RandomPolicy(env.num_envs, seed=0) if name == "random" else ScriptedExpert(env)
+        runs[name] = run_policy(env, policy, per_episode=True)
+    for r in runs.values():
+        found = r["per_episode"]["targets_found"]
+        assert len(found) == 6 and sum(found) / 6 == pytest.approx(r["targets_found"], abs=1e-6)
+    d = paired_difference(
+        runs["expert"]["per_episode"]["targets_found"],
+        runs["random"]["per_episode"]["targets_found"],
+    )
+    diff = runs["expert"]["targets_found"] - runs["random"]["targets_found"]
+    assert d["n"] == 6 and d["mean"] == pytest.approx(diff, abs=1e-6)
+    assert d["a_better"] + d["b_better"] <= 6 and d["se"] >= 0
+    one = paired_difference([0.5, float("nan")], [0.25, 0.1])  # an unfinished episode is left out
+    assert one["n"] == 1 and one["mean"] == 0.25 and one["a_better"] == 1 and math.isnan(one["se"])

@@ -281,6 +281,9 @@ def test_dagger_rounds_add_learner_flown_data_labelled_by_the_expert(tmp_path):
     assert (exp.imitation_dir / "best.pt").read_bytes() == last
     summary = (exp.root / "SUMMARY.txt").read_text()
     assert "+ 2 DAgger round(s)" in summary, summary
+    paired = json.loads((exp.root / "SUMMARY.json").read_text())["paired_vs_expert"]
+    assert paired["targets_found"]["n"] == cfg.eval.num_worlds
+    assert "final - scripted_expert, paired on the same worlds: targets_found" in summary
     assert json.loads((exp.root / "SUMMARY.json").read_text())["training"]["dagger"] == rounds
     with pytest.raises(ValueError, match="different lengths"):
         Demonstrations.concat(
