@@ -4,44 +4,24 @@
         [--worlds 200]
 
 Both fly every world once (one drone per world, the default direct task of the `quick` preset,
-deterministic policy); per world the difference of targets found and of coverage is taken, and
-the mean difference is printed with its standard error (paired: the worlds' own difficulty
-cancels) and the number of worlds where each is better, one JSON object per metric.
+deterministic policy; :func:`isr_training.pipeline.evaluate`); per world the difference of
+targets found and of coverage is taken, and the mean difference is printed with its standard error
+(paired: the worlds' own difficulty cancels) and the number of worlds where each is better
+(:func:`isr_training.baselines.paired_difference`), one JSON object per metric.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from isr_training.baselines import ScriptedExpert
+from isr_training.baselines import ScriptedExpert, paired_difference
 from isr_training.export import load_policy_file
-from isr_training.pipeline import make_env
+from isr_training.pipeline import evaluate
 from isr_training.training_config import resolve_config
-
-METRICS = ("targets_found", "coverage")
-
-
-def per_world(cfg, seeds: list[int], make) -> dict[str, torch.Tensor]:
-    """First-episode metrics of every world for the policy ``make(env)``."""
-    env = make_env(cfg.env, seeds, 1, False, seed=seeds[0], device="cpu")
-    act = make(env)
-    obs = env.reset()
-    if isinstance(act, ScriptedExpert):
-        act.reset_mask(torch.ones(env._shape, dtype=torch.bool))
-    out = {k: torch.full((env.num_envs,), float("nan")) for k in METRICS}
-    for _ in range(env.max_episode_steps + 1):
-        obs, _, _, _, info = env.step(act(obs))
-        new = info["done"] & torch.isnan(out[METRICS[0]])
-        for k in METRICS:
-            out[k][new] = info["episode"][k][new]
-        if not torch.isnan(out[METRICS[0]]).any():
-            break
-    return out
 
 
 def main() -> None:
@@ -55,16 +35,18 @@ def main() -> None:
     cfg = resolve_config(preset="quick")
     seeds = list(range(args.first_seed, args.first_seed + args.worlds))
     loaded = load_policy_file(args.policy)
-    a = per_world(cfg, seeds, lambda env: lambda obs: loaded.act(obs).clamp(-1.0, 1.0))
-    b = per_world(cfg, seeds, lambda env: ScriptedExpert(env))
-    for k in METRICS:
-        d = (a[k] - b[k]).double()
+    policies = {
+        "policy": lambda env: lambda obs: loaded.act(obs).clamp(-1.0, 1.0),
+        "expert": lambda env: ScriptedExpert(env),
+    }
+    res = evaluate(cfg, seeds, policies, per_episode=True)
+    for k in ("targets_found", "coverage"):
+        d = paired_difference(res["policy"]["per_episode"][k], res["expert"]["per_episode"][k])
         print(json.dumps({
-            "metric": k, "policy": round(float(a[k].mean()), 4),
-            "expert": round(float(b[k].mean()), 4), "diff": round(float(d.mean()), 4),
-            "paired_se": round(float(d.std() / math.sqrt(len(d))), 4),
-            "policy_better_worlds": int((d > 0).sum()), "expert_better_worlds": int((d < 0).sum()),
-            "worlds": len(d), "policy_file": str(loaded.path),
+            "metric": k, "policy": round(res["policy"][k], 4), "expert": round(res["expert"][k], 4),
+            "diff": round(d["mean"], 4), "paired_se": round(d["se"], 4),
+            "policy_better_worlds": d["a_better"], "expert_better_worlds": d["b_better"],
+            "worlds": d["n"], "policy_file": str(loaded.path),
         }))  # fmt: skip
 
 

@@ -216,6 +216,9 @@ SE_METRICS = ("targets_found", "return")
 """Episode metrics whose standard error over the episodes :func:`run_policy` also reports
 (``<name>_se``): how far a mean over a few worlds can be trusted."""
 
+PER_EPISODE_METRICS = ("targets_found", "coverage", "return")
+"""Episode metrics :func:`run_policy` lists per drone with ``per_episode=True``."""
+
 
 def run_policy(
     env: ISREnv,
@@ -229,15 +232,18 @@ def run_policy(
     The environment should be built with ``stagger=False`` so that episodes are complete. Also
     ``targets_found_se`` and ``return_se``: standard errors of those means over the episodes.
     ``per_episode``: also ``"per_episode"``, ``{metric: list}`` of every drone's first episode
-    (for :data:`SE_METRICS`; drone order), so that two policies flown on the same worlds can be
-    compared world by world (:func:`paired_difference`).
+    (:data:`PER_EPISODE_METRICS`, drone order), so that two policies flown on the same worlds
+    can be compared world by world (:func:`paired_difference`).
     """
     obs = env.reset()
     if isinstance(policy, ScriptedExpert):
         policy.reset_mask(torch.ones(env._shape, dtype=torch.bool, device=env.device))
     done_count = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
     sums: dict[str, Tensor] = {}
-    first = {k: torch.full((env.num_envs,), math.nan, device=env.device) for k in SE_METRICS}
+    first = {  # every drone's first episode, when asked for
+        k: torch.full((env.num_envs,), math.nan, device=env.device)
+        for k in (PER_EPISODE_METRICS if per_episode else ())
+    }
     limit = max_steps or env.max_episode_steps * episodes_per_drone + 1
     for _ in range(limit):
         obs, _, _, _, info = env.step(policy(obs))
@@ -255,10 +261,10 @@ def run_policy(
                 sums.get("_terminated", torch.zeros((), device=env.device))
                 + (info["episode"]["collisions"].gt(0) & done).sum()
             )
+            for k, v in first.items():
+                first[k] = torch.where(done & torch.isnan(v), info["episode"][k].float(), v)
             for k in SE_METRICS:  # second moments for the standard errors
                 if k in info["episode"]:
-                    new = done & torch.isnan(first[k])
-                    first[k] = torch.where(new, info["episode"][k].float(), first[k])
                     v = info["episode"][k].double()
                     sums[f"_sq_{k}"] = (
                         sums.get(f"_sq_{k}", torch.zeros((), device=env.device))

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
-import gc
 import logging
 import math
 import os
@@ -507,24 +506,7 @@ def stage_imitation(exp: Experiment) -> dict[str, Any]:
     if resumed:
         log.info("resuming from imitation_model/checkpoint.pt")
     log.info("BC %s on %d samples, up to %d epochs", cfg.bc.model, demos.num_samples, cfg.bc.epochs)
-    bar = _progress(cfg, total=cfg.bc.epochs, desc="imitation", unit="epoch")
-
-    def on_epoch(epoch: int, h: dict[str, float]) -> None:
-        bar.n = epoch
-        bar.set_postfix(train=f"{h['train_loss']:.4g}", val=f"{h['val_loss']:.4g}")
-        bar.refresh()
-        log.debug("epoch %d %s", epoch, h)
-
-    result = train_bc(
-        model,
-        demos,
-        cfg.bc,
-        seed=cfg.seed,
-        out_dir=exp.imitation_dir,
-        device=cfg.device,
-        on_epoch=on_epoch,
-    )
-    bar.close()
+    result = _train_bc(exp, model, demos, cfg.bc, cfg.seed, exp.imitation_dir, "imitation")
     h = result.history
     info = {
         "model": cfg.bc.model,
@@ -549,6 +531,32 @@ def stage_imitation(exp: Experiment) -> dict[str, Any]:
     return info
 
 
+def _train_bc(
+    exp: Experiment,
+    model: torch.nn.Module,
+    demos: Demonstrations,
+    bc: Any,
+    seed: int,
+    out_dir: Path,
+    desc: str,
+) -> Any:
+    """:func:`train_bc` with a progress bar of its epochs (train and validation loss)."""
+    log = exp.logger("imitation")
+    bar = _progress(exp.cfg, total=bc.epochs, desc=desc, unit="epoch")
+
+    def on_epoch(epoch: int, h: dict[str, float]) -> None:
+        bar.n = epoch
+        bar.set_postfix(train=f"{h['train_loss']:.4g}", val=f"{h['val_loss']:.4g}")
+        bar.refresh()
+        log.debug("epoch %d %s", epoch, h)
+
+    result = train_bc(
+        model, demos, bc, seed=seed, out_dir=out_dir, device=exp.cfg.device, on_epoch=on_epoch
+    )
+    bar.close()
+    return result
+
+
 def _dagger(exp: Experiment, model: torch.nn.Module, demos: Demonstrations) -> list[dict]:
     """DAgger rounds (``bc.dagger_rounds``).
 
@@ -558,38 +566,20 @@ def _dagger(exp: Experiment, model: torch.nn.Module, demos: Demonstrations) -> l
     becomes ``imitation_model/best.pt``.
     """
     cfg, log = exp.cfg, exp.logger("imitation")
-    rounds, parts = [], [demos]
+    rounds, data = [], demos
     n = cfg.data.num_worlds
     for r in range(1, cfg.bc.dagger_rounds + 1):
         path = exp.data_dir / f"dagger_{r}.pt"
         if path.is_file():
             new, dt = Demonstrations.load(path), 0.0
         else:
-            model.eval()
-
-            @torch.no_grad()
-            def learner(obs: Any) -> Any:
-                return model(obs.to(cfg.device)).clamp(-1.0, 1.0)
-
             seeds = [cfg.env.seed + r * n + i for i in range(n)]
-            new, dt = _collect(exp, seeds, f"dagger {r}", learner=learner)
+            new, dt = _collect(exp, seeds, f"dagger {r}", learner=deterministic_actor(model))
             new.save(path)
-            model.train()
-        parts.append(new)
-        data = Demonstrations.concat(parts)
+        data = Demonstrations.concat([data, new])
         bc = dataclasses.replace(cfg.bc, epochs=cfg.bc.dagger_epochs)
-        bar = _progress(cfg, total=bc.epochs, desc=f"dagger {r} BC", unit="epoch")
-
-        def on_epoch(epoch: int, h: dict[str, float], bar: Any = bar) -> None:
-            bar.n = epoch
-            bar.set_postfix(train=f"{h['train_loss']:.4g}", val=f"{h['val_loss']:.4g}")
-            bar.refresh()
-
         out = exp.imitation_dir / f"dagger_{r}"
-        res = train_bc(
-            model, data, bc, seed=cfg.seed + r, out_dir=out, device=cfg.device, on_epoch=on_epoch
-        )
-        bar.close()
+        res = _train_bc(exp, model, data, bc, cfg.seed + r, out, f"dagger {r} BC")
         rec = {
             "round": r,
             "learner_targets_found": new.metrics.get("targets_found", float("nan")),
@@ -599,8 +589,6 @@ def _dagger(exp: Experiment, model: torch.nn.Module, demos: Demonstrations) -> l
             "collect_s": dt,
         }
         rounds.append(rec)
-        del data  # the next round's worlds need the memory (train_bc's copies are gone too)
-        gc.collect()
         log.info(
             "DAgger round %d: the clone (with action noise) found %.1f%% of the targets on %d new "
             "worlds; BC on %d samples, val MSE %.4g",
