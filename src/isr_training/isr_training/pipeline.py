@@ -458,7 +458,7 @@ def stage_data(exp: Experiment) -> dict[str, Any]:
     if skipped is not None:
         return skipped
     cfg, log = exp.cfg, exp.logger("data")
-    seeds = [cfg.env.seed + i for i in range(cfg.data.num_worlds)]
+    seeds = cfg.demonstration_seeds()
     demos, dt = _collect(exp, seeds, "data")
     demos.save(exp.data_dir / "demonstrations.pt")
     info = {
@@ -573,8 +573,9 @@ def _dagger(exp: Experiment, model: torch.nn.Module, demos: Demonstrations) -> l
         if path.is_file():
             new, dt = Demonstrations.load(path), 0.0
         else:
-            seeds = [cfg.env.seed + r * n + i for i in range(n)]
-            new, dt = _collect(exp, seeds, f"dagger {r}", learner=deterministic_actor(model))
+            new, dt = _collect(
+                exp, cfg.demonstration_seeds(r), f"dagger {r}", learner=deterministic_actor(model)
+            )
             new.save(path)
         data = Demonstrations.concat([data, new])
         bc = dataclasses.replace(cfg.bc, epochs=cfg.bc.dagger_epochs)

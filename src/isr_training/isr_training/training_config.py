@@ -172,10 +172,13 @@ class TrainingConfig:
             rl = list(self.env.world_seeds)
         else:
             rl = [self.env.seed + i for i in range(self.env.num_worlds)]
-        demo = [  # the demonstrations' worlds, then those of every DAgger round
-            self.env.seed + i for i in range(self.data.num_worlds * (1 + self.bc.dagger_rounds))
-        ]
+        demo = [s for r in range(1 + self.bc.dagger_rounds) for s in self.demonstration_seeds(r)]
         return sorted(set(rl) | set(demo))
+
+    def demonstration_seeds(self, round_index: int = 0) -> list[int]:
+        """World seeds of the demonstrations (round 0) or of DAgger round ``round_index``."""
+        n = self.data.num_worlds
+        return [self.env.seed + round_index * n + i for i in range(n)]
 
     def validation_seeds(self) -> list[int]:
         """RL validation world seeds."""
