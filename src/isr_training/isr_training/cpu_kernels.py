@@ -495,7 +495,7 @@ KERNEL_TERMS = (
 """Order of the reward terms in :func:`task_step` (``task.rewards.REWARD_TERMS`` must match)."""
 EPISODE_STATS = (
     "return", "length", "targets_found", "coverage", "collisions", "geofence_breaches",
-    "safety_interventions", "time_to_first_detection_s",
+    "safety_interventions", "time_to_first_detection_s", "targets_detected",
 )  # fmt: skip
 """Rows of :func:`task_step`'s episode output before the per-term sums (``r/<term>``)."""
 
@@ -621,6 +621,54 @@ def _detection_features_one(
         out[o + 5 + n_classes] = f32(1.0) if found[w, d, t] else f32(0.0)
 
 
+@njit(inline="always", cache=True)
+def _lead_features_one(
+    w, d, pos, lead_pos, detected, found, target_class, base, top_k, n_classes, scale, out,
+    order, score,
+):  # fmt: skip
+    """Top-K remembered leads of drone ``(w, d)`` into ``out[base:]`` (``lead_features``).
+
+    Targets detected and not found, nearest (horizontal) first, ties by index; ``4 + n_classes``
+    features each (valid, forward, left, up / ``scale``, class one-hot), empty slots zero. The
+    heading is that of the observation's head, ``out[6]`` (sin yaw) and ``out[7]`` (cos yaw).
+    """
+    f32 = np.float32
+    nt = found.shape[2]
+    px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
+    n = 0
+    for t in range(nt):
+        if detected[w, d, t] and not found[w, d, t]:
+            dx = lead_pos[w, d, t, 0] - px
+            dy = lead_pos[w, d, t, 1] - py
+            s = dx * dx + dy * dy
+            j = n  # insertion: ascending distance, earlier index first on ties
+            while j > 0 and score[j - 1] > s:
+                score[j] = score[j - 1]
+                order[j] = order[j - 1]
+                j -= 1
+            score[j] = s
+            order[j] = t
+            n += 1
+    nf = 4 + n_classes
+    sn = out[6]
+    c = out[7]
+    for k in range(top_k):
+        o = base + k * nf
+        for f in range(nf):
+            out[o + f] = f32(0.0)
+        if k >= n:
+            continue
+        t = order[k]
+        dx = lead_pos[w, d, t, 0] - px
+        dy = lead_pos[w, d, t, 1] - py
+        dz = lead_pos[w, d, t, 2] - pz
+        out[o] = f32(1.0)
+        out[o + 1] = (c * dx + sn * dy) / scale
+        out[o + 2] = (c * dy - sn * dx) / scale
+        out[o + 3] = dz / scale
+        out[o + 4 + target_class[w, t]] = f32(1.0)
+
+
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def task_step(
     rendered,
@@ -677,6 +725,10 @@ def task_step(
     img_w,
     img_h,
     obs_tail,
+    detected,
+    lead_pos,
+    top_k_leads,
+    lead_scale_m,
     obs,
     final_obs,
     reward,
@@ -694,8 +746,10 @@ def task_step(
     observation ``obs (W, D, obs_dim)``, written to ``final_obs`` too (:func:`task_reset` then
     rewrites the finished drones' rows of ``obs``). The perception tail ``obs_tail`` keeps the
     pooled coverage up to date cell by cell and gets new detection features on perception steps;
-    otherwise it is reused. The state arrays (``prev_action``, ``seen``,
-    ``found``, ``step_count``, ``ep_*``, ``obs_tail``) are updated in place. Float32 arithmetic
+    otherwise it is reused. The remembered leads (``detected``, ``lead_pos``: updated on perception
+    steps) follow the observation tail, recomputed every step (:func:`_lead_features_one`). The
+    state arrays (``prev_action``, ``seen``, ``found``, ``detected``, ``lead_pos``,
+    ``step_count``, ``ep_*``, ``obs_tail``) are updated in place. Float32 arithmetic
     in the torch code's order.
     """
     nw, nd = pos.shape[0], pos.shape[1]
@@ -733,7 +787,12 @@ def task_step(
                 )  # fmt: skip
                 px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
                 for t in range(nt):
-                    if not visible[w, d, t] or found[w, d, t]:
+                    if not visible[w, d, t]:
+                        continue
+                    detected[w, d, t] = True
+                    for k in range(3):
+                        lead_pos[w, d, t, k] = target_pos[w, t, k]
+                    if found[w, d, t]:
                         continue
                     dx = target_pos[w, t, 0] - px
                     dy = target_pos[w, t, 1] - py
@@ -777,8 +836,10 @@ def task_step(
             done_flags[1, w, d] = truncated
             done_flags[2, w, d] = terminated or truncated
             n_found_all = 0
+            n_detected_all = 0
             for t in range(nt):
                 n_found_all += found[w, d, t]
+                n_detected_all += detected[w, d, t]
             pooled_sum = f32(0.0)  # the pooled block fractions: the count after rounding
             for i in range(obs_cells * obs_cells):
                 pooled_sum += obs_tail[w, d, i]
@@ -791,8 +852,9 @@ def task_step(
             episode[5, w, d] = ep_breaches[w, d]
             episode[6, w, d] = ep_interventions[w, d]
             episode[7, w, d] = ep_first[w, d]
+            episode[8, w, d] = f32(n_detected_all) / num_targets[w]
             for k in range(nterm):
-                episode[8 + k, w, d] = ep_terms[k, w, d]
+                episode[9 + k, w, d] = ep_terms[k, w, d]
             row = obs[w, d]
             _observe_head_one(
                 w, d, pos, vel, yaw, step_count, t_max, area_centre, area_half, half_max, alt_s,
@@ -806,6 +868,10 @@ def task_step(
                 )  # fmt: skip
             for k in range(tail.shape[0]):
                 row[18 + k] = tail[k]
+            _lead_features_one(
+                w, d, pos, lead_pos, detected, found, target_class, 18 + tail.shape[0],
+                top_k_leads, n_classes, f32(lead_scale_m), row, order, score,
+            )  # fmt: skip
             final_obs[w, d, :] = row
 
 
@@ -830,6 +896,7 @@ def task_reset(
     seen,
     prev_action,
     visible,
+    detected,
     ep_return,
     ep_terms,
     ep_collisions,
@@ -861,6 +928,7 @@ def task_reset(
         found[w, d, :] = False
         seen[w, d, :] = False
         visible[w, d, :] = False
+        detected[w, d, :] = False
         prev_action[w, d, :] = zero
         ep_return[w, d] = zero
         ep_terms[:, w, d] = zero

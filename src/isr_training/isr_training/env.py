@@ -16,7 +16,8 @@ so drone ``i`` lives in world ``i // D``):
 - ``info`` keys: ``final_obs``; ``reward_terms`` (dict of ``(N,)`` per-step values, unweighted);
   ``interventions`` (dict of ``(N,)`` bool); ``rendered`` (bool); ``episode`` (dict of ``(N,)``
   tensors valid where ``done``: return, length, per-term sums ``r/<term>``, targets_found,
-  coverage, collisions, geofence_breaches, safety_interventions, time_to_first_detection_s);
+  targets_detected (detected at any range, found or not), coverage, collisions,
+  geofence_breaches, safety_interventions, time_to_first_detection_s);
   ``done`` (N,) bool; ``nonfinite_actions`` (running count); ``nonfinite_action`` (N,) bool (this
   step's action of the drone had a NaN/inf entry and was replaced by the zero command).
 
@@ -29,7 +30,8 @@ Bad input: an action of the wrong shape raises ``ValueError`` naming both shapes
 make that drone's command a zero command and are counted.
 
 State read by baselines and recorders: ``det_boxes (W, D, T, 4)`` (valid where ``det_visible``),
-``det_visible``, ``found (W, D, T)``, ``seen (W, D, G*G)``, ``step_count (W, D)``.
+``det_visible``, ``found (W, D, T)``, ``detected (W, D, T)``, ``lead_pos (W, D, T, 3)``,
+``seen (W, D, G*G)``, ``step_count (W, D)``.
 
 On CPU the step runs as numba kernels (``EnvConfig.cpu_kernels``, :mod:`isr_training.cpu_kernels`)
 with the torch code's results; on CUDA the torch code runs.
@@ -86,13 +88,26 @@ DET_FEATURES = 6 + len(TARGET_CLASSES)
 normalized image coordinates, already-found flag (see :func:`detection_features`)."""
 
 
+LEAD_FEATURES = 4 + len(TARGET_CLASSES)
+"""Features per remembered lead: valid flag, offset forward, left and up (m / :data:`LEAD_SCALE_M`)
+in the drone's heading frame, class one-hot (see :func:`lead_features`)."""
+
+LEAD_SCALE_M = 50.0
+"""Length scale of the lead offsets in the observation, metres."""
+
+
 def observation_size(task: TaskConfig) -> int:
     """Length of the state observation for ``task`` (layout in the module docstring).
 
-    18 fixed features, the coverage grid and the top-k detections.
+    18 fixed features, the coverage grid, the top-k detections and the top-k leads.
     """
     oc = task.observation
-    return 3 + 3 + 2 + 1 + 1 + 6 + 2 + oc.obs_coverage_cells**2 + oc.top_k_detections * DET_FEATURES
+    return (
+        3 + 3 + 2 + 1 + 1 + 6 + 2
+        + oc.obs_coverage_cells**2
+        + oc.top_k_detections * DET_FEATURES
+        + oc.top_k_leads * LEAD_FEATURES
+    )  # fmt: skip
 
 
 MAX_WORLDS = 100_000
@@ -248,6 +263,50 @@ def detection_features(
     return feats.reshape(*feats.shape[:2], -1)
 
 
+def lead_features(
+    pos: Tensor,
+    sin_yaw: Tensor,
+    cos_yaw: Tensor,
+    lead_pos: Tensor,
+    active: Tensor,
+    target_class: Tensor,
+    k: int,
+) -> Tensor:
+    """Top-``k`` remembered leads as features ``(W, D, k * LEAD_FEATURES)``.
+
+    ``lead_pos (W, D, T, 3)``: where each drone last detected each target; ``active (W, D, T)``:
+    detected and not found yet. Nearest (horizontal distance) first, ties by lower slot index
+    (as :func:`isr_training.cpu_kernels.task_step`). Per lead: valid flag, offset to it forward,
+    left and up in the drone's heading frame (yaw ENU, counter-clockwise from east, given by its
+    sine and cosine: those of the observation's head) divided by :data:`LEAD_SCALE_M`, class
+    one-hot. Empty slots are all zero.
+    """
+    rel = lead_pos - pos.unsqueeze(2)  # (W, D, T, 3)
+    d2 = rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1]
+    score = torch.where(active, d2, torch.inf)
+    t = score.shape[-1]
+    k_eff = min(k, t)
+    top, idx = torch.sort(score, dim=-1, stable=True)
+    top, idx = top[..., :k_eff], idx[..., :k_eff]
+    valid = torch.isfinite(top)
+    r = torch.gather(rel, 2, idx.unsqueeze(-1).expand(*idx.shape, 3))
+    c, s = cos_yaw.unsqueeze(-1), sin_yaw.unsqueeze(-1)
+    fwd = (c * r[..., 0] + s * r[..., 1]) / LEAD_SCALE_M
+    left = (c * r[..., 1] - s * r[..., 0]) / LEAD_SCALE_M
+    up = r[..., 2] / LEAD_SCALE_M
+    cls = torch.gather(target_class.unsqueeze(1).expand_as(score), 2, idx)
+    onehot = torch.nn.functional.one_hot(cls, len(TARGET_CLASSES)).float()
+    feats = torch.cat(
+        (valid.float().unsqueeze(-1), fwd.unsqueeze(-1), left.unsqueeze(-1), up.unsqueeze(-1),
+         onehot), -1,
+    )  # fmt: skip
+    feats = feats * valid.unsqueeze(-1)
+    if k_eff < k:
+        pad = feats.new_zeros(*feats.shape[:2], k - k_eff, feats.shape[-1])
+        feats = torch.cat((feats, pad), 2)
+    return feats.reshape(*feats.shape[:2], -1)
+
+
 def _cells_in_view(
     pos_enu_m: Tensor,
     quat_wxyz: Tensor,
@@ -385,6 +444,10 @@ class ISREnv:
         self.prev_action = z(*shape, 4, device=self.device)
         self.det_boxes = z(*shape, t, 4, device=self.device)
         self.det_visible = z(*shape, t, dtype=torch.bool, device=self.device)
+        self.detected = z(*shape, t, dtype=torch.bool, device=self.device)
+        """Targets each drone detected in this episode (with ``found``: the leads)."""
+        self.lead_pos = z(*shape, t, 3, device=self.device)
+        """Where each drone last detected each target (valid where ``detected``)."""
         self.image = (
             z(self.num_worlds, self.drones_per_world, *self.image_shape, dtype=torch.uint8,
               device=self.device)
@@ -434,6 +497,7 @@ class ISREnv:
         self.seen.masked_fill_(m.unsqueeze(-1), False)
         self.prev_action.masked_fill_(m.unsqueeze(-1), 0.0)
         self.det_visible.masked_fill_(m.unsqueeze(-1), False)
+        self.detected.masked_fill_(m.unsqueeze(-1), False)
         self.ep_return.masked_fill_(m, 0.0)
         self._ep_terms_all.masked_fill_(m, 0.0)
         self.ep_collisions.masked_fill_(m, 0.0)
@@ -503,8 +567,20 @@ class ISREnv:
         )  # fmt: skip
         return torch.cat((cover, dets), -1)
 
+    def _observe_leads(self, head: Tensor) -> Tensor:
+        """Remembered leads ``(W, D, top_k_leads * LEAD_FEATURES)`` (see :func:`lead_features`).
+
+        They move with the drone, so they are recomputed every step, in the heading of ``head``
+        (its sin/cos yaw features).
+        """
+        return lead_features(
+            self.vehicle.state.pos_enu_m, head[..., 6], head[..., 7], self.lead_pos,
+            self.detected & ~self.found, self.world.target_class,
+            self.task.observation.top_k_leads,
+        )  # fmt: skip
+
     def _assemble(self, head: Tensor, tail: Tensor) -> Tensor | dict[str, Tensor]:
-        state = self._flat(torch.cat((head, tail), -1))
+        state = self._flat(torch.cat((head, tail, self._observe_leads(head)), -1))
         if self.image is None:
             return state
         return {"state": state, "image": self._flat(self.image)}
@@ -663,6 +739,7 @@ class ISREnv:
                 v(self.ep_breaches), v(self.ep_interventions), v(self.ep_first_detection),
                 *head[1:5], self._cells, oc.obs_coverage_cells, oc.top_k_detections,
                 len(TARGET_CLASSES), *self.perception.image_size, v(self._obs_tail),
+                v(self.detected), v(self.lead_pos), oc.top_k_leads, LEAD_SCALE_M,
                 obs.numpy(), final_obs.numpy(), reward.numpy(), terms.numpy(),
                 done_flags.numpy(), episode.numpy(),
             )  # fmt: skip
@@ -673,7 +750,7 @@ class ISREnv:
             cpu_kernels.task_reset(
                 done.numpy(), a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad),
                 v(self.step_count), *head, v(self.found), v(self.seen), v(self.prev_action),
-                v(self.det_visible), v(self.ep_return), v(self._ep_terms_all),
+                v(self.det_visible), v(self.detected), v(self.ep_return), v(self._ep_terms_all),
                 v(self.ep_collisions), v(self.ep_breaches), v(self.ep_interventions),
                 v(self.ep_first_detection), v(self._obs_tail), obs.numpy(),
             )  # fmt: skip
@@ -763,6 +840,10 @@ class ISREnv:
             close = dist2 <= self._found_range2[w.target_class][:, None]  # (W, D, T)
             found_new = self.det_visible & close & ~self.found
             self.found |= found_new
+            self.detected |= self.det_visible
+            self.lead_pos = torch.where(
+                self.det_visible.unsqueeze(-1), w.target_pos_enu_m[:, None], self.lead_pos
+            )
         else:
             seen_new = torch.zeros_like(self.seen)
             found_new = torch.zeros_like(self.found)
@@ -809,6 +890,7 @@ class ISREnv:
             self.ep_breaches.clone(),
             self.ep_interventions.clone(),
             self.ep_first_detection.clone(),
+            self.detected.float().sum(-1) / self.num_targets[:, None],
         )  # in the order of cpu_kernels.EPISODE_STATS (the names of both paths)
         episode = {
             **dict(zip(cpu_kernels.EPISODE_STATS, stats, strict=True)),

@@ -25,7 +25,7 @@ from torch import Tensor
 from isr_direct_dynamics.config import ConfigError, json_dumps
 from isr_direct_dynamics.io_checks import atomic_output, describe_exception
 
-from .env import ISREnv
+from .env import DET_FEATURES, LEAD_SCALE_M, ISREnv
 from .models import DeployPolicy, atomic_torch_save
 from .task.config import TASK_VERSION
 from .training_config import TrainingConfig
@@ -119,6 +119,8 @@ def write_model_readme(
     """``README.md`` of an exported policy: how to load and run it, its spec and provenance."""
     t = cfg.env.task
     oc = t.observation
+    det0 = 18 + oc.obs_coverage_cells**2
+    lead0 = det0 + oc.top_k_detections * DET_FEATURES
     layout = [
         ("0:2", "position x, y relative to the area centre / half extent"),
         ("2", "altitude / geofence ceiling"),
@@ -133,9 +135,15 @@ def write_model_readme(
             f"own coverage grid {oc.obs_coverage_cells}x{oc.obs_coverage_cells} (0..1)",
         ),
         (
-            f"{18 + oc.obs_coverage_cells**2}:{env.obs_dim}",
+            f"{det0}:{lead0}",
             f"top-{oc.top_k_detections} detections x 9 (valid, class one-hot x3, box centre x, y, "
             "size w, h, already-found)",
+        ),
+        (
+            f"{lead0}:{env.obs_dim}",
+            f"top-{oc.top_k_leads} remembered leads x 7, nearest first (valid, offset forward, "
+            f"left, up in the heading frame / {LEAD_SCALE_M:g} m, class one-hot x3): targets "
+            "detected but not yet found, where they were last detected",
         ),
     ]
     rows = "\n".join(f"| `{a}` | {b} |" for a, b in layout)

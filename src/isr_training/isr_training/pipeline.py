@@ -1195,20 +1195,23 @@ def summary_text(s: dict[str, Any]) -> str:
         f"{ev['world_seeds'][1]}), {ev['episodes_per_world']} episode(s) each, one drone per "
         "world, deterministic policy",
         "",
-        f"{'policy':<18}{'targets_found':>14}{'(+- s.e.)':>10}{'coverage':>10}{'return':>9}"
-        f"{'crash_rate':>11}{'interventions':>14}",
+        f"{'policy':<18}{'targets_found':>14}{'(+- s.e.)':>10}{'detected':>10}{'coverage':>10}"
+        f"{'return':>9}{'crash_rate':>11}{'interventions':>14}",
     ]
     for name, m in s["results"].items():
         se = m.get("targets_found_se")
         se_text = f"+-{100 * se:.1f}" if isinstance(se, (int, float)) and math.isfinite(se) else "-"
+        det = m.get("targets_detected")
+        det_text = f"{100 * det:.1f}%" if isinstance(det, (int, float)) else "-"
         lines.append(
-            f"{name:<18}{100 * m['targets_found']:>13.1f}%{se_text:>10}"
+            f"{name:<18}{100 * m['targets_found']:>13.1f}%{se_text:>10}{det_text:>10}"
             f"{100 * m['coverage']:>9.1f}%{m['return']:>9.1f}{m['crash_rate']:>11.3f}"
             f"{m['safety_interventions']:>14.1f}"
         )
     lines.append(
         "(+- s.e.: standard error of the mean over the held-out episodes; differences smaller than "
-        "about twice it are not resolved by these worlds)"
+        "about twice it are not resolved by these worlds. detected: targets detected at any range; "
+        "found: detected within the class's recognition range)"
     )
     for k, d in (s.get("paired_vs_expert") or {}).items():
         scale = 100.0 if k == "targets_found" else 1.0

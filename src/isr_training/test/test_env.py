@@ -448,3 +448,46 @@ def test_per_episode_values_pair_two_policies_world_by_world():
     assert d["a_better"] + d["b_better"] <= 6 and d["se"] >= 0
     one = paired_difference([0.5, float("nan")], [0.25, 0.1])  # an unfinished episode is left out
     assert one["n"] == 1 and one["mean"] == 0.25 and one["a_better"] == 1 and math.isnan(one["se"])
+
+
+@pytest.mark.parametrize("numba_on", [False, True])
+def test_leads_remember_detections_until_found(numba_on):
+    """The lead block of the observation: every target detected and not yet found, at the
+    position of its last detection (kept after it leaves the view), gone once found, cleared at
+    the episode's end; the scripted expert's flight detects, leaves and finds targets."""
+    from isr_training.env import LEAD_FEATURES
+
+    cfg = EnvConfig(num_worlds=4, drones_per_world=1, stagger=False, seed=3, cpu_kernels=numba_on)
+    cfg.task.episode_length_s = 30.0
+    cfg.task.perception_interval = 1
+    env = ISREnv(cfg)
+    obs = env.reset(seed=3)
+    expert = ScriptedExpert(env)
+    expert.reset_mask(torch.ones(env._shape, dtype=torch.bool))
+    k = env.task.observation.top_k_leads
+    lead_block = slice(env.obs_dim - k * LEAD_FEATURES, env.obs_dim)
+    remembered_out_of_view = became_found = 0
+    prev_active = torch.zeros_like(env.found)
+    for _ in range(env.max_episode_steps - 1):
+        obs, _, _, _, info = env.step(expert(obs))
+        assert not info["done"].any()
+        active = env.detected & ~env.found
+        w = env.world
+        seen_now = env.det_visible
+        # a target detected this step is remembered where it is now
+        torch.testing.assert_close(
+            env.lead_pos[seen_now], w.target_pos_enu_m[:, None].expand_as(env.lead_pos)[seen_now]
+        )
+        assert not (env.found & ~env.detected).any()  # found implies detected
+        valid = obs[:, lead_block].view(env.num_envs, k, LEAD_FEATURES)[..., 0]
+        n_active = active.sum(-1).view(-1)
+        assert torch.equal(valid.sum(-1).long(), n_active.clamp(max=k))
+        remembered_out_of_view += int((active & ~seen_now).sum())
+        became_found += int((prev_active & env.found).sum())
+        prev_active = active
+    assert remembered_out_of_view > 0 and became_found > 0
+    obs, _, _, _, info = env.step(expert(obs))  # the last step: every drone resets
+    assert info["done"].all() and not env.detected.any()
+    assert obs[:, lead_block].abs().sum() == 0
+    final = info["final_obs"][:, lead_block].view(env.num_envs, k, LEAD_FEATURES)
+    assert final[..., 0].sum() > 0  # the final observation still had its leads

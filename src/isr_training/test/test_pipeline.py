@@ -82,7 +82,7 @@ def test_tiny_end_to_end_run_produces_the_experiment_layout(tmp_path):
     assert summary["stage_wall_s"]["finalize"] is not None
     assert "random" in (root / "SUMMARY.txt").read_text()
     readme = (root / "final_model/README.md").read_text()
-    assert "isr-search-v1" in readme and "torch.jit.load" in readme
+    assert "isr-search-v2" in readme and "remembered leads" in readme and "torch.jit.load" in readme
     # the resolved config reloads to the same config; finished stages are skipped
     again = Experiment.open(root)
     assert again.cfg == cfg

@@ -11,7 +11,13 @@ import torch
 from isr_direct_dynamics import DirectDynamics, InitialState, VelocityLimits
 from isr_direct_dynamics.config import ConfigError, from_dict
 from isr_direct_dynamics.math3d import quat_from_euler
-from isr_training.env import DET_FEATURES, detection_features
+from isr_training.env import (
+    DET_FEATURES,
+    LEAD_FEATURES,
+    LEAD_SCALE_M,
+    detection_features,
+    lead_features,
+)
 from isr_training.task.config import SafetyConfig, TaskConfig
 from isr_training.task.coverage import (
     camera_corner_rays_body,
@@ -256,10 +262,39 @@ def test_detection_features_rank_unfound_first():
     assert f[0, 1 + 3].item() == pytest.approx(cx)
 
 
+def test_lead_features_nearest_first_in_the_heading_frame():
+    """Leads: detected-not-found targets, nearest first, offsets forward/left/up in the heading
+    frame; a found or never-detected target is no lead; empty slots are zero."""
+    pos = torch.tensor([[[10.0, 20.0, 30.0]]])
+    yaw = torch.tensor([[math.pi / 2]])  # heading north (+y ENU)
+    lead_pos = torch.tensor(
+        [[[[10.0, 120.0, 0.0], [0.0, 20.0, 1.0], [10.0, 21.0, 0.0], [11.0, 20.0, 0.0]]]]
+    )
+    active = torch.tensor([[[True, True, False, True]]])  # slot 2: found or never detected
+    cls = torch.tensor([[0, 1, 2, 2]])
+    f = lead_features(pos, torch.sin(yaw), torch.cos(yaw), lead_pos, active, cls, 4)
+    f = f.view(4, LEAD_FEATURES)
+    s = LEAD_SCALE_M
+    # nearest: slot 3, 1 m east = 1 m to the right of a north-facing drone
+    torch.testing.assert_close(f[0], torch.tensor([1.0, 0.0, -1 / s, -30 / s, 0, 0, 1.0]))
+    # then slot 1, 10 m west = 10 m to the left, 29 m below
+    torch.testing.assert_close(f[1], torch.tensor([1.0, 0.0, 10 / s, -29 / s, 0, 1.0, 0]))
+    # then slot 0, 100 m north = straight ahead
+    torch.testing.assert_close(f[2], torch.tensor([1.0, 100 / s, 0.0, -30 / s, 1.0, 0, 0]))
+    assert f[3].abs().sum() == 0
+    # more slots than targets: zero padding
+    assert lead_features(pos, torch.sin(yaw), torch.cos(yaw), lead_pos, active, cls, 6).shape == (
+        1,
+        1,
+        6 * LEAD_FEATURES,
+    )
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
         ({"control_dt_s": 0.0}, "control_dt_s"),
+        ({"observation": {"top_k_leads": -1}}, "observation.top_k_leads"),
         ({"reward": {"collision": 5.0}}, "reward.collision"),
         ({"safety": {"horizon_s": -1.0}}, "safety.horizon_s"),
         ({"observation": {"obs_coverage_cells": 5}}, "observation.obs_coverage_cells"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from isr_direct_dynamics.config import check
 
-TASK_VERSION = "isr-search-v1"
+TASK_VERSION = "isr-search-v2"
 """Version of the task definition (observation layout, action meaning, reward terms). A policy file
 records it; evaluation refuses a policy trained on another version."""
 
@@ -75,6 +75,11 @@ class ObservationConfig:
     """Resolution of the coverage grid in the observation (block averages of ``coverage_cells``)."""
     top_k_detections: int = 4
     """Number of current detections in the observation (largest boxes of unfound targets first)."""
+    top_k_leads: int = 3
+    """Number of remembered leads in the observation: targets this drone detected but has not
+    found yet (not yet within recognition range), nearest first, at the position where it last
+    detected them, relative to the drone in its heading frame. The drone keeps them after they
+    leave the camera's view (a detection memory: a target seen far away is worth flying to)."""
     camera: bool = False
     """Also return the camera image (``Dict`` observation ``{"state", "image"}``)."""
 
@@ -87,6 +92,7 @@ class ObservationConfig:
             f"must divide coverage_cells ({self.coverage_cells}), got {self.obs_coverage_cells}",
         )
         check(self.top_k_detections >= 0, "top_k_detections", "must be >= 0")
+        check(self.top_k_leads >= 0, "top_k_leads", f"must be >= 0, got {self.top_k_leads}")
 
 
 MAX_EPISODE_STEPS = 1_000_000
