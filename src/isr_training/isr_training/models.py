@@ -23,7 +23,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,14 +193,31 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))  # () samples seen
 
     @torch.no_grad()
-    def update(self, x: Tensor) -> None:
-        """Merge the statistics of the batch ``x`` ``(B, *shape)`` (any leading dims)."""
+    def update(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Merge the statistics of the batch ``x`` ``(B, *shape)`` (any leading dims).
+
+        ``reduce``: sums a float64 tensor over the ranks of a data-parallel job in place
+        (:meth:`isr_training.distributed.DistContext.all_reduce_sum_`); the batch is then the
+        union of every rank's ``x`` and every rank merges the same statistics.
+        """
         x = x.reshape(-1, *self.mean.shape).to(torch.float64)
-        n = x.shape[0]
-        if n == 0:
-            return
-        b_mean = x.mean(0)
-        b_var = x.var(0, unbiased=False)
+        if reduce is None:
+            n = x.shape[0]
+            if n == 0:
+                return
+            b_mean = x.mean(0)
+            b_var = x.var(0, unbiased=False)
+        else:
+            flat = x.reshape(x.shape[0], -1)
+            d = flat.shape[1]
+            m = torch.cat((flat.sum(0), (flat * flat).sum(0), flat.new_tensor([flat.shape[0]])))
+            reduce(m)
+            n = float(m[-1])
+            if n == 0:
+                return
+            b_mean = (m[:d] / n).view(self.mean.shape)
+            b_var = (m[d : 2 * d] / n).view(self.mean.shape) - b_mean * b_mean
+            b_var = b_var.clamp(min=0.0)
         count = self.count + n
         delta = b_mean - self.mean.double()
         mean = self.mean.double() + delta * (n / count)

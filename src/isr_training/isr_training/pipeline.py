@@ -61,6 +61,7 @@ from .baselines import (
     paired_difference,
     run_policy,
 )
+from .distributed import SINGLE, DistContext, shard
 from .env import EnvConfig, ISREnv
 from .export import export_policy, write_model_readme
 from .imitation import (
@@ -133,6 +134,9 @@ class Experiment:
         self.step_hook: Callable[[Any], None] | None = None
         """Called with the RL environment after every rollout step (the trainer node's live
         view of a few drones); None = nothing."""
+        self.dist: DistContext = SINGLE
+        """The data-parallel context (:mod:`isr_training.distributed`): rank 0 writes the
+        directory; every rank runs the rl stage on its shard of the worlds."""
         self.live: dict[str, Any] = {}
         """Progress of the running stage, updated while it runs (read by the trainer node from
         another thread; replaced as a whole, never mutated): ``stage``, ``env_steps``,
@@ -239,6 +243,9 @@ class Experiment:
         for h in list(log.handlers):
             log.removeHandler(h)
             h.close()
+        if not self.dist.is_main:  # only rank 0 writes the logs (and the console)
+            log.addHandler(logging.NullHandler())
+            return log
         fh = logging.FileHandler(self.logs_dir / f"{stage}.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
@@ -277,11 +284,11 @@ def _resume_checkpoint(exp: Experiment, latest: Path, key: str, restore: Callabl
 # ----------------------------------------------------------------------------------- worlds
 
 
-def make_training_env(cfg: TrainingConfig) -> ISREnv:
-    """The RL stages' environment (PPO and SB3 alike).
+def training_world_seeds(cfg: TrainingConfig, ctx: DistContext = SINGLE) -> list[int]:
+    """The training worlds of this rank.
 
-    ``cfg.env``'s worlds (its ``world_seeds``, else ``num_worlds`` seeds from ``env.seed``), drones
-    per world and staggering.
+    ``cfg.env``'s (its ``world_seeds``, else ``num_worlds`` seeds from ``env.seed``), split in
+    equal shards over the ranks (rank r the r-th).
     """
     env_cfg = cfg.env
     seeds = (
@@ -289,9 +296,20 @@ def make_training_env(cfg: TrainingConfig) -> ISREnv:
         if env_cfg.world_seeds is not None
         else [env_cfg.seed + i for i in range(env_cfg.num_worlds)]
     )
+    first, count = shard(len(seeds), ctx)
+    return seeds[first : first + count]
+
+
+def make_training_env(cfg: TrainingConfig, ctx: DistContext = SINGLE) -> ISREnv:
+    """The RL stages' environment (PPO and SB3 alike).
+
+    This rank's shard of the training worlds (:func:`training_world_seeds`), drones per world and
+    staggering; the spawn seed is the rank's (:meth:`DistContext.rank_seed`).
+    """
+    env_cfg = cfg.env
     return make_env(
-        env_cfg, seeds, env_cfg.drones_per_world, env_cfg.stagger, seed=env_cfg.seed,
-        device=cfg.device,
+        env_cfg, training_world_seeds(cfg, ctx), env_cfg.drones_per_world, env_cfg.stagger,
+        seed=ctx.rank_seed(env_cfg.seed), device=cfg.device,
     )  # fmt: skip
 
 
@@ -663,13 +681,16 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
 
     cfg, log = exp.cfg, exp.logger("rl")
     rl = cfg.rl
+    ctx = exp.dist
+    main = ctx.is_main
     t0 = time.perf_counter()
-    env = make_training_env(cfg)
+    env = make_training_env(cfg, ctx)
     log.info(
-        "built %d worlds x %d drones in %.1f s",
+        "built %d worlds x %d drones in %.1f s%s",
         env.num_worlds,
         env.drones_per_world,
         time.perf_counter() - t0,
+        f" (per rank; {ctx.world_size} ranks, backend {ctx.backend})" if ctx.enabled else "",
     )
     torch.manual_seed(cfg.seed)
     policy = ActorCritic(
@@ -695,7 +716,7 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         bc, _ = load_policy(exp.imitation_dir / "best.pt")
         init_actor_from_bc(policy, bc)
         log.info("actor mean and normalizer initialized from imitation_model/best.pt")
-    ppo = PPO(env, rl.ppo, seed=cfg.seed, policy=policy)
+    ppo = PPO(env, rl.ppo, seed=cfg.seed, policy=policy, dist=ctx)
     ppo.step_hook = exp.step_hook
     state = _RLState()
     latest = exp.checkpoint_dir / "latest.pt"
@@ -707,6 +728,9 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
 
         _resume_checkpoint(exp, latest, "ppo", restore)
         log.info("resumed from %s at iteration %d, step %d", latest, ppo.iteration, ppo.global_step)
+    if not main:  # the other ranks only contribute their rollouts and gradients
+        ppo.learn(rl.ppo.total_timesteps, callback=lambda p, m: True)
+        return {"algorithm": "ppo", "rank": ctx.rank, "global_step": ppo.global_step}
     writer = SummaryWriter(str(exp.tensorboard_dir), purge_step=ppo.global_step or None)
     val_seeds = cfg.validation_seeds()
 
@@ -836,7 +860,16 @@ def _stage_rl_ppo(exp: Experiment) -> dict[str, Any]:
         "algorithm": "ppo",
         "global_step": ppo.global_step,
         "iterations": ppo.iteration,
-        "drones": env.num_envs,
+        "drones": env.num_envs * ctx.world_size,
+        "ranks": ctx.world_size,
+        "backend": ctx.backend,
+        "rank_world_seeds": [
+            [training_world_seeds(cfg, DistContext(r, ctx.world_size))[i] for i in (0, -1)]
+            for r in range(ctx.world_size)
+        ],
+        "rank_seeds": [
+            DistContext(r, ctx.world_size).rank_seed(cfg.seed) for r in range(ctx.world_size)
+        ],
         "env_steps_per_s_mean": sum(sps) / len(sps) if sps else float("nan"),
         "best_step": state.best_step,
         "best_val_score": state.best_score,
@@ -1171,6 +1204,9 @@ def build_summary(
             "rl_algorithm": cfg.rl.algorithm,
             "rl_env_steps": rl_info.get("global_step"),
             "rl_env_steps_per_s_incl_updates": rl_info.get("env_steps_per_s_mean"),
+            "rl_ranks": rl_info.get("ranks", 1),
+            "rl_backend": rl_info.get("backend"),
+            "rl_rank_seeds": rl_info.get("rank_seeds"),
         },
         "results": results,
         "export": diffs,
@@ -1238,6 +1274,11 @@ def summary_text(s: dict[str, Any]) -> str:
             else f"({tr['rl_algorithm']}) on {tr['rl_worlds']} worlds x "
             f"{tr['rl_drones_per_world']} drones, {tr['rl_env_steps'] or 0} env steps at "
             f"{sps:.0f} env-steps/s (incl. updates)"
+            + (
+                f", {tr['rl_ranks']} data-parallel ranks ({tr.get('rl_backend')})"
+                if (tr.get("rl_ranks") or 1) > 1
+                else ""
+            )
         ),
         "Wall time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items() if v is not None)
@@ -1295,8 +1336,17 @@ def run_pipeline(exp: Experiment, stages: list[str] | None = None) -> dict[str, 
 
 def _run_stages(exp: Experiment, todo: list[str]) -> dict[str, Any]:
     results = {}
+    ctx = exp.dist
     for s in STAGES:
         if s not in todo:
+            continue
+        if ctx.enabled:  # every rank sees the markers rank 0 wrote before going on
+            ctx.barrier()
+        if not ctx.is_main and s != "rl":  # data, imitation, finalize: rank 0 alone
+            continue
+        if not ctx.is_main:
+            if not exp.is_done(s):
+                results[s] = {"result": STAGE_FUNCTIONS[s](exp)}
             continue
         if exp.is_done(s):
             exp.logger(s).info("already done (marker %s): skipped", exp.marker(s))
@@ -1322,6 +1372,8 @@ def _run_stages(exp: Experiment, todo: list[str]) -> dict[str, Any]:
             _patch_summary_wall(exp, info["wall_s"])
         exp.mark_done(s, info)
         results[s] = info
+    if ctx.enabled:
+        ctx.barrier()
     return results
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from isr_direct_dynamics.config import check
 from isr_direct_dynamics.io_checks import describe_exception
 
+from .distributed import SINGLE, DistContext
 from .models import ActorCritic, Obs, atomic_torch_save, checkpoint_error, load_checkpoint
 
 
@@ -234,6 +235,9 @@ class PPO:
         seed: seed of the network init, the action noise and the minibatch shuffling.
         policy: an existing :class:`ActorCritic` (e.g. initialized from behaviour cloning);
             None builds one from ``config``.
+        dist: the data-parallel context (:mod:`isr_training.distributed`): ``env`` is this rank's
+            shard; rank 0's initial parameters are broadcast, gradients, advantage moments and
+            normalizer statistics are all-reduced, ``global_step`` counts every rank's steps.
     """
 
     def __init__(
@@ -242,12 +246,16 @@ class PPO:
         config: PPOConfig | None = None,
         seed: int = 0,
         policy: ActorCritic | None = None,
+        dist: DistContext = SINGLE,
     ) -> None:
         self.cfg = cfg = config or PPOConfig()
         cfg.validate()
         self.env = env
         self.device = torch.device(env.device)
         self.seed = seed
+        self.dist = dist
+        self._rank_seed = dist.rank_seed(seed)
+        """This rank's seed of the action noise, the minibatch order and the env resets."""
         image_shape = env.image_shape if getattr(env, "image", None) is not None else None
         if policy is None:
             torch.manual_seed(seed)
@@ -261,16 +269,20 @@ class PPO:
                 cnn_features=cfg.cnn_features,
             )
         self.policy = policy.to(self.device)
+        dist.broadcast_module_(self.policy)
         self.anchor: ActorCritic | None = None
         """Frozen copy of the starting policy (``cfg.anchor_coef > 0``)."""
         if cfg.anchor_coef > 0:
             self.anchor = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(self._rank_seed)
         self.buffer = RolloutBuffer(env, cfg.num_steps, self.device)
         self.batch_size = cfg.num_steps * env.num_envs
+        """Steps of one rollout of this rank."""
+        self.global_batch_size = self.batch_size * dist.world_size
+        """Steps of one iteration over every rank."""
         self.minibatch_size = max(1, self.batch_size // cfg.num_minibatches)
-        self.num_iterations = max(1, math.ceil(cfg.total_timesteps / self.batch_size))
+        self.num_iterations = max(1, math.ceil(cfg.total_timesteps / self.global_batch_size))
         self.iteration = 0
         self.global_step = 0
         self.episode_stats = EpisodeStats(self.device)
@@ -287,7 +299,7 @@ class PPO:
 
     # ------------------------------------------------------------------ rollout
     def _reset_env(self) -> None:
-        self.next_obs = self.env.reset(seed=self.seed + 7919 * self.iteration)
+        self.next_obs = self.env.reset(seed=self._rank_seed + 7919 * self.iteration)
         # With staggered resets a drone's first episode starts late and is cut short: its
         # statistics are biased, so episode stats count complete episodes only.
         step_count = getattr(self.env, "step_count", None)
@@ -296,7 +308,15 @@ class PPO:
         else:
             self._complete = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
         if self.cfg.normalize_obs and float(self.policy.obs_norm.count) == 0:
-            self.policy.obs_norm.update(_state(self.next_obs))
+            self._update_obs_norm(_state(self.next_obs))
+
+    def _update_obs_norm(self, x: Tensor) -> None:
+        """Merge ``x`` into the normalizer.
+
+        This rank's batch, or every rank's when distributed (the same statistics on all ranks).
+        """
+        reduce = self.dist.all_reduce_sum_ if self.dist.enabled else None
+        self.policy.obs_norm.update(x, reduce=reduce)
 
     @torch.no_grad()
     def collect(self) -> None:
@@ -339,7 +359,7 @@ class PPO:
             if self.step_hook is not None:
                 self.step_hook(self.env)
         self.next_obs = obs
-        self.global_step += self.batch_size
+        self.global_step += self.global_batch_size
         self.timing["env_s"] = self.timing.get("env_s", 0.0) + t_env
 
     @torch.no_grad()
@@ -357,6 +377,21 @@ class PPO:
         buf.returns.copy_(buf.advantages + buf.values)
 
     # ------------------------------------------------------------------ update
+    def _normalize_advantages(self, adv: Tensor) -> Tensor:
+        """Zero mean, unit std over the minibatch.
+
+        Distributed: over every rank's minibatch (the union batch's statistics, the same on all
+        ranks).
+        """
+        if not self.dist.enabled:
+            return (adv - adv.mean()) / (adv.std() + 1e-8)
+        a = adv.double()
+        m = torch.stack((a.sum(), (a * a).sum(), a.new_tensor(float(a.numel()))))
+        self.dist.all_reduce_sum_(m)
+        mean = m[0] / m[2]
+        var = ((m[1] - m[2] * mean * mean) / (m[2] - 1.0).clamp(min=1.0)).clamp(min=0.0)
+        return (adv - mean.float()) / (var.sqrt().float() + 1e-8)
+
     def update(self) -> dict[str, float]:
         """PPO epochs over the rollout; returns loss statistics."""
         cfg, buf, policy = self.cfg, self.buffer, self.policy
@@ -388,7 +423,7 @@ class PPO:
                     clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
                 adv = adv_all[idx]
                 if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    adv = self._normalize_advantages(adv)
                 pg_loss = torch.max(
                     -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
                 ).mean()
@@ -417,6 +452,7 @@ class PPO:
                 if warmup:  # only the critic (and a shared image encoder) learns
                     for p in list(policy.actor.parameters()) + [policy.log_std]:
                         p.grad = None
+                self.dist.all_reduce_grads_(list(policy.parameters()))
                 nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 n_mb += 1
@@ -428,8 +464,10 @@ class PPO:
                     ("loss/clipfrac", clipfrac),
                 ):
                     stats[k] = stats.get(k, torch.zeros((), device=self.device)) + v
-            if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
-                break
+            if cfg.target_kl is not None:
+                kl = self.dist.all_reduce_sum_(approx_kl.detach().clone()) / self.dist.world_size
+                if float(kl) > cfg.target_kl:  # the same decision on every rank
+                    break
         with torch.no_grad():
             policy.log_std.clamp_(min=cfg.min_log_std)
             var_y = ret_all.var()
@@ -468,7 +506,7 @@ class PPO:
                 "checkpoint with a lower rl.ppo.learning_rate"
             )
         if cfg.normalize_obs and cfg.update_obs_norm:
-            self.policy.obs_norm.update(self.buffer.state)
+            self._update_obs_norm(self.buffer.state)
         self.iteration += 1
         t3 = time.perf_counter()
         dt = t3 - t0
@@ -479,7 +517,8 @@ class PPO:
             {
                 "iteration": self.iteration,
                 "global_step": self.global_step,
-                "time/sps": self.batch_size / dt,
+                "time/sps": self.global_batch_size / dt,
+                "time/sps_rank": self.batch_size / dt,
                 "time/sps_total": (self.global_step - self._start_step) / max(elapsed, 1e-9),
                 "time/collect_sps": self.batch_size / max(t_collect, 1e-9),
                 "time/iteration_s": dt,
@@ -538,6 +577,8 @@ class PPO:
         self.gen.set_state(state["generator"].cpu())
         self.iteration = int(state["iteration"])
         self.global_step = int(state["global_step"])
+        if self.dist.rank:  # the checkpoint holds rank 0's stream; the others get their own
+            self.gen.manual_seed(self._rank_seed + 7919 * self.iteration)
         self.next_obs = None
 
     def save(self, path: str) -> None:

@@ -11,12 +11,15 @@ Examples::
     isr train --resume experiments/demo_20260101_120000      # finish (or continue) an experiment
     isr train --resume experiments/demo_20260101_120000 --stage finalize
     isr train --preset quick --print-config                  # the resolved config.yaml
+    isr train --preset quick --nproc 2                       # data-parallel PPO on 2 ranks
+    torchrun --nproc_per_node 2 -m isr_training.train --preset quick   # the same, explicitly
     isr bench train --algo ppo --drones 256 --seconds 20
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +54,13 @@ def _train(args: argparse.Namespace) -> int:
         pretrained_policy_file(args.pretrained)  # refuse a missing policy before any work
         overrides.append(f"rl.pretrained={Path(args.pretrained).resolve()}")
     stages = None if args.stage in (None, "all") else [args.stage]
+    nproc = getattr(args, "nproc", 1) or 1
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_ranks(args, nproc)
+    if "WORLD_SIZE" in os.environ and not args.print_config:
+        return _train_rank(args, overrides, stages)
     if args.resume:
         if args.preset or args.config or [o for o in overrides if not o.startswith("progress=")]:
             raise ConfigError(
@@ -80,21 +90,127 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forwarded_argv(args: argparse.Namespace) -> list[str]:
+    """The ``isr train`` flags of ``args`` (without ``--nproc``), for the ranks' command line."""
+    out: list[str] = []
+    for flag, value in (
+        ("--preset", args.preset), ("--name", args.name), ("--quality", args.quality),
+        ("--device", args.device), ("--resume", args.resume), ("--config", args.config),
+        ("--dynamics-config", args.dynamics_config), ("--pretrained", args.pretrained),
+    ):  # fmt: skip
+        if value is not None:
+            out += [flag, str(value)]
+    for item in args.set or []:
+        out += ["--set", item]
+    if args.stage not in (None, "all"):
+        out += ["--stage", args.stage]
+    out += ["--output-dir", str(args.output_dir)]
+    if args.no_progress:
+        out.append("--no-progress")
+    return out
+
+
+def _launch_ranks(args: argparse.Namespace, nproc: int) -> int:
+    """``isr train --nproc N``: the same command as N ranks on this node under torchrun."""
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "isr_training.train", *_forwarded_argv(args),
+    ]  # fmt: skip
+    print(f"launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def _train_rank(args: argparse.Namespace, overrides: list[str], stages: list[str] | None) -> int:
+    """One rank of a data-parallel ``isr train`` (started by torchrun).
+
+    Rank 0 creates or opens the experiment, the others join it (:mod:`isr_training.distributed`).
+    """
+    from . import distributed
+    from .pipeline import Experiment, load_config_file, resolve_config, run_pipeline
+
+    if args.resume:
+        cfg = load_config_file(Path(args.resume) / "config.yaml")
+    else:
+        cfg = resolve_config(args.preset, overrides, args.config)
+    if cfg.rl.algorithm.startswith("sb3_"):
+        raise ConfigError(
+            f"invalid config field 'rl.algorithm': {cfg.rl.algorithm} runs in one process; "
+            "data-parallel training (--nproc, torchrun) is for rl.algorithm=ppo"
+        )
+    ctx, device = distributed.init(cfg.device)
+    try:
+        distributed.shard(cfg.env.num_worlds, ctx)  # refuse an unequal split before any work
+        if ctx.is_main:
+            exp = (
+                Experiment.open(args.resume)
+                if args.resume
+                else Experiment.create(cfg, args.output_dir)
+            )
+            print(f"experiment: {exp.root} ({ctx.world_size} ranks)", file=sys.stderr)
+        root = ctx.broadcast_object(str(exp.root) if ctx.is_main else None)
+        if not ctx.is_main:
+            exp = Experiment(root, load_config_file(Path(root) / "config.yaml"))
+            exp.cfg.progress = False
+        if args.no_progress:
+            exp.cfg.progress = False
+        exp.cfg.device = device
+        exp.dist = ctx
+        t0 = time.perf_counter()
+        run_pipeline(exp, stages)
+        if ctx.is_main:
+            print(f"done in {time.perf_counter() - t0:.0f} s: {exp.root}", file=sys.stderr)
+            summary = exp.root / "SUMMARY.txt"
+            if summary.is_file() and (stages is None or "finalize" in stages):
+                sys.stdout.write(summary.read_text())
+    finally:
+        distributed.shutdown()
+    return 0
+
+
 def _bench_train(args: argparse.Namespace) -> int:
     """Env-steps/s of a learner on the ISR env, updates included (after one warm-up chunk)."""
     import torch
 
     from isr_direct_dynamics.threads import configure_threads
 
+    from . import distributed
     from .env import EnvConfig, ISREnv
 
+    nproc = getattr(args, "nproc", 1) or 1
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if args.algo != "ppo":
+            raise ConfigError(f"--nproc {nproc}: data-parallel benchmarks are for --algo ppo")
+        import subprocess
+
+        flags = [
+            "--algo", args.algo, "--drones", args.drones, "--drones-per-world",
+            args.drones_per_world, "--num-steps", args.num_steps, "--minibatches",
+            args.minibatches, "--epochs", args.epochs, "--seconds", args.seconds, "--threads",
+            args.threads, "--device", args.device, "--seed", args.seed,
+        ]  # fmt: skip
+        flags += ["--hidden", args.hidden] if args.hidden else []
+        flags += ["--json"] if args.json else []
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "isr_training.bench_train", *map(str, flags),
+        ]  # fmt: skip
+        return subprocess.call(cmd)
     configure_threads(args.threads)
     if args.drones % args.drones_per_world:
         raise ValueError(f"--drones {args.drones} is not a multiple of --drones-per-world")
+    ctx, device = (
+        distributed.init(args.device) if args.algo == "ppo" else (distributed.SINGLE, args.device)
+    )
+    args.device = device
+    num_worlds = args.drones // args.drones_per_world
+    first, count = distributed.shard(num_worlds, ctx)
     cfg = EnvConfig(
-        num_worlds=args.drones // args.drones_per_world,
+        num_worlds=count,
         drones_per_world=args.drones_per_world,
-        seed=args.seed,
+        seed=ctx.rank_seed(args.seed),
+        world_seeds=[args.seed + first + i for i in range(count)],
     )
     split: dict[str, float] = {}
     extra: dict = {}
@@ -110,10 +226,17 @@ def _bench_train(args: argparse.Namespace) -> int:
         if args.epochs:
             ppo_kw["update_epochs"] = args.epochs
         cfg = PPOConfig(**ppo_kw)
-        ppo = PPO(env, cfg, seed=args.seed)
+        ppo = PPO(env, cfg, seed=args.seed, dist=ctx)
         ppo.train_iteration()  # warm-up
         s0, t0 = ppo.global_step, time.perf_counter()
-        while time.perf_counter() - t0 < args.seconds:
+        # ranks agree on the iteration count (rank 0's clock decides), as collectives need
+        go = torch.ones(1)
+        while True:
+            go.fill_(float(time.perf_counter() - t0 < args.seconds))
+            if ctx.enabled:
+                torch.distributed.broadcast(go, src=0)
+            if not go.item():
+                break
             ppo.train_iteration()
             for k, v in ppo.timing.items():
                 split[k] = split.get(k, 0.0) + v
@@ -140,17 +263,26 @@ def _bench_train(args: argparse.Namespace) -> int:
             model.learn(chunk, reset_num_timesteps=False)
         steps, dt = model.num_timesteps - s0, time.perf_counter() - t0
     try:
-        import os
-
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
+    rank_sps = steps / ctx.world_size / dt
+    per_rank = [rank_sps]
+    if ctx.enabled:
+        per_rank = [None] * ctx.world_size
+        torch.distributed.all_gather_object(per_rank, rank_sps)
+        distributed.shutdown()
+        if not ctx.is_main:
+            return 0
     result = {
         "benchmark": "train",
         "algo": args.algo,
         "device": args.device,
-        "drones": env.num_envs,
-        "worlds": env.num_worlds,
+        "ranks": ctx.world_size,
+        "backend": ctx.backend,
+        "env_steps_per_s_per_rank": [round(x, 1) for x in per_rank],
+        "drones": env.num_envs * ctx.world_size,
+        "worlds": env.num_worlds * ctx.world_size,
         "drones_per_world": env.drones_per_world,
         "num_steps": args.num_steps,
         "minibatches": args.minibatches if args.algo != "sb3_sac" else None,
@@ -241,6 +373,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             "and SUMMARY reports the transfer ratio before and after"
         ),
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help=(
+            "data-parallel PPO on N ranks of this node (torchrun --standalone; gloo on CPU, one "
+            "GPU per rank with nccl); env.num_worlds is shared equally (docs/distributed.md)"
+        ),
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
 
@@ -260,6 +402,12 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     p.set_defaults(func=_train)
 
     b = bench_sub.add_parser("train", help="training env-steps/s (updates included)")
+    add_bench_train_arguments(b)
+    b.set_defaults(func=_bench_train)
+
+
+def add_bench_train_arguments(b: argparse.ArgumentParser) -> None:
+    """Flags of ``isr bench train``."""
     b.add_argument("--algo", choices=("ppo", "sb3_ppo", "sb3_sac"), default="ppo")
     b.add_argument("--drones", type=int, default=256)
     b.add_argument("--drones-per-world", type=int, default=4)
@@ -272,7 +420,13 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
     b.add_argument("--device", default="cpu")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true")
-    b.set_defaults(func=_bench_train)
+    b.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel PPO on N ranks (torchrun --standalone); --drones is shared equally",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
