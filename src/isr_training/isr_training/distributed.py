@@ -90,6 +90,12 @@ class DistContext:
             with torch.no_grad():
                 dist.broadcast(t.data, src=0)
 
+    def broadcast_(self, t: Tensor) -> Tensor:
+        """Rank 0's ``t`` into every rank's ``t`` (in place; no-op on one rank); returns ``t``."""
+        if self.enabled:
+            dist.broadcast(t, src=0)
+        return t
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (picklable objects: paths, small dicts)."""
         if not self.enabled:

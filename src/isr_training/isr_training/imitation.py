@@ -31,6 +31,7 @@ from isr_direct_dynamics.config import check, json_dumps
 from isr_direct_dynamics.io_checks import describe_exception
 
 from .baselines import ScriptedExpert
+from .distributed import SINGLE, DistContext
 from .env import ISREnv
 from .models import (
     BCPolicy,
@@ -285,11 +286,17 @@ def train_bc(
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    dist: DistContext = SINGLE,
 ) -> BCResult:
     """Behaviour cloning with MSE; ``model`` ends holding the best (lowest validation) weights.
 
     With ``out_dir``: ``best.pt`` and ``final.pt`` (policy files), ``checkpoint.pt`` after every
     epoch (training resumes from it when present), ``history.json`` and ``training_history.png``.
+
+    ``dist`` (data-parallel, :mod:`isr_training.distributed`): every rank holds the demonstrations
+    and draws the same minibatches; each computes the loss of its share of every minibatch and
+    the gradients are summed over the ranks weighted by share, which is the gradient of the whole
+    minibatch (the 1-rank update). Validation uses rank 0's loss; rank 0 alone writes ``out_dir``.
     """
     from .models import save_policy
 
@@ -365,6 +372,9 @@ def train_bc(
             raise ValueError(checkpoint_error(ckpt_path, why)) from None
     extra = {"seed": seed}
     n_train = tr_o.shape[0]
+    writes = out is not None and dist.is_main
+    if dist.enabled:
+        dist.broadcast_module_(model)  # (the same already: one seed, one data set)
     t0 = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -376,14 +386,26 @@ def train_bc(
         total, nb = torch.zeros((), device=device), 0
         for i in range(0, n_train, batch):
             idx = perm[i : i + batch]
-            loss = loss_fn(tr_o[idx], tr_a[idx], None if tr_m is None else tr_m[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if dist.enabled:  # this rank's share of the minibatch, its gradient weighted by it
+                n_batch = idx.shape[0]
+                idx = idx[dist.rank :: dist.world_size]
+                if idx.shape[0] == 0:  # nothing left for this rank: a zero gradient
+                    loss = sum(p.sum() for p in model.parameters()) * 0.0
+                else:
+                    loss = loss_fn(tr_o[idx], tr_a[idx], None if tr_m is None else tr_m[idx])
+                (loss * (idx.shape[0] * dist.world_size / n_batch)).backward()
+                dist.all_reduce_grads_(list(model.parameters()))
+            else:
+                loss = loss_fn(tr_o[idx], tr_a[idx], None if tr_m is None else tr_m[idx])
+                loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total += loss.detach()
             nb += 1
         v = val_loss()
+        if dist.enabled:  # one decision (best, early stop) on every rank
+            v = float(dist.broadcast_(torch.tensor([v], dtype=torch.float64))[0])
         history["train_loss"].append(float(total) / max(nb, 1))
         history["val_loss"].append(v)
         history["lr"].append(lr_at(epoch))
@@ -392,14 +414,14 @@ def train_bc(
         if score < best_val - cfg.min_delta:
             best_val, best_epoch, bad_epochs = score, epoch + 1, 0
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-            if out is not None:
+            if writes:
                 save_policy(out / "best.pt", model, {**extra, "epoch": epoch + 1, "val_loss": v})
         else:
             bad_epochs += 1
             stopped = bad_epochs >= cfg.patience
         if on_epoch is not None:
             on_epoch(epoch + 1, {k: vals[-1] for k, vals in history.items()})
-        if ckpt_path is not None:
+        if ckpt_path is not None and writes:
             atomic_torch_save(
                 {
                     "model": model.state_dict(),
@@ -415,12 +437,12 @@ def train_bc(
                 },
                 ckpt_path,
             )
-    if out is not None:
+    if writes:
         save_policy(out / "final.pt", model, {**extra, "epoch": len(history["train_loss"])})
     if best_state is not None:
         model.load_state_dict(best_state)
     result = BCResult(history, best_epoch, best_val, stopped)
-    if out is not None:
+    if writes:
         (out / "history.json").write_text(
             json_dumps(
                 {

@@ -21,6 +21,11 @@ Configuration: :class:`~isr_training.training_config.TrainingConfig`, resolved i
 :func:`~isr_training.training_config.resolve_config` (defaults, ``training_config.yaml``, physics
 quality preset, ``--set`` overrides); an experiment's ``config.yaml`` is its only input.
 
+Data-parallel (``isr train --nproc N``, torchrun; :mod:`isr_training.distributed`): the
+imitation and rl stages run on every rank (BC: each rank its share of every minibatch; PPO: each
+rank its shard of ``env.num_worlds``), gradients all-reduced; rank 0 alone runs data and finalize
+and writes every file.
+
 World seeds: training worlds are ``env.seed + i`` (RL: ``env.num_worlds``; demonstrations:
 ``data.num_worlds``), RL validation worlds ``rl.val_world_seed + i`` (best-checkpoint selection),
 test worlds ``eval.world_seed + i`` (the SUMMARY figures). The three sets must not overlap.
@@ -104,6 +109,10 @@ __all__ = [
 
 STAGES: tuple[str, ...] = ("data", "imitation", "rl", "finalize")
 """Pipeline stages in order."""
+
+DATA_PARALLEL_STAGES: tuple[str, ...] = ("imitation", "rl")
+"""Stages every rank of a data-parallel job runs (:mod:`isr_training.distributed`); rank 0 runs
+the others alone while the rest wait."""
 
 # ------------------------------------------------------------------------------- experiment
 
@@ -569,8 +578,9 @@ def _train_bc(
         log.debug("epoch %d %s", epoch, h)
 
     result = train_bc(
-        model, demos, bc, seed=seed, out_dir=out_dir, device=exp.cfg.device, on_epoch=on_epoch
-    )
+        model, demos, bc, seed=seed, out_dir=out_dir, device=exp.cfg.device, on_epoch=on_epoch,
+        dist=exp.dist,
+    )  # fmt: skip
     bar.close()
     return result
 
@@ -1342,7 +1352,7 @@ def _run_stages(exp: Experiment, todo: list[str]) -> dict[str, Any]:
             continue
         if ctx.enabled:  # every rank sees the markers rank 0 wrote before going on
             ctx.barrier()
-        if not ctx.is_main and s != "rl":  # data, imitation, finalize: rank 0 alone
+        if not ctx.is_main and s not in DATA_PARALLEL_STAGES:  # rank 0 alone
             continue
         if not ctx.is_main:
             if not exp.is_done(s):

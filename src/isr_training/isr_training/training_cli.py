@@ -139,6 +139,11 @@ def _train_rank(args: argparse.Namespace, overrides: list[str], stages: list[str
             f"invalid config field 'rl.algorithm': {cfg.rl.algorithm} runs in one process; "
             "data-parallel training (--nproc, torchrun) is for rl.algorithm=ppo"
         )
+    if cfg.bc.dagger_rounds:
+        raise ConfigError(
+            f"invalid config field 'bc.dagger_rounds': {cfg.bc.dagger_rounds} DAgger rounds run "
+            "in one process; data-parallel training (--nproc, torchrun) needs bc.dagger_rounds=0"
+        )
     ctx, device = distributed.init(cfg.device)
     try:
         distributed.shard(cfg.env.num_worlds, ctx)  # refuse an unequal split before any work

@@ -85,6 +85,51 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _demos():
+    from isr_training.imitation import Demonstrations
+
+    g = torch.Generator().manual_seed(3)
+    obs = torch.randn(20, 6, OBS, generator=g)
+    actions = torch.tanh(obs[..., :4] * 0.7 + 0.1 * torch.randn(20, 6, 4, generator=g))
+    return Demonstrations(obs, actions, torch.zeros(20, 6, dtype=torch.bool))
+
+
+def _bc(ctx: DistContext, out_dir: str | None):
+    from isr_training.imitation import BCConfig, train_bc
+    from isr_training.models import BCPolicy
+
+    torch.manual_seed(0)
+    model = BCPolicy(OBS, 4, (16, 16))
+    cfg = BCConfig(epochs=4, batch_size=25, learning_rate=3e-3, patience=10)  # 25: uneven shares
+    train_bc(model, _demos(), cfg, seed=1, out_dir=out_dir, dist=ctx)
+    return model.state_dict()
+
+
+def _bc_rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ctx = DistContext(rank, world, rank, "gloo")
+        state = _bc(ctx, str(Path(out_dir) / "bc"))
+        torch.save(state, Path(out_dir) / f"bc_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_two_rank_behaviour_cloning_equals_one_rank(tmp_path):
+    """Data-parallel BC: the same weights on both ranks and as one process (share-weighted
+    gradients, minibatches of 25 split 13/12); only rank 0 writes the output folder."""
+    (tmp_path / "bc").mkdir()
+    mp.spawn(_bc_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "bc_rank0.pt"), torch.load(tmp_path / "bc_rank1.pt")
+    ref = _bc(DistContext(), None)
+    for k in ref:
+        assert torch.equal(r0[k], r1[k]), k
+        torch.testing.assert_close(r0[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert {p.name for p in (tmp_path / "bc").iterdir()} >= {"best.pt", "final.pt", "history.json"}
+
+
 @pytest.mark.integration
 def test_two_rank_update_is_the_one_rank_update_on_the_union_batch(tmp_path):
     mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
