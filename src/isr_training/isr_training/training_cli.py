@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from isr_direct_dynamics.config import ConfigError, json_dumps, run_command
 
@@ -33,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     from .pipeline import (
         Experiment,
         config_to_yaml,
+        load_config_file,
         resolve_config,
         run_pipeline,
     )
@@ -54,10 +56,16 @@ def _train(args: argparse.Namespace) -> int:
         pretrained_policy_file(args.pretrained)  # refuse a missing policy before any work
         overrides.append(f"rl.pretrained={Path(args.pretrained).resolve()}")
     stages = None if args.stage in (None, "all") else [args.stage]
-    nproc = getattr(args, "nproc", 1) or 1
+    nproc = getattr(args, "nproc", 1)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if nproc > 1 and "WORLD_SIZE" not in os.environ and not args.print_config:
+        _check_data_parallel(
+            load_config_file(Path(args.resume) / "config.yaml")
+            if args.resume
+            else resolve_config(args.preset, overrides, args.config),
+            nproc,
+        )  # one error line here rather than one traceback per rank
         return _launch_ranks(args, nproc)
     if "WORLD_SIZE" in os.environ and not args.print_config:
         return _train_rank(args, overrides, stages)
@@ -110,6 +118,23 @@ def _forwarded_argv(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _check_data_parallel(cfg: Any, nproc: int) -> None:
+    """Refuse a config that cannot train on ``nproc`` ranks (``ConfigError`` naming the field)."""
+    from .distributed import DistContext, shard
+
+    if cfg.rl.algorithm.startswith("sb3_"):
+        raise ConfigError(
+            f"invalid config field 'rl.algorithm': {cfg.rl.algorithm} runs in one process; "
+            "data-parallel training (--nproc, torchrun) is for rl.algorithm=ppo"
+        )
+    if cfg.bc.dagger_rounds:
+        raise ConfigError(
+            f"invalid config field 'bc.dagger_rounds': {cfg.bc.dagger_rounds} DAgger rounds run "
+            "in one process; data-parallel training (--nproc, torchrun) needs bc.dagger_rounds=0"
+        )
+    shard(cfg.env.num_worlds, DistContext(0, nproc))
+
+
 def _launch_ranks(args: argparse.Namespace, nproc: int) -> int:
     """``isr train --nproc N``: the same command as N ranks on this node under torchrun."""
     import subprocess
@@ -134,16 +159,7 @@ def _train_rank(args: argparse.Namespace, overrides: list[str], stages: list[str
         cfg = load_config_file(Path(args.resume) / "config.yaml")
     else:
         cfg = resolve_config(args.preset, overrides, args.config)
-    if cfg.rl.algorithm.startswith("sb3_"):
-        raise ConfigError(
-            f"invalid config field 'rl.algorithm': {cfg.rl.algorithm} runs in one process; "
-            "data-parallel training (--nproc, torchrun) is for rl.algorithm=ppo"
-        )
-    if cfg.bc.dagger_rounds:
-        raise ConfigError(
-            f"invalid config field 'bc.dagger_rounds': {cfg.bc.dagger_rounds} DAgger rounds run "
-            "in one process; data-parallel training (--nproc, torchrun) needs bc.dagger_rounds=0"
-        )
+    _check_data_parallel(cfg, int(os.environ["WORLD_SIZE"]))
     ctx, device = distributed.init(cfg.device)
     try:
         distributed.shard(cfg.env.num_worlds, ctx)  # refuse an unequal split before any work

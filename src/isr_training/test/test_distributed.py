@@ -268,3 +268,24 @@ def test_bench_train_nproc_2_reports_every_rank():
     assert r["env_steps_per_s_incl_updates"] == pytest.approx(
         sum(r["env_steps_per_s_per_rank"]), rel=0.05
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nproc", "0"], "--nproc must be >= 1, got 0"),
+        (["--nproc", "3", "--set", "env.num_worlds=4"], "'env.num_worlds': 4 worlds cannot be"),
+        (["--nproc", "2", "--set", "bc.dagger_rounds=1"], "'bc.dagger_rounds': 1 DAgger"),
+        (
+            ["--nproc", "2", "--set", "rl.algorithm=sb3_ppo", "--set", "rl.init_from_bc=false"],
+            "'rl.algorithm': sb3_ppo runs in one",
+        ),
+    ],
+)
+def test_nproc_bad_input_is_one_error_line_before_any_rank_starts(tmp_path, capsys, argv, message):
+    from isr_training.training_cli import main
+
+    rc = main(["--preset", "quick", "--output-dir", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("error:") == 1
+    assert not (tmp_path / "out").exists()
