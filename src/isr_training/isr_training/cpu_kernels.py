@@ -490,7 +490,7 @@ def crashes_and_breaches(
 
 KERNEL_TERMS = (
     "new_target", "coverage", "time", "collision", "geofence", "altitude_band",
-    "action_smoothness",
+    "action_smoothness", "lead_approach",
 )  # fmt: skip
 """Order of the reward terms in :func:`task_step` (``task.rewards.REWARD_TERMS`` must match)."""
 EPISODE_STATS = (
@@ -669,6 +669,32 @@ def _lead_features_one(
         out[o + 4 + target_class[w, t]] = f32(1.0)
 
 
+@njit(inline="always", cache=True)
+def _lead_approach_one(w, d, pos, lead_pos, detected, found, near_idx, near_dist):
+    """The ``lead_approach`` term of drone ``(w, d)`` (``task.rewards.lead_approach_term``).
+
+    Finds the nearest (horizontal) remembered lead, ties by index; returns the metres gained on
+    it since the previous step when it is the same lead as then, else 0; stores it and its
+    distance in ``near_idx`` / ``near_dist`` (-1 / 0 when there is none).
+    """
+    f32 = np.float32
+    px, py = pos[w, d, 0], pos[w, d, 1]
+    best = -1
+    best_d2 = f32(np.inf)
+    for t in range(found.shape[2]):
+        if detected[w, d, t] and not found[w, d, t]:
+            dx = lead_pos[w, d, t, 0] - px
+            dy = lead_pos[w, d, t, 1] - py
+            d2 = dx * dx + dy * dy
+            if d2 < best_d2:
+                best, best_d2 = t, d2
+    dist = np.sqrt(best_d2) if best >= 0 else f32(0.0)
+    gain = near_dist[w, d] - dist if best >= 0 and best == near_idx[w, d] else f32(0.0)
+    near_idx[w, d] = best
+    near_dist[w, d] = dist
+    return gain
+
+
 @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
 def task_step(
     rendered,
@@ -729,6 +755,8 @@ def task_step(
     lead_pos,
     top_k_leads,
     lead_scale_m,
+    lead_near_idx,
+    lead_near_dist,
     obs,
     final_obs,
     reward,
@@ -800,6 +828,9 @@ def task_step(
                     if (dx * dx + dy * dy) + dz * dz <= found_range2[target_class[w, t]]:
                         found[w, d, t] = True
                         n_found += 1
+            approach = _lead_approach_one(
+                w, d, pos, lead_pos, detected, found, lead_near_idx, lead_near_dist
+            )
             crashed, breached = _crash_and_breach_one(
                 w, d, pos, ground_contact, box_min, box_max, box_valid, geofence_min, geofence_max,
                 r, r2,
@@ -817,6 +848,7 @@ def task_step(
             tv[4] = one if breached else zero
             tv[5] = min(max(lo - z, zero) + max(z - hi, zero), cap)
             tv[6] = smooth
+            tv[7] = approach
             rew = zero
             for k in range(nterm):
                 terms[k, w, d] = tv[k]
@@ -897,6 +929,7 @@ def task_reset(
     prev_action,
     visible,
     detected,
+    lead_near_idx,
     ep_return,
     ep_terms,
     ep_collisions,
@@ -929,6 +962,7 @@ def task_reset(
         seen[w, d, :] = False
         visible[w, d, :] = False
         detected[w, d, :] = False
+        lead_near_idx[w, d] = -1
         prev_action[w, d, :] = zero
         ep_return[w, d] = zero
         ep_terms[:, w, d] = zero

@@ -74,6 +74,7 @@ from .task.rewards import (
     collision_term,
     coverage_term,
     geofence_term,
+    lead_approach_term,
     new_target_term,
     time_term,
     weighted_sum,
@@ -448,6 +449,10 @@ class ISREnv:
         """Targets each drone detected in this episode (with ``found``: the leads)."""
         self.lead_pos = z(*shape, t, 3, device=self.device)
         """Where each drone last detected each target (valid where ``detected``)."""
+        self.lead_near_idx = torch.full(shape, -1, dtype=torch.long, device=self.device)
+        """Each drone's nearest remembered lead after the last step (-1: none)."""
+        self.lead_near_dist = z(shape, device=self.device)
+        """Its horizontal distance, m (the ``lead_approach`` term's memory)."""
         self.image = (
             z(self.num_worlds, self.drones_per_world, *self.image_shape, dtype=torch.uint8,
               device=self.device)
@@ -498,6 +503,7 @@ class ISREnv:
         self.prev_action.masked_fill_(m.unsqueeze(-1), 0.0)
         self.det_visible.masked_fill_(m.unsqueeze(-1), False)
         self.detected.masked_fill_(m.unsqueeze(-1), False)
+        self.lead_near_idx.masked_fill_(m, -1)
         self.ep_return.masked_fill_(m, 0.0)
         self._ep_terms_all.masked_fill_(m, 0.0)
         self.ep_collisions.masked_fill_(m, 0.0)
@@ -566,6 +572,22 @@ class ISREnv:
             self.task.observation.top_k_detections, self.perception.image_size,
         )  # fmt: skip
         return torch.cat((cover, dets), -1)
+
+    def _lead_approach(self, pos: Tensor) -> Tensor:
+        """The ``lead_approach`` term: metres gained on the nearest remembered lead.
+
+        Updates ``lead_near_idx`` / ``lead_near_dist``.
+        """
+        rel = self.lead_pos[..., :2] - pos[:, :, None, :2]
+        d2 = rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1]
+        d2 = torch.where(self.detected & ~self.found, d2, torch.inf)
+        best_d2, idx = d2.min(-1)
+        has = torch.isfinite(best_d2)
+        idx = torch.where(has, idx, -1)
+        dist = torch.where(has, best_d2.clamp(min=0.0).sqrt(), 0.0)
+        term = lead_approach_term(self.lead_near_dist, dist, has & (idx == self.lead_near_idx))
+        self.lead_near_idx, self.lead_near_dist = idx, dist
+        return term
 
     def _observe_leads(self, head: Tensor) -> Tensor:
         """Remembered leads ``(W, D, top_k_leads * LEAD_FEATURES)`` (see :func:`lead_features`).
@@ -740,6 +762,7 @@ class ISREnv:
                 *head[1:5], self._cells, oc.obs_coverage_cells, oc.top_k_detections,
                 len(TARGET_CLASSES), *self.perception.image_size, v(self._obs_tail),
                 v(self.detected), v(self.lead_pos), oc.top_k_leads, LEAD_SCALE_M,
+                v(self.lead_near_idx), v(self.lead_near_dist),
                 obs.numpy(), final_obs.numpy(), reward.numpy(), terms.numpy(),
                 done_flags.numpy(), episode.numpy(),
             )  # fmt: skip
@@ -750,7 +773,8 @@ class ISREnv:
             cpu_kernels.task_reset(
                 done.numpy(), a(st.pos_enu_m), a(st.vel_enu_m_s), a(st.yaw_rad),
                 v(self.step_count), *head, v(self.found), v(self.seen), v(self.prev_action),
-                v(self.det_visible), v(self.detected), v(self.ep_return), v(self._ep_terms_all),
+                v(self.det_visible), v(self.detected), v(self.lead_near_idx), v(self.ep_return),
+                v(self._ep_terms_all),
                 v(self.ep_collisions), v(self.ep_breaches), v(self.ep_interventions),
                 v(self.ep_first_detection), v(self._obs_tail), obs.numpy(),
             )  # fmt: skip
@@ -849,6 +873,7 @@ class ISREnv:
             found_new = torch.zeros_like(self.found)
 
         pos = st.pos_enu_m
+        approach = self._lead_approach(pos)
         crashed = self._collisions_fn(pos)
         breached = self._breach(pos)
         terms = {
@@ -859,6 +884,7 @@ class ISREnv:
             "geofence": geofence_term(breached),
             "altitude_band": altitude_band_term(pos[..., 2], self.task.altitude_band_m),
             "action_smoothness": action_smoothness_term(action, self.prev_action),
+            "lead_approach": approach,
         }
         reward = weighted_sum(terms, self.task.reward)
         self.prev_action = action

@@ -30,12 +30,16 @@ class RewardWeights:
     """Per step, times the distance (m, capped at 10) outside the preferred altitude band."""
     action_smoothness: float = -0.01
     """Per step, times the squared change of the normalized action."""
+    lead_approach: float = 0.0
+    """Per metre the drone came closer (horizontally) to its nearest remembered lead (a target it
+    detected and has not found yet) since the previous step; moving away costs the same. A
+    shaping term towards identification (0: off)."""
 
     def validate(self) -> None:
         """Check the signs of the costs."""
         for name in ("time", "collision", "geofence", "altitude_band", "action_smoothness"):
             check(getattr(self, name) <= 0, name, "is a cost and must be <= 0")
-        for name in ("new_target", "coverage"):
+        for name in ("new_target", "coverage", "lead_approach"):
             check(getattr(self, name) >= 0, name, "is a gain and must be >= 0")
 
 

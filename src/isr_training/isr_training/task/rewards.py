@@ -56,6 +56,15 @@ def action_smoothness_term(action: Tensor, prev_action: Tensor) -> Tensor:
     return ((action - prev_action) ** 2).sum(-1)
 
 
+def lead_approach_term(prev_dist_m: Tensor, dist_m: Tensor, same_lead: Tensor) -> Tensor:
+    """Metres the drone came closer (horizontally) to its nearest remembered lead.
+
+    Since the previous step; negative when it moved away; 0 where the nearest lead changed or
+    there is none (``same_lead`` False).
+    """
+    return torch.where(same_lead, prev_dist_m - dist_m, torch.zeros_like(dist_m))
+
+
 def weighted_sum(terms: dict[str, Tensor], weights: RewardWeights) -> Tensor:
     """The reward: ``sum(weight * term)`` over :data:`REWARD_TERMS`."""
     total = None
