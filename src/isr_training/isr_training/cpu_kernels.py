@@ -670,25 +670,32 @@ def _lead_features_one(
 
 
 @njit(inline="always", cache=True)
-def _lead_approach_one(w, d, pos, lead_pos, detected, found, near_idx, near_dist):
+def _lead_approach_one(
+    w, d, pos, lead_pos, detected, found, target_class, found_range2, near_idx, near_dist
+):  # fmt: skip
     """The ``lead_approach`` term of drone ``(w, d)`` (``task.rewards.lead_approach_term``).
 
-    Finds the nearest (horizontal) remembered lead, ties by index; returns the metres gained on
-    it since the previous step when it is the same lead as then, else 0; stores it and its
-    distance in ``near_idx`` / ``near_dist`` (-1 / 0 when there is none).
+    Finds the nearest remembered lead by its 3D distance beyond its class's recognition range
+    (0 within it), ties by index; returns the metres gained on it since the previous step when
+    it is the same lead as then, else 0; stores it and its distance in ``near_idx`` /
+    ``near_dist`` (-1 / 0 when there is none).
     """
     f32 = np.float32
-    px, py = pos[w, d, 0], pos[w, d, 1]
+    px, py, pz = pos[w, d, 0], pos[w, d, 1], pos[w, d, 2]
     best = -1
-    best_d2 = f32(np.inf)
+    best_d = f32(np.inf)
     for t in range(found.shape[2]):
         if detected[w, d, t] and not found[w, d, t]:
             dx = lead_pos[w, d, t, 0] - px
             dy = lead_pos[w, d, t, 1] - py
-            d2 = dx * dx + dy * dy
-            if d2 < best_d2:
-                best, best_d2 = t, d2
-    dist = np.sqrt(best_d2) if best >= 0 else f32(0.0)
+            dz = lead_pos[w, d, t, 2] - pz
+            beyond = max(
+                np.sqrt(dx * dx + dy * dy + dz * dz) - np.sqrt(found_range2[target_class[w, t]]),
+                f32(0.0),
+            )
+            if beyond < best_d:
+                best, best_d = t, beyond
+    dist = best_d if best >= 0 else f32(0.0)
     gain = near_dist[w, d] - dist if best >= 0 and best == near_idx[w, d] else f32(0.0)
     near_idx[w, d] = best
     near_dist[w, d] = dist
@@ -829,8 +836,9 @@ def task_step(
                         found[w, d, t] = True
                         n_found += 1
             approach = _lead_approach_one(
-                w, d, pos, lead_pos, detected, found, lead_near_idx, lead_near_dist
-            )
+                w, d, pos, lead_pos, detected, found, target_class, found_range2, lead_near_idx,
+                lead_near_dist,
+            )  # fmt: skip
             crashed, breached = _crash_and_breach_one(
                 w, d, pos, ground_contact, box_min, box_max, box_valid, geofence_min, geofence_max,
                 r, r2,

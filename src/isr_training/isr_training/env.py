@@ -425,6 +425,7 @@ class ISREnv:
         ).to(self.device)
         self._max_range_m = COVERAGE_RANGE_M
         self._found_range2 = torch.tensor(self.task.found_range_m, device=self.device) ** 2
+        self._found_range = self._found_range2.sqrt()  # (the kernel's sqrt of found_range2)
         self._drone_hit_m = 2.0 * self.task.drone_radius_m if self.task.drone_collisions else 0.0
         self._area_centre = torch.tensor(
             [w.x_min_m + w.size_x_m / 2, w.y_min_m + w.size_y_m / 2], device=self.device
@@ -574,17 +575,22 @@ class ISREnv:
         return torch.cat((cover, dets), -1)
 
     def _lead_approach(self, pos: Tensor) -> Tensor:
-        """The ``lead_approach`` term: metres gained on the nearest remembered lead.
+        """The ``lead_approach`` term: metres gained on identifying the nearest remembered lead.
 
-        Updates ``lead_near_idx`` / ``lead_near_dist``.
+        A lead's distance is its 3D distance beyond its class's recognition range (0 within it);
+        the nearest is the one of smallest such distance (ties: lower index). Updates
+        ``lead_near_idx`` / ``lead_near_dist``.
         """
-        rel = self.lead_pos[..., :2] - pos[:, :, None, :2]
-        d2 = rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1]
-        d2 = torch.where(self.detected & ~self.found, d2, torch.inf)
-        best_d2, idx = d2.min(-1)
-        has = torch.isfinite(best_d2)
+        rel = self.lead_pos - pos.unsqueeze(2)
+        d = (
+            rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1] + rel[..., 2] * rel[..., 2]
+        ).sqrt()
+        beyond = (d - self._found_range[self.world.target_class][:, None]).clamp(min=0.0)
+        beyond = torch.where(self.detected & ~self.found, beyond, torch.inf)
+        best, idx = beyond.min(-1)
+        has = torch.isfinite(best)
         idx = torch.where(has, idx, -1)
-        dist = torch.where(has, best_d2.clamp(min=0.0).sqrt(), 0.0)
+        dist = torch.where(has, best, 0.0)
         term = lead_approach_term(self.lead_near_dist, dist, has & (idx == self.lead_near_idx))
         self.lead_near_idx, self.lead_near_dist = idx, dist
         return term

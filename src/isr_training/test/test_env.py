@@ -498,29 +498,32 @@ def test_leads_remember_detections_until_found(numba_on):
 
 
 @pytest.mark.parametrize("numba_on", [False, True])
-def test_lead_approach_pays_the_metres_gained_on_the_nearest_lead(numba_on):
-    """lead_approach: metres gained (horizontally) on the nearest remembered lead since the last
-    step, negative when moving away, 0 on the first step with a lead and for a drone without."""
+def test_lead_approach_pays_the_metres_gained_on_identifying_the_nearest_lead(numba_on):
+    """lead_approach: metres gained on the nearest remembered lead's 3D distance beyond its
+    class's recognition range since the last step, negative when moving away, 0 on the first
+    step with a lead, when the nearest lead changes, and for a drone without leads."""
     cfg = EnvConfig(num_worlds=1, drones_per_world=2, stagger=False, seed=0, cpu_kernels=numba_on)
     cfg.task.perception_interval = 1000  # no perception in this test: the leads are set by hand
     env = ISREnv(cfg)
     env.reset(seed=0)
     p0 = env.vehicle.state.pos_enu_m[0, 0].clone()
-    env.detected[0, 0, 1] = True  # drone 0 remembers target 1, 40 m east of it, on the ground
-    env.lead_pos[0, 0, 1] = p0 + torch.tensor([40.0, 3.0, -p0[2].item()])
-    env.detected[0, 0, 2] = True  # and target 2, farther
-    env.lead_pos[0, 0, 2] = p0 + torch.tensor([-80.0, 0.0, 0.0])
+    env.detected[0, 0, 1] = True  # drone 0 remembers target 1, 90 m east of it, on the ground
+    env.lead_pos[0, 0, 1] = p0 + torch.tensor([90.0, 3.0, -p0[2].item()])
+    env.detected[0, 0, 2] = True  # and target 2, far west
+    env.lead_pos[0, 0, 2] = p0 + torch.tensor([-250.0, 0.0, 0.0])
+    reach = env.task.found_range_m[int(env.world.target_class[0, 1])]
 
-    def step(vx: float) -> tuple[float, float, float]:
-        before = env.vehicle.state.pos_enu_m[0, 0, :2].clone()
+    def beyond() -> float:
+        gap = (env.lead_pos[0, 0, 1] - env.vehicle.state.pos_enu_m[0, 0]).norm()
+        return max(float(gap) - reach, 0.0)
+
+    def step(vx: float, vz: float = 0.0) -> tuple[float, float, float]:
+        before = beyond()
         act = torch.zeros(2, 4)
-        act[0, 0] = vx
+        act[0, 0], act[0, 2] = vx, vz
         _, _, _, _, info = env.step(act)
-        after = env.vehicle.state.pos_enu_m[0, 0, :2]
-        lead = env.lead_pos[0, 0, 1, :2]
-        gained = float((lead - before).norm() - (lead - after).norm())
         terms = info["reward_terms"]["lead_approach"]
-        return float(terms[0]), gained, float(terms[1])
+        return float(terms[0]), before - beyond(), float(terms[1])
 
     first, _, other = step(1.0)
     assert first == 0.0 and other == 0.0  # no previous distance yet; drone 1 has no lead
@@ -528,8 +531,11 @@ def test_lead_approach_pays_the_metres_gained_on_the_nearest_lead(numba_on):
     for _ in range(5):
         term, gained, other = step(1.0)
         assert term == pytest.approx(gained, abs=1e-4) and term > 0.05 and other == 0.0
+    for _ in range(5):  # descending towards a lead on the ground counts too
+        term, gained, _ = step(0.0, -1.0)
+        assert term == pytest.approx(gained, abs=1e-4) and term > 0.01
     for _ in range(20):
-        term, gained, _ = step(-1.0)
+        term, gained, _ = step(-1.0, 0.5)
     assert term == pytest.approx(gained, abs=1e-4) and term < -0.05
     env.found[0, 0, 1] = True  # found: the nearest lead is now target 2, a new one: no gain
     term, _, _ = step(-1.0)

@@ -31,9 +31,10 @@ class RewardWeights:
     action_smoothness: float = -0.01
     """Per step, times the squared change of the normalized action."""
     lead_approach: float = 0.0
-    """Per metre the drone came closer (horizontally) to its nearest remembered lead (a target it
-    detected and has not found yet) since the previous step; moving away costs the same. A
-    shaping term towards identification (0: off)."""
+    """Per metre the drone came closer to identifying its nearest remembered lead (a target it
+    detected and has not found yet): the lead's distance beyond its class's recognition range
+    (``found_range_m``), in 3D, so that descending towards a person counts; moving away costs the
+    same. A shaping term towards identification (0: off)."""
 
     def validate(self) -> None:
         """Check the signs of the costs."""

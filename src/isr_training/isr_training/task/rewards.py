@@ -57,10 +57,11 @@ def action_smoothness_term(action: Tensor, prev_action: Tensor) -> Tensor:
 
 
 def lead_approach_term(prev_dist_m: Tensor, dist_m: Tensor, same_lead: Tensor) -> Tensor:
-    """Metres the drone came closer (horizontally) to its nearest remembered lead.
+    """Metres the drone came closer to identifying its nearest remembered lead.
 
-    Since the previous step; negative when it moved away; 0 where the nearest lead changed or
-    there is none (``same_lead`` False).
+    ``dist_m``: the lead's 3D distance beyond its class's recognition range (0 within it), now
+    and at the previous step. Negative when the drone moved away; 0 where the nearest lead
+    changed or there is none (``same_lead`` False).
     """
     return torch.where(same_lead, prev_dist_m - dist_m, torch.zeros_like(dist_m))
 
