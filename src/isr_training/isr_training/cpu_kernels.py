@@ -575,6 +575,22 @@ def filter_actions(
 
 
 @njit(inline="always", cache=True)
+def _insert_ranked(order, score, n, t, key):
+    """Insert item ``t`` with ``key`` into the ``n`` ranked items of ``order``/``score``.
+
+    Ascending key, the earlier inserted first on ties; returns the new count.
+    """
+    j = n
+    while j > 0 and score[j - 1] > key:
+        score[j] = score[j - 1]
+        order[j] = order[j - 1]
+        j -= 1
+    score[j] = key
+    order[j] = t
+    return n + 1
+
+
+@njit(inline="always", cache=True)
 def _detection_features_one(
     w, d, found, boxes, visible, target_class, base, top_k, n_classes, img_w, img_h, out, order,
     score,
@@ -593,15 +609,7 @@ def _detection_features_one(
         if visible[w, d, t]:
             area = (boxes[w, d, t, 2] - boxes[w, d, t, 0]) * (boxes[w, d, t, 3] - boxes[w, d, t, 1])
             s = area + (f32(0.0) if found[w, d, t] else bonus)
-            # insertion: descending score, earlier index first on ties
-            j = n
-            while j > 0 and score[j - 1] < s:
-                score[j] = score[j - 1]
-                order[j] = order[j - 1]
-                j -= 1
-            score[j] = s
-            order[j] = t
-            n += 1
+            n = _insert_ranked(order, score, n, t, -s)  # descending score
     nf = 6 + n_classes
     sw, sh = f32(img_w), f32(img_h)
     for k in range(top_k):
@@ -640,15 +648,7 @@ def _lead_features_one(
         if detected[w, d, t] and not found[w, d, t]:
             dx = lead_pos[w, d, t, 0] - px
             dy = lead_pos[w, d, t, 1] - py
-            s = dx * dx + dy * dy
-            j = n  # insertion: ascending distance, earlier index first on ties
-            while j > 0 and score[j - 1] > s:
-                score[j] = score[j - 1]
-                order[j] = order[j - 1]
-                j -= 1
-            score[j] = s
-            order[j] = t
-            n += 1
+            n = _insert_ranked(order, score, n, t, dx * dx + dy * dy)  # ascending distance
     nf = 4 + n_classes
     sn = out[6]
     c = out[7]

@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 from isr_direct_dynamics.config import ConfigError
 from isr_training.distributed import DistContext, shard
 from isr_training.ppo import PPO, PPOConfig
+from isr_training.testing import TINY_PIPELINE
 
 T, N, OBS = 8, 6, 5  # rollout steps, drones per rank, observation size
 
@@ -157,23 +158,7 @@ def test_shard_splits_worlds_equally_and_names_a_bad_count():
     assert DistContext(0, 2).rank_seed(3) == 3 and DistContext(1, 2).rank_seed(3) != 3
 
 
-TINY = [
-    "env.num_worlds=2",
-    "env.drones_per_world=2",
-    "data.num_worlds=2",
-    "env.world.size_x_m=100",
-    "env.world.size_y_m=100",
-    "env.world.texture_res_m=1.0",
-    "env.task.episode_length_s=6",
-    "bc.epochs=3",
-    "rl.ppo.num_steps=16",
-    "rl.ppo.hidden_sizes=[32,32]",
-    "rl.ppo.critic_warmup_iterations=1",
-    "rl.val_num_worlds=1",
-    "eval.num_worlds=2",
-    "rl.checkpoint_every_iterations=1",
-    "rl.keep_checkpoints=2",
-]
+TINY = list(TINY_PIPELINE)
 
 
 def _processes_mentioning(text: str) -> list[int]:

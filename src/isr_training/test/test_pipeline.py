@@ -15,29 +15,13 @@ import torch
 
 from isr_training.models import safe_load
 from isr_training.pipeline import Experiment, resolve_config, run_pipeline
+from isr_training.testing import TINY_PIPELINE
 from isr_training.training_cli import main as train_main
 
 # TorchScript is deprecated in torch 2.x but is one of the required export formats.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")
 
-TINY = [
-    "env.num_worlds=2",
-    "env.drones_per_world=2",
-    "data.num_worlds=2",
-    "env.world.size_x_m=100",
-    "env.world.size_y_m=100",
-    "env.world.texture_res_m=1.0",
-    "env.task.episode_length_s=6",
-    "bc.epochs=3",
-    "rl.ppo.num_steps=16",
-    "rl.ppo.hidden_sizes=[32,32]",
-    "rl.ppo.critic_warmup_iterations=1",
-    "rl.val_num_worlds=1",
-    "eval.num_worlds=2",
-    "rl.checkpoint_every_iterations=1",
-    "rl.keep_checkpoints=2",
-    "progress=false",
-]
+TINY = list(TINY_PIPELINE)
 
 
 @pytest.mark.integration
