@@ -23,6 +23,7 @@ from isr_px4_eval.evidence.bags import BagSource
 from isr_px4_eval.evidence.recording import T_IMAGE, TOPIC_RENDERED, record_policy_run
 from isr_px4_eval.evidence.video import make_video
 from isr_sim_bridge import rosmsg
+from isr_training.testing import TINY_PIPELINE
 
 torch.set_num_threads(1)
 pytestmark = [
@@ -31,20 +32,9 @@ pytestmark = [
 ]
 
 TINY_TRAINING = [
-    "env.num_worlds=2",
-    "env.drones_per_world=2",
-    "data.num_worlds=2",
-    "env.world.size_x_m=100",
-    "env.world.size_y_m=100",
-    "env.world.texture_res_m=1.0",
+    *TINY_PIPELINE,
     "env.task.episode_length_s=3",
     "bc.epochs=2",
-    "rl.ppo.num_steps=16",
-    "rl.ppo.hidden_sizes=[32,32]",
-    "rl.ppo.critic_warmup_iterations=1",
-    "rl.val_num_worlds=1",
-    "eval.num_worlds=2",
-    "rl.checkpoint_every_iterations=1",
     "rl.eval_every_iterations=2",
 ]
 """A training budget of a few seconds (3 s episodes on 100 x 100 m worlds)."""
