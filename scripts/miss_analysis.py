@@ -13,20 +13,14 @@ occluded). One JSON object per policy, with the mean altitude flown; overall and
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
+from paired_eval import held_out_command_line  # (scripts/ is on sys.path when run as a script)
 
-from isr_direct_dynamics.config import ConfigError
 from isr_sim_bridge.world_batch import TARGET_CLASSES
 from isr_training.baselines import ScriptedExpert
-from isr_training.export import load_policy_file
-from isr_training.imitation import deterministic_actor
-from isr_training.models import load_policy
 from isr_training.pipeline import make_env
-from isr_training.training_config import resolve_config
 
 
 def analyse(cfg, seeds: list[int], name: str, make) -> dict:
@@ -76,20 +70,7 @@ def analyse(cfg, seeds: list[int], name: str, make) -> dict:
 
 def main() -> None:
     """Command line: see the module docstring."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("policy", type=Path)
-    ap.add_argument("--first-seed", type=int, default=100000)
-    ap.add_argument("--worlds", type=int, default=200)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    cfg = resolve_config(preset="quick")
-    seeds = list(range(args.first_seed, args.first_seed + args.worlds))
-    try:  # an exported policy (experiment directory, final_model/...)
-        loaded = load_policy_file(args.policy)
-        label, act = str(loaded.path), lambda obs: loaded.act(obs).clamp(-1.0, 1.0)
-    except ConfigError:  # a training policy file (rl_model/best.pt, imitation_model/best.pt)
-        model, _ = load_policy(args.policy)
-        label, act = str(args.policy), deterministic_actor(model)
+    cfg, seeds, label, act = held_out_command_line(__doc__)
     for name, make in (
         (label, lambda env: act),
         ("scripted_expert", lambda env: ScriptedExpert(env)),

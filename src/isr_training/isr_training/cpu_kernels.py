@@ -612,12 +612,9 @@ def _detection_features_one(
             n = _insert_ranked(order, score, n, t, -s)  # descending score
     nf = 6 + n_classes
     sw, sh = f32(img_w), f32(img_h)
-    for k in range(top_k):
+    out[base : base + top_k * nf] = f32(0.0)  # empty slots stay zero
+    for k in range(min(n, top_k)):
         o = base + k * nf
-        for f in range(nf):
-            out[o + f] = f32(0.0)
-        if k >= n:
-            continue
         t = order[k]
         b0, b1, b2, b3 = boxes[w, d, t, 0], boxes[w, d, t, 1], boxes[w, d, t, 2], boxes[w, d, t, 3]
         out[o] = f32(1.0)
@@ -652,12 +649,9 @@ def _lead_features_one(
     nf = 4 + n_classes
     sn = out[6]
     c = out[7]
-    for k in range(top_k):
+    out[base : base + top_k * nf] = f32(0.0)  # empty slots stay zero
+    for k in range(min(n, top_k)):
         o = base + k * nf
-        for f in range(nf):
-            out[o + f] = f32(0.0)
-        if k >= n:
-            continue
         t = order[k]
         dx = lead_pos[w, d, t, 0] - px
         dy = lead_pos[w, d, t, 1] - py

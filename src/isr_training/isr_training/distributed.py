@@ -191,6 +191,21 @@ PR_SET_PDEATHSIG = 1
 """prctl option: signal delivered when the parent thread exits (linux/prctl.h)."""
 
 
+def launch(module: str, nproc: int, argv: list[str]) -> int:
+    """Run ``python -m module argv`` as ``nproc`` ranks on this node; torchrun's exit status.
+
+    ``torchrun --standalone --nproc_per_node nproc`` with this interpreter.
+    """
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", module, *argv,
+    ]  # fmt: skip
+    print(f"launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
 def shutdown() -> None:
     """Leave the process group (if one was joined)."""
     if dist.is_available() and dist.is_initialized():

@@ -453,7 +453,7 @@ class ISREnv:
         self.lead_near_idx = torch.full(shape, -1, dtype=torch.long, device=self.device)
         """Each drone's nearest remembered lead after the last step (-1: none)."""
         self.lead_near_dist = z(shape, device=self.device)
-        """Its horizontal distance, m (the ``lead_approach`` term's memory)."""
+        """Its 3D distance beyond its recognition range, m (the ``lead_approach`` term's memory)."""
         self.image = (
             z(self.num_worlds, self.drones_per_world, *self.image_shape, dtype=torch.uint8,
               device=self.device)

@@ -373,8 +373,7 @@ def train_bc(
     extra = {"seed": seed}
     n_train = tr_o.shape[0]
     writes = out is not None and dist.is_main
-    if dist.enabled:
-        dist.broadcast_module_(model)  # (the same already: one seed, one data set)
+    dist.broadcast_module_(model)  # (the same already: one seed, one data set)
     t0 = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -387,18 +386,16 @@ def train_bc(
         for i in range(0, n_train, batch):
             idx = perm[i : i + batch]
             opt.zero_grad(set_to_none=True)
-            if dist.enabled:  # this rank's share of the minibatch, its gradient weighted by it
-                n_batch = idx.shape[0]
-                idx = idx[dist.rank :: dist.world_size]
-                if idx.shape[0] == 0:  # nothing left for this rank: a zero gradient
-                    loss = sum(p.sum() for p in model.parameters()) * 0.0
-                else:
-                    loss = loss_fn(tr_o[idx], tr_a[idx], None if tr_m is None else tr_m[idx])
-                (loss * (idx.shape[0] * dist.world_size / n_batch)).backward()
-                dist.all_reduce_grads_(list(model.parameters()))
+            # this rank's share of the minibatch (all of it on one rank), its gradient weighted
+            # by the share (1 on one rank) before the ranks' gradients are averaged
+            n_batch = idx.shape[0]
+            idx = idx[dist.rank :: dist.world_size]
+            if idx.shape[0] == 0:  # nothing left for this rank: a zero gradient
+                loss = sum(p.sum() for p in model.parameters()) * 0.0
             else:
                 loss = loss_fn(tr_o[idx], tr_a[idx], None if tr_m is None else tr_m[idx])
-                loss.backward()
+            (loss * (idx.shape[0] * dist.world_size / n_batch)).backward()
+            dist.all_reduce_grads_(list(model.parameters()))
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total += loss.detach()

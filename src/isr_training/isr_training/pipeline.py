@@ -1352,10 +1352,8 @@ def _run_stages(exp: Experiment, todo: list[str]) -> dict[str, Any]:
             continue
         if ctx.enabled:  # every rank sees the markers rank 0 wrote before going on
             ctx.barrier()
-        if not ctx.is_main and s not in DATA_PARALLEL_STAGES:  # rank 0 alone
-            continue
-        if not ctx.is_main:
-            if not exp.is_done(s):
+        if not ctx.is_main:  # rank 0 alone runs the other stages and writes the markers
+            if s in DATA_PARALLEL_STAGES and not exp.is_done(s):
                 results[s] = {"result": STAGE_FUNCTIONS[s](exp)}
             continue
         if exp.is_done(s):

@@ -66,7 +66,9 @@ def _train(args: argparse.Namespace) -> int:
             else resolve_config(args.preset, overrides, args.config),
             nproc,
         )  # one error line here rather than one traceback per rank
-        return _launch_ranks(args, nproc)
+        from .distributed import launch
+
+        return launch("isr_training.train", nproc, _forwarded_argv(args))
     if "WORLD_SIZE" in os.environ and not args.print_config:
         return _train_rank(args, overrides, stages)
     if args.resume:
@@ -135,18 +137,6 @@ def _check_data_parallel(cfg: Any, nproc: int) -> None:
     shard(cfg.env.num_worlds, DistContext(0, nproc))
 
 
-def _launch_ranks(args: argparse.Namespace, nproc: int) -> int:
-    """``isr train --nproc N``: the same command as N ranks on this node under torchrun."""
-    import subprocess
-
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "isr_training.train", *_forwarded_argv(args),
-    ]  # fmt: skip
-    print(f"launching {nproc} ranks: {' '.join(cmd)}", file=sys.stderr)
-    return subprocess.call(cmd)
-
-
 def _train_rank(args: argparse.Namespace, overrides: list[str], stages: list[str] | None) -> int:
     """One rank of a data-parallel ``isr train`` (started by torchrun).
 
@@ -162,7 +152,6 @@ def _train_rank(args: argparse.Namespace, overrides: list[str], stages: list[str
     _check_data_parallel(cfg, int(os.environ["WORLD_SIZE"]))
     ctx, device = distributed.init(cfg.device)
     try:
-        distributed.shard(cfg.env.num_worlds, ctx)  # refuse an unequal split before any work
         if ctx.is_main:
             exp = (
                 Experiment.open(args.resume)
@@ -203,8 +192,6 @@ def _bench_train(args: argparse.Namespace) -> int:
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         if args.algo != "ppo":
             raise ConfigError(f"--nproc {nproc}: data-parallel benchmarks are for --algo ppo")
-        import subprocess
-
         flags = [
             "--algo", args.algo, "--drones", args.drones, "--drones-per-world",
             args.drones_per_world, "--num-steps", args.num_steps, "--minibatches",
@@ -213,11 +200,7 @@ def _bench_train(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         flags += ["--hidden", args.hidden] if args.hidden else []
         flags += ["--json"] if args.json else []
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "isr_training.bench_train", *map(str, flags),
-        ]  # fmt: skip
-        return subprocess.call(cmd)
+        return distributed.launch("isr_training.bench_train", nproc, [str(f) for f in flags])
     configure_threads(args.threads)
     if args.drones % args.drones_per_world:
         raise ValueError(f"--drones {args.drones} is not a multiple of --drones-per-world")

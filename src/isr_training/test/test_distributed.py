@@ -123,7 +123,8 @@ def test_two_rank_behaviour_cloning_equals_one_rank(tmp_path):
     gradients, minibatches of 25 split 13/12); only rank 0 writes the output folder."""
     (tmp_path / "bc").mkdir()
     mp.spawn(_bc_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "bc_rank0.pt"), torch.load(tmp_path / "bc_rank1.pt")
+    r0 = torch.load(tmp_path / "bc_rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "bc_rank1.pt", weights_only=True)
     ref = _bc(DistContext(), None)
     for k in ref:
         assert torch.equal(r0[k], r1[k]), k
@@ -134,8 +135,8 @@ def test_two_rank_behaviour_cloning_equals_one_rank(tmp_path):
 @pytest.mark.integration
 def test_two_rank_update_is_the_one_rank_update_on_the_union_batch(tmp_path):
     mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt")
-    r1 = torch.load(tmp_path / "rank1.pt")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"{k} differs between the ranks"
     ref = PPO(_fake_env(2 * N), _cfg(), seed=5)  # rank 0's seed: the same initial parameters
