@@ -1,7 +1,6 @@
 """``torchrun ... -m isr_training.bench_train [flags]``: a rank of ``isr bench train --nproc N``."""
 
 import argparse
-import sys
 
 from isr_direct_dynamics.config import run_command
 
@@ -16,4 +15,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from . import distributed
+
+    distributed.exit_process(main())

@@ -275,3 +275,11 @@ def test_nproc_bad_input_is_one_error_line_before_any_rank_starts(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_exit_process_is_sys_exit_outside_a_process_group():
+    from isr_training import distributed
+
+    with pytest.raises(SystemExit) as e:
+        distributed.exit_process(3)
+    assert e.value.code == 3
