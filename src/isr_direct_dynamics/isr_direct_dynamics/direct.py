@@ -101,6 +101,14 @@ class DirectDynamicsConfig:
     SIH_MASS`` = 1/s, i.e. 45 deg at 10 m/s). Changes only the attitude (camera), not the
     velocity response. ``isr tune-dynamics`` fits it where the flight has attitude."""
 
+    max_climb_rate_m_s: float | None = 3.0
+    """Limit of the commanded climb rate, m/s: PX4 clips the offboard velocity setpoint to
+    ``MPC_Z_VEL_MAX_UP`` (3 m/s in v1.15) before its controllers, so a policy trained without the
+    clip climbs faster than on PX4. ``None``: no limit (the action scale only)."""
+    max_descent_rate_m_s: float | None = 1.5
+    """Limit of the commanded descent rate, m/s (PX4 ``MPC_Z_VEL_MAX_DN``, 1.5 m/s in v1.15; see
+    ``max_climb_rate_m_s``). ``None``: no limit."""
+
     cpu_kernels: bool | None = None
     """On CPU, run the step as one numba loop over drones
     (:func:`isr_direct_dynamics.cpu_kernels.direct_step`, the same float32 operations as
@@ -137,6 +145,10 @@ class DirectDynamicsConfig:
         for name in ("vel_noise_m_s_per_sqrt_s", "pos_noise_m_per_sqrt_s"):
             v = getattr(self, name)
             check(math.isfinite(v) and v >= 0, name, f"must be >= 0, got {v}")
+        for name in ("max_climb_rate_m_s", "max_descent_rate_m_s"):
+            v = getattr(self, name)
+            if v is not None:
+                check(math.isfinite(v) and v > 0, name, f"must be > 0 or null, got {v}")
         v = self.tilt_drag_1_s
         check(math.isfinite(v) and 0 <= v <= 10, "tilt_drag_1_s", f"must be in [0, 10], got {v}")
         check(
@@ -153,6 +165,17 @@ class DirectDynamicsConfig:
         return replace(
             self, tau_horizontal_s=tau, tau_vertical_s=tau, tau_yaw_s=tau, damping_per_step=None
         )
+
+
+def vertical_action_bounds(cfg: DirectDynamicsConfig) -> tuple[float, float] | None:
+    """The normalized vertical action's ``(low, high)`` after PX4's climb/descent clip.
+
+    ``None`` when neither limit is below the action scale (nothing to clip).
+    """
+    scale = cfg.limits.max_vertical_velocity_m_s
+    lo = -1.0 if cfg.max_descent_rate_m_s is None else max(-1.0, -cfg.max_descent_rate_m_s / scale)
+    hi = 1.0 if cfg.max_climb_rate_m_s is None else min(1.0, cfg.max_climb_rate_m_s / scale)
+    return None if (lo, hi) == (-1.0, 1.0) else (lo, hi)
 
 
 @dataclass
@@ -385,6 +408,7 @@ class DirectDynamics(VehicleModel):
         self._z_axis = torch.tensor([False, False, True], device=dev)  # selects vz
         self._tan_max_tilt = math.tan(math.radians(self.config.max_tilt_deg))
         self._max_delay = 0
+        self._vz_bounds = vertical_action_bounds(self.config)
         self.set_params(DirectParams.from_config(self.config, shape, dev))
 
     # ------------------------------------------------------------------ parameters
@@ -521,6 +545,11 @@ class DirectDynamics(VehicleModel):
     def _step_clean(self, action: Tensor) -> None:
         if self._max_delay > 0:
             action = self._delayed(action)
+        if self._vz_bounds is not None:
+            lo, hi = self._vz_bounds
+            action = torch.cat(
+                (action[..., :2], action[..., 2:3].clamp(lo, hi), action[..., 3:]), -1
+            )
         st = self.state
         step_fn = self._step_numba if self.numba_step else self._step_fn
         out = step_fn(

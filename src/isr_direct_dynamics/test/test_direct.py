@@ -92,7 +92,8 @@ def test_position_is_exact_integral_of_velocity(device):
 
 
 def test_saturation_and_diagonal_norm(device):
-    model = DirectDynamics(1, 3, 0.1, device)
+    no_clip = DirectDynamicsConfig(max_climb_rate_m_s=None, max_descent_rate_m_s=None)
+    model = DirectDynamics(1, 3, 0.1, device, config=no_clip)
     airborne(model)
     action = torch.tensor(
         [[[5.0, 0.0, -7.0, 3.0], [1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, -1.0]]], device=device
@@ -108,6 +109,40 @@ def test_saturation_and_diagonal_norm(device):
     rate = model.state.body_rates_flu_rad_s[0, :, 2]
     assert rate[0].item() == pytest.approx(math.pi / 2, abs=1e-4)
     assert rate[2].item() == pytest.approx(-math.pi / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("cpu_kernels", [False, True])
+def test_vertical_command_is_clipped_as_px4_does(device, cpu_kernels):
+    """PX4 clips the climb/descent setpoint (MPC_Z_VEL_MAX_UP 3 / _DN 1.5 m/s) before control."""
+    cfg = DirectDynamicsConfig(cpu_kernels=cpu_kernels)
+    assert (cfg.max_climb_rate_m_s, cfg.max_descent_rate_m_s) == (3.0, 1.5)
+    model = DirectDynamics(1, 4, 0.1, device, config=cfg)
+    airborne(model, altitude=500.0)
+    # full climb, full descent, half descent (2.5 m/s -> 1.5), a small climb inside the limits
+    action = torch.tensor(
+        [[[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 0.0, -0.5, 0.0], [0, 0, 0.2, 0]]],
+        device=device,
+    )
+    for _ in range(300):
+        model.step(action)
+    vz = model.state.vel_enu_m_s[0, :, 2].tolist()
+    assert vz == pytest.approx([3.0, -1.5, -1.5, 1.0], abs=1e-3)
+    lim = DirectDynamicsConfig(max_climb_rate_m_s=4.0, max_descent_rate_m_s=None)
+    model = DirectDynamics(1, 2, 0.1, device, config=lim)
+    airborne(model, altitude=500.0)
+    for _ in range(300):
+        model.step(action[:, :2])
+    assert model.state.vel_enu_m_s[0, :, 2].tolist() == pytest.approx([4.0, -5.0], abs=1e-3)
+
+
+def test_vertical_action_bounds():
+    from isr_direct_dynamics.direct import vertical_action_bounds
+
+    assert vertical_action_bounds(DirectDynamicsConfig()) == pytest.approx((-0.3, 0.6))
+    off = DirectDynamicsConfig(max_climb_rate_m_s=None, max_descent_rate_m_s=None)
+    assert vertical_action_bounds(off) is None
+    wide = DirectDynamicsConfig(max_climb_rate_m_s=7.0, max_descent_rate_m_s=6.0)
+    assert vertical_action_bounds(wide) is None
 
 
 def test_unclipped_diagonal_scales_each_axis(device):
@@ -300,6 +335,8 @@ def test_tilt_balances_drag_at_steady_speed(device):
         ({"tau_vertical": 0.3}, "tau_vertical"),
         ({"limits": {"max_speed": 3.0}}, "limits.max_speed"),
         ({"tau_yaw_s": "fast"}, "tau_yaw_s"),
+        ({"max_climb_rate_m_s": 0.0}, "max_climb_rate_m_s"),
+        ({"max_descent_rate_m_s": -1.5}, "max_descent_rate_m_s"),
     ],
 )
 def test_bad_config_names_the_field(data, field):
@@ -407,13 +444,13 @@ def test_numba_step_matches_torch(options):
         p = model.params
         p.tau_horizontal_s = p.tau_horizontal_s * torch.linspace(0.5, 1.5, 12).view(3, 4)
         model.set_params(p)
-        airborne(model, 8.0)
+        airborne(model, 5.0)
         gen = torch.Generator().manual_seed(1)
         states = []
         for k in range(80):
             action = torch.rand(3, 4, 4, generator=gen) * 2 - 1
-            if k < 30:
-                action[0, :, 2] = -1.0  # world 0 descends onto the ground
+            if k < 45:
+                action[0, :, 2] = -1.0  # world 0 descends onto the ground (at 1.5 m/s)
             if k == 50:
                 model.reset(
                     torch.rand(3, 4, generator=gen) < 0.5,

@@ -136,6 +136,20 @@ def test_replay_matches_the_model_with_its_own_delay():
 
 
 @pytest.mark.unit
+def test_windows_clip_vertical_commands_as_px4():
+    log = simulate_direct(TRUE, num_sequences=1, duration_s=12.0, noise_m_s=0.0)[0]
+    log.cmd_vel_enu_m_s[:, 2] = np.linspace(-5.0, 5.0, log.num_samples)
+    raw = make_windows([log], window_s=100.0, burn_in_s=0.0, history_s=0.2)
+    clipped = make_windows([log], 100.0, 0.0, 0.2, climb_descent_m_s=(3.0, 1.5))
+    assert float(raw.cmd[..., 2].min()) == pytest.approx(-5.0)
+    assert float(clipped.cmd[..., 2].min()) == pytest.approx(-1.5)
+    assert float(clipped.cmd[..., 2].max()) == pytest.approx(3.0)
+    inside = (raw.cmd[..., 2] > -1.5) & (raw.cmd[..., 2] < 3.0)
+    assert torch.equal(clipped.cmd[..., 2][inside], raw.cmd[..., 2][inside])
+    torch.testing.assert_close(clipped.cmd[..., [0, 1, 3]], raw.cmd[..., [0, 1, 3]])
+
+
+@pytest.mark.unit
 def test_windows_burn_in_and_history():
     log = simulate_direct(TRUE, num_sequences=1, duration_s=30.0, noise_m_s=0.0)[0]
     batch = make_windows([log], window_s=10.0, burn_in_s=2.0, history_s=0.2)

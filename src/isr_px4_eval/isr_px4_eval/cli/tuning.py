@@ -133,6 +133,9 @@ def run_tune_dynamics(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             control_dt_s=args.grid_dt,
             max_horizontal_speed_m_s=args.max_speed,
+            max_vertical_speed_m_s=args.max_vertical_speed,
+            max_yaw_rate_rad_s=args.max_yaw_rate,
+            hold_s=(args.hold[0], args.hold[1]),
             seed=args.seed,
         )
         result = fit_from_embedded(embedded, cfg, quad_cfg, base)
@@ -270,6 +273,26 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
         default=6.0,
         help="embedded: largest random horizontal speed command, m/s (10 = the action limit)",
     )
+    p.add_argument(
+        "--max-vertical-speed",
+        type=float,
+        default=1.5,
+        help="embedded: random vertical speed commands in +-this, m/s (5 = the action limit)",
+    )
+    p.add_argument(
+        "--max-yaw-rate",
+        type=float,
+        default=1.0,
+        help="embedded: random yaw-rate commands in +-this, rad/s (1.571 = the action limit)",
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        nargs=2,
+        default=(0.5, 2.5),
+        metavar=("LOW", "HIGH"),
+        help="embedded: each random command is held for LOW..HIGH s",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--threads",
@@ -292,6 +315,9 @@ def register(sub: argparse._SubParsersAction, bench_sub: argparse._SubParsersAct
             "num_fit_sequences": "--fit-sequences",
             "duration_s": "--duration",
             "max_horizontal_speed_m_s": "--max-speed",
+            "max_vertical_speed_m_s": "--max-vertical-speed",
+            "max_yaw_rate_rad_s": "--max-yaw-rate",
+            "hold_s": "--hold",
         },
     )
 

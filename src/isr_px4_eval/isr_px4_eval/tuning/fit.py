@@ -190,8 +190,11 @@ def tune(
     base.validate()
     untuned = FitParams.from_config(base, cfg.control_dt_s)
     history_s = max(cfg.max_delay_s, untuned.delay_s)
-    fit_batch = make_windows(fit_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device)
-    held_batch = make_windows(heldout_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device)
+    clip = (base.max_climb_rate_m_s, base.max_descent_rate_m_s)
+    fit_batch = make_windows(fit_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device, clip)
+    held_batch = make_windows(
+        heldout_logs, cfg.window_s, cfg.burn_in_s, history_s, cfg.device, clip
+    )
     dt = fit_batch.dt_s
     first = cem_search(fit_batch, cfg, slow_pole=False)
     slow = cem_search(fit_batch, replace(cfg, seed=cfg.seed + 1), slow_pole=True)

@@ -287,11 +287,15 @@ def make_windows(
     burn_in_s: float,
     history_s: float,
     device: torch.device | str = "cpu",
+    climb_descent_m_s: tuple[float | None, float | None] = (None, None),
 ) -> ReplayBatch:
     """Cut the valid segments of ``logs`` into replay windows (see the module docstring).
 
     Each scored chunk ``[c, c + window)`` is replayed from ``max(segment start, c - burn_in)``;
     the first ``burn_in`` of every segment is never scored (the model has not settled yet).
+    ``climb_descent_m_s``: PX4's setpoint limits (``MPC_Z_VEL_MAX_UP``, ``MPC_Z_VEL_MAX_DN``;
+    ``None`` = none) applied to the logged vertical commands, as PX4 applies them before its
+    controllers (:attr:`DirectDynamicsConfig.max_climb_rate_m_s`).
     """
     if not logs:
         raise FlightLogError("no flight logs to cut into windows")
@@ -332,6 +336,12 @@ def make_windows(
         idx = np.minimum(idx, e - 1)  # hold the last command in the padding
         c_all = np.column_stack((log.cmd_vel_enu_m_s[idx], log.cmd_yaw_rate_enu_rad_s[idx]))
         cmd[i] = np.where(np.isfinite(c_all), c_all, 0.0)
+        climb, descent = climb_descent_m_s
+        cmd[i, :, 2] = np.clip(
+            cmd[i, :, 2],
+            -np.inf if descent is None else -descent,
+            np.inf if climb is None else climb,
+        )
         t_len = e - s
         vel[i, :t_len] = log.vel_enu_m_s[s:e]
         yr = log.yaw_rate_enu_rad_s[s:e]
@@ -440,7 +450,12 @@ def replay(
             f"a candidate's delay ({int(cand.delay_steps.max())} steps) exceeds the windows' "
             f"command history ({batch.history} steps)"
         )
-    cfg = DirectDynamicsConfig(limits=_REPLAY_LIMITS, tilt_from_acceleration=False)
+    cfg = DirectDynamicsConfig(  # the setpoint clip is in batch.cmd (make_windows)
+        limits=_REPLAY_LIMITS,
+        tilt_from_acceleration=False,
+        max_climb_rate_m_s=None,
+        max_descent_rate_m_s=None,
+    )
     model = DirectDynamics(w, p, batch.dt_s, dev, config=cfg, terrain_height_fn=_no_ground)
     model.set_params(cand.direct_params(w))
     vel0 = batch.vel[:, 0].unsqueeze(1).expand(w, p, 3).contiguous()
