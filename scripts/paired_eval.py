@@ -1,7 +1,7 @@
 """Paired comparison of a trained policy with the scripted expert on the same held-out worlds.
 
     .venv/bin/python scripts/paired_eval.py EXPERIMENT_DIR_OR_POLICY_FILE [--first-seed 100000]
-        [--worlds 200]
+        [--worlds 200] [--quality fast|medium|production] [--set KEY=VALUE ...]
 
 (POLICY_FILE: exported, or a training file such as ``rl_model/best.pt``.)
 
@@ -32,7 +32,7 @@ from isr_training.training_config import resolve_config
 
 
 def held_out_command_line(doc: str) -> tuple[Any, list[int], str, Callable[[Any], Any]]:
-    """The held-out-world scripts' command line: ``POLICY [--first-seed S] [--worlds N]``.
+    """The held-out scripts' command line: ``POLICY [--first-seed S] [--worlds N] [--quality Q]``.
 
     Returns the ``quick`` preset's config, the world seeds, the policy's name and its
     deterministic ``act(obs)``.
@@ -44,9 +44,23 @@ def held_out_command_line(doc: str) -> tuple[Any, list[int], str, Callable[[Any]
     ap.add_argument("policy", type=Path)
     ap.add_argument("--first-seed", type=int, default=100000)
     ap.add_argument("--worlds", type=int, default=200)
+    ap.add_argument(
+        "--quality",
+        choices=("fast", "medium", "production"),
+        default="fast",
+        help="vehicle model: fast = the direct training model; medium/production = the "
+        "full-fidelity quadrotor with the PX4-like cascade (dynamics_config.yaml)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override after --quality, e.g. env.camera_resolution=80x80 (repeatable)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = resolve_config(preset="quick")
+    cfg = resolve_config(preset="quick", overrides=[f"physics_quality={args.quality}", *args.set])
     seeds = list(range(args.first_seed, args.first_seed + args.worlds))
     try:
         loaded = load_policy_file(args.policy)

@@ -94,8 +94,8 @@ class PX4ControllerConfig:
     """``MPC_XY_VEL_MAX``: limit of the horizontal velocity setpoint norm, m/s."""
     z_vel_max_up_m_s: float = 3.0
     """``MPC_Z_VEL_MAX_UP``: limit of the climb-rate setpoint, m/s. Note: the workspace's action
-    scaling reaches 5 m/s vertically; above this limit PX4 (and this model) clip the setpoint, so
-    steady-state agreement with the direct model only holds within PX4's limits."""
+    scaling reaches 5 m/s vertically; above this limit PX4 (and this model) clip the setpoint, as
+    does the direct model (``DirectDynamicsConfig.max_climb_rate_m_s``, same defaults)."""
     z_vel_max_dn_m_s: float = 1.5
     """``MPC_Z_VEL_MAX_DN``: limit of the descent-rate setpoint, m/s (see ``z_vel_max_up_m_s``)."""
     tilt_max_air_deg: float = 45.0
