@@ -170,6 +170,9 @@ class VehicleModel(ABC):
         self.state = VehicleState.zeros(num_worlds, drones_per_world, self.device)
         self.nonfinite_action_count = torch.zeros((), dtype=torch.long, device=self.device)
         """Number of drone-steps whose command held NaN/inf and was replaced by a zero command."""
+        self.action_bounds: tuple[float | Tensor, float | Tensor] = (-1.0, 1.0)
+        """``(low, high)`` the sanitized action is clipped to: ``[-1, 1]``, or per channel ``(4,)``
+        where a model narrows it (the direct model's PX4 climb/descent clip)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -182,7 +185,7 @@ class VehicleModel(ABC):
         return self.num_worlds * self.drones_per_world
 
     def sanitize_action(self, action: Tensor) -> Tensor:
-        """Shape check, NaN/inf -> zero command (counted), clip to ``[-1, 1]``."""
+        """Shape check, NaN/inf -> zero command (counted), clip to :attr:`action_bounds`."""
         expected = (self.num_worlds, self.drones_per_world, 4)
         if tuple(action.shape) != expected:
             raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected}")
@@ -190,7 +193,7 @@ class VehicleModel(ABC):
         bad = ~torch.isfinite(action).all(dim=-1)  # (W, D)
         self.nonfinite_action_count += bad.sum()
         action = torch.where(bad.unsqueeze(-1), torch.zeros_like(action), action)
-        return action.clamp(-1.0, 1.0)
+        return action.clamp(*self.action_bounds)
 
     def reset(
         self, mask: Tensor | None = None, initial: InitialState | None = None

@@ -408,7 +408,12 @@ class DirectDynamics(VehicleModel):
         self._z_axis = torch.tensor([False, False, True], device=dev)  # selects vz
         self._tan_max_tilt = math.tan(math.radians(self.config.max_tilt_deg))
         self._max_delay = 0
-        self._vz_bounds = vertical_action_bounds(self.config)
+        vz = vertical_action_bounds(self.config)
+        if vz is not None:  # PX4's climb/descent clip, applied with the action's [-1, 1] clip
+            self.action_bounds = (
+                torch.tensor([-1.0, -1.0, vz[0], -1.0], device=dev),
+                torch.tensor([1.0, 1.0, vz[1], 1.0], device=dev),
+            )
         self.set_params(DirectParams.from_config(self.config, shape, dev))
 
     # ------------------------------------------------------------------ parameters
@@ -545,11 +550,6 @@ class DirectDynamics(VehicleModel):
     def _step_clean(self, action: Tensor) -> None:
         if self._max_delay > 0:
             action = self._delayed(action)
-        if self._vz_bounds is not None:
-            lo, hi = self._vz_bounds
-            action = torch.cat(
-                (action[..., :2], action[..., 2:3].clamp(lo, hi), action[..., 3:]), -1
-            )
         st = self.state
         step_fn = self._step_numba if self.numba_step else self._step_fn
         out = step_fn(

@@ -117,9 +117,6 @@ class DistContext:
         return seed + RANK_SEED_STRIDE * self.rank
 
 
-_JOINED = False
-"""Whether this process joined a process group (it may have left it again by now)."""
-
 SINGLE = DistContext()
 """The single-process context."""
 
@@ -169,8 +166,6 @@ def init(device: str, timeout_s: float = 1800.0) -> tuple[DistContext, str]:
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout_s))
-    global _JOINED
-    _JOINED = True
     return DistContext(rank, world_size, local_rank, backend), device
 
 
@@ -225,9 +220,11 @@ def exit_process(rc: int) -> None:
     interpreter and aborts the rank ("terminate called without an active exception", SIGABRT)
     after its work is done: seen in about 1 run in 6 of a 2-rank job on a loaded 2-core machine.
     A rank therefore flushes its streams and logs and leaves with ``os._exit``; everything it
-    writes (checkpoints, logs, the experiment) is closed before this. One process: ``sys.exit``.
+    writes (checkpoints, logs, the experiment) is closed before this. One process (no torchrun,
+    or a world of one, which :func:`init` never joins): ``sys.exit``.
     """
-    if not _JOINED:
+    env = from_environment()
+    if env is None or env[1] == 1:
         sys.exit(rc)
     import logging
 

@@ -135,7 +135,7 @@ def run_tune_dynamics(args: argparse.Namespace) -> int:
             max_horizontal_speed_m_s=args.max_speed,
             max_vertical_speed_m_s=args.max_vertical_speed,
             max_yaw_rate_rad_s=args.max_yaw_rate,
-            hold_s=(args.hold[0], args.hold[1]),
+            hold_s=tuple(args.hold),
             seed=args.seed,
         )
         result = fit_from_embedded(embedded, cfg, quad_cfg, base)

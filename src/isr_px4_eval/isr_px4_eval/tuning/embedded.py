@@ -60,21 +60,9 @@ class EmbeddedConfig:
         check(self.duration_s > 0, "duration_s", "must be > 0")
         check(self.control_dt_s > 0, "control_dt_s", "must be > 0")
         check(0 < self.hold_s[0] <= self.hold_s[1], "hold_s", "must satisfy 0 < low <= high")
-        check(
-            self.max_horizontal_speed_m_s >= 0,
-            "max_horizontal_speed_m_s",
-            f"must be >= 0, got {self.max_horizontal_speed_m_s}",
-        )
-        check(
-            self.max_vertical_speed_m_s >= 0,
-            "max_vertical_speed_m_s",
-            f"must be >= 0, got {self.max_vertical_speed_m_s}",
-        )
-        check(
-            self.max_yaw_rate_rad_s >= 0,
-            "max_yaw_rate_rad_s",
-            f"must be >= 0, got {self.max_yaw_rate_rad_s}",
-        )
+        for name in ("max_horizontal_speed_m_s", "max_vertical_speed_m_s", "max_yaw_rate_rad_s"):
+            v = getattr(self, name)
+            check(v >= 0, name, f"must be >= 0, got {v}")
 
 
 def random_commands(cfg: EmbeddedConfig, num_steps: int) -> np.ndarray:

@@ -336,12 +336,6 @@ def make_windows(
         idx = np.minimum(idx, e - 1)  # hold the last command in the padding
         c_all = np.column_stack((log.cmd_vel_enu_m_s[idx], log.cmd_yaw_rate_enu_rad_s[idx]))
         cmd[i] = np.where(np.isfinite(c_all), c_all, 0.0)
-        climb, descent = climb_descent_m_s
-        cmd[i, :, 2] = np.clip(
-            cmd[i, :, 2],
-            -np.inf if descent is None else -descent,
-            np.inf if climb is None else climb,
-        )
         t_len = e - s
         vel[i, :t_len] = log.vel_enu_m_s[s:e]
         yr = log.yaw_rate_enu_rad_s[s:e]
@@ -353,6 +347,9 @@ def make_windows(
         score[i, first:t_len, 3] = yaw_ok[first:]
         times[i, :t_len] = log.time_s[s:e]
         log_index[i] = li
+    climb, descent = climb_descent_m_s
+    lo, hi = -np.inf if descent is None else -descent, np.inf if climb is None else climb
+    cmd[..., 2] = np.clip(cmd[..., 2], lo, hi)
     dev = torch.device(device)
 
     def tt(x: np.ndarray) -> Tensor:
